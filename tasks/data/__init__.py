@@ -1,0 +1,1 @@
+"""Data preparation: read and validate sources, clean, dedup, split, tokenize, pack."""
