@@ -1,0 +1,66 @@
+"""`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names)."""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="multistep", description="Multi-step LLM training as a Prefect workflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a pipeline preset end to end")
+    run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
+    args = parser.parse_args(argv)
+    _embedded_defaults()
+    from tasks.errors import UserError  # after the environment is set: prefect reads it at import
+
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _embedded_defaults() -> None:
+    """Without servers configured, keep Prefect's and MLflow's state under .multistep/ (what `make ui` browses)."""
+    home = Path(os.environ.setdefault("MULTISTEP_HOME", ".multistep")).resolve()
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _run(args) -> int:
+    from flows.spec import load
+    from tasks import tracking
+
+    spec = load(args.config, args.overrides)
+    tracking.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
+    _hide_tracebacks_of_user_errors()
+    from flows.pipeline import llm_pipeline
+    from tasks.report import pipeline_summary
+
+    start = time.perf_counter()
+    result = llm_pipeline(spec)
+    print(pipeline_summary(result, time.perf_counter() - start))
+    return 0
+
+
+def _hide_tracebacks_of_user_errors() -> None:
+    """Prefect logs every flow exception with its traceback; for input errors the one sentence is enough."""
+    from tasks.errors import UserError
+
+    def strip(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logging.getLogger("prefect.flow_runs").addFilter(strip)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

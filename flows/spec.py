@@ -1,0 +1,106 @@
+"""PipelineSpec, the run form: it only composes the stage specs, which sit beside their stages."""
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from tasks.data.spec import PrepareSpec
+from tasks.errors import UserError
+from tasks.evaluate import EvaluateSpec
+from tasks.pretrain import PretrainSpec
+from tasks.spec import Spec
+
+
+class ExecutionSpec(Spec):
+    mode: Literal["local"] = "local"
+    """`local`: every stage runs in this process as a Prefect subflow."""
+    experiment: str = Field("multistep", min_length=1)
+    """MLflow experiment that holds the pipeline's runs."""
+    stage_retries: int = Field(1, ge=0, le=10)
+    """Times a stage that failed with an unexpected error is run again (it resumes from its checkpoint); input errors are not retried."""
+
+
+class PipelineSpec(Spec):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Model family name: the pretrained model is registered as `<name>-base`."""
+    data: PrepareSpec = PrepareSpec()
+    """Data preparation: sources, cleaning, split, tokenizer, packing."""
+    pretrain: PretrainSpec = PretrainSpec()
+    """Causal-LM pretraining, from scratch or continued from a model URI."""
+    evaluate: EvaluateSpec = EvaluateSpec()
+    """Evaluation of the trained model."""
+    execution: ExecutionSpec = ExecutionSpec()
+    """Where and how the stages run."""
+
+    @model_validator(mode="after")
+    def _block_fits_model(self):
+        if self.pretrain.init is None and self.data.block_size > self.pretrain.model.n_positions:
+            raise ValueError(
+                f"data.block_size ({self.data.block_size}) is larger than pretrain.model.n_positions "
+                f"({self.pretrain.model.n_positions}): lower data.block_size or raise pretrain.model.n_positions"
+            )
+        return self
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
+    """A preset YAML file plus `a.b=c` overrides, validated; every mistake is one UserError sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Config file {path} does not exist: pass one of the presets in configs/ or your own YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of spec keys (name, data, pretrain, ...), not {type(data).__name__}.")
+    for item in overrides:
+        _apply(data, item)
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(explain(exc, str(path))) from None
+
+
+def _apply(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {item!r} is not of the form key.path=value: write e.g. --set pretrain.train.max_steps=50.")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item}: {part} is not a section, so it has no key {leaf}: check the key path.")
+    node[leaf] = yaml.safe_load(raw) if raw else ""
+
+
+def explain(exc: ValidationError, source: str) -> str:
+    """One sentence per spec mistake, naming the key, what is wrong and the fix."""
+    sentences = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            *parent, key = err["loc"]
+            fields = _fields_at([p for p in parent if isinstance(p, str)])
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"valid keys here are {', '.join(fields)}."
+            sentences.append(f"{source}: unknown key `{loc}`: {hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            sentences.append(f"{source}: `{loc or 'spec'}` {msg} (got {err.get('input')!r}): fix the value.")
+    return " ".join(sentences)
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    model = PipelineSpec
+    for part in path:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        model = next((a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, Spec)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)

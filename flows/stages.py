@@ -1,0 +1,44 @@
+"""Stage flows: each wraps one stage function in its own MLflow run (cache hit, resume, lineage)."""
+
+from prefect import flow
+
+from tasks import evaluate, pretrain
+from tasks.data import prepare, sources
+from tasks.data.spec import PrepareSpec
+from tasks.evaluate import EvaluateSpec
+from tasks.pretrain import PretrainSpec
+from tasks.tracking import digest, run_stage
+
+
+@flow(name="prepare", log_prints=True)
+def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
+    found = sources.source_digests(spec)  # validates every source before any run is opened
+    inputs = {f"source{i}": uri for i, uri in enumerate(spec.sources)}
+    digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}
+    if tokenizer_from:
+        inputs["tokenizer_from"], digests["tokenizer_from"] = tokenizer_from, digest(tokenizer_from)
+    return run_stage(
+        "prepare", spec, inputs, lambda ctx: prepare.run(spec, tokenizer_from, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, digests=digests,
+    )
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Pretrain a causal LM on a dataset URI and register it as `<name>-base`; returns the model version URI."""
+    register_as = name + spec.register_suffix
+    inputs = {"dataset": dataset, **({"init": spec.init} if spec.init else {})}
+    return run_stage(
+        "pretrain", spec, inputs, lambda ctx: pretrain.run(spec, dataset, register_as, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
+    )
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Score a model URI on a dataset URI; returns the evaluation report URI."""
+    return run_stage(
+        "evaluate", spec, {"model": model, "dataset": dataset}, lambda ctx: evaluate.run(spec, model, dataset, ctx),
+        experiment=experiment, parent_run_id=parent_run_id,
+    )

@@ -1,0 +1,40 @@
+"""The model registry: idempotent registration keyed by stage key, version tags."""
+
+import time
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import STAGE_KEY, StageRun
+
+
+def find_version(name: str, key: str) -> str | None:
+    """The version of `name` registered by a stage with this key, if any."""
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}' and tags.`{STAGE_KEY}` = '{key}'")
+    except mlflow.exceptions.MlflowException:  # no such registered model yet
+        return None
+    return f"models:/{name}/{min(int(v.version) for v in found)}" if found else None
+
+
+def register(model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | None = None) -> str:
+    """Register a logged model as a version of `name` once per stage key; a retried stage gets the same version."""
+    existing = find_version(name, ctx.key)
+    if existing:
+        return existing
+    version = mlflow.register_model(model_uri, name, tags={**ctx.lineage(), **(tags or {})})
+    client = MlflowClient()
+    # File and SQL stores answer READY at once; a server may take a moment to copy artifacts.
+    deadline = time.monotonic() + 300
+    while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version = client.get_model_version(name, version.version)
+    return f"models:/{name}/{version.version}"
+
+
+def set_tags(version_uri: str, tags: dict[str, str | float]) -> None:
+    """Tag a registered version (metrics and decisions ride on versions so the registry UI shows them)."""
+    name, version = version_uri.removeprefix("models:/").split("/")
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))

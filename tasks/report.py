@@ -1,0 +1,41 @@
+"""The end-of-run summary: what ran, what was reused, where results are, how to browse them."""
+
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import STAGE, tracking_uri
+
+STAGES = ("prepare", "pretrain", "evaluate")
+
+
+def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
+    """A few lines for the terminal, read back from MLflow so they show what was recorded."""
+    client = MlflowClient()
+    parent = client.get_run(result["pipeline_run"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    ran = {r.data.tags.get(STAGE): r for r in children}
+    lines = [f"multistep: pipeline {parent.data.tags.get('multistep.pipeline')} finished in {wall_seconds:.1f} s", "stages:"]
+    train_seconds = 0.0
+    for stage in STAGES:
+        if stage in ran:
+            run = ran[stage]
+            took = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+            lines.append(f"  {stage:<9} ran     {took:6.1f} s  MLflow run {run.info.run_id}")
+            train_seconds += run.data.metrics.get("train_seconds", 0.0)
+        elif f"multistep.reused.{stage}" in parent.data.tags:
+            lines.append(f"  {stage:<9} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")
+    lines.append(f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}")
+    lines.append(f"registered: {result['model']}")
+    evaluation = client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics
+    for split in ("validation", "test"):
+        if f"{split}_perplexity" in evaluation:
+            lines.append(
+                f"{split:<11} perplexity {evaluation[f'{split}_perplexity']:.2f}   "
+                f"(unigram baseline {evaluation[f'{split}_unigram_perplexity']:.2f})"
+            )
+    if train_seconds:
+        lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
+    lines += [
+        "browse:     make ui   → Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000",
+        f"            python -c \"import mlflow; print(mlflow.transformers.load_model('{result['model']}'))\"",
+    ]
+    return "\n".join(lines)

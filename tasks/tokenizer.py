@@ -1,0 +1,130 @@
+"""Train, load and apply tokenizers; pack token ids into fixed-size blocks for causal LM training."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from tasks.data.spec import TokenizerSpec
+from tasks.errors import UserError
+
+EOS = "<|endoftext|>"
+UNK = "<unk>"
+# The packer cuts blocks itself, so the tokenizer never truncates or warns about length.
+MODEL_MAX_LENGTH = 2**62
+TRAIN_BATCH = 1000
+# Files any of which make a folder loadable by AutoTokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+
+
+def _batches(texts: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(texts), size):
+        yield texts[i : i + size]
+
+
+def _byte_level_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        # All 256 byte symbols, so any input (including unseen scripts) encodes without unk.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # The library's own progress bar costs nothing; only worth showing on real corpora.
+        show_progress=sum(map(len, texts)) > 1_000_000,
+    )
+    tok.train_from_iterator(_batches(texts, TRAIN_BATCH), trainer=trainer, length=len(texts))
+    return tok
+
+
+def _char_level(texts: list[str]) -> Tokenizer:
+    chars = sorted(set().union(*map(set, texts)))
+    vocab = {EOS: 0, UNK: 1} | {c: i + 2 for i, c in enumerate(chars)}
+    # A BPE without merges splits a text into its characters; unseen ones become <unk>.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tok.add_special_tokens([EOS, UNK])
+    # Fuse joins tokens as they are; the default decoder would put spaces between them.
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def train_tokenizer(texts: list[str], spec: TokenizerSpec) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (`bpe`) or build a character vocabulary (`char`) from the texts."""
+    if spec.kind == "bpe":
+        tok, special = _byte_level_bpe(texts, spec.vocab_size), {"unk_token": EOS}
+    elif spec.kind == "char":
+        tok, special = _char_level(texts), {"unk_token": UNK}
+    else:
+        raise ValueError(f"tokenizer.kind {spec.kind!r} is not trained; load the model's tokenizer instead")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        model_max_length=MODEL_MAX_LENGTH,
+        **special,
+    )
+
+
+def load_tokenizer(path_or_dir: str | Path) -> PreTrainedTokenizerFast:
+    """Load a saved tokenizer (never running code from the folder); pad falls back to eos."""
+    path = Path(path_or_dir)
+    if path.is_dir() and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): point to a folder written by save_pretrained.")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path_or_dir), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({err}): point to a folder written by save_pretrained.") from err
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _plain_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
+    """A copy of the Rust tokenizer that never pads or truncates and reads special-token strings as plain text."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    # Like nanoGPT's encode_ordinary: a literal "<|endoftext|>" in a document is text, not a document end.
+    backend.encode_special_tokens = True
+    return backend
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], batch_size: int = 1000) -> list[list[int]]:
+    """Token ids per text, without special tokens or truncation, encoded by the Rust backend in batches."""
+    backend = _plain_backend(tokenizer)
+    n_batches = -(-len(texts) // batch_size)
+    ids: list[list[int]] = []
+    # encode_batch_fast skips character offsets, which the packer never needs.
+    for batch in tqdm(_batches(texts, batch_size), total=n_batches, desc="tokenize", disable=n_batches < 20):
+        ids.extend(e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False))
+    return ids
+
+
+def pack(token_lists: list[list[int]], eos_id: int, block_size: int) -> np.ndarray:
+    """Documents joined with eos after each, cut into [n_blocks, block_size] int32; the short tail is dropped."""
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists)) + 1
+    ends = np.cumsum(lengths)  # position after each document's eos
+    stream = np.full(int(ends[-1]) if len(ends) else 0, eos_id, dtype=np.int32)
+    is_token = np.ones(len(stream), dtype=bool)
+    is_token[ends - 1] = False
+    if is_token.any():
+        stream[is_token] = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists if t])
+    n_blocks = len(stream) // block_size
+    return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+
+
+def unigram_perplexity(train_blocks: np.ndarray, eval_blocks: np.ndarray, vocab_size: int) -> float:
+    """Perplexity of an add-one unigram model of the train tokens on the eval tokens a causal LM predicts."""
+    counts = np.bincount(train_blocks.ravel(), minlength=vocab_size).astype(np.float64) + 1
+    if len(counts) > vocab_size:
+        raise ValueError(f"train token ids reach {len(counts) - 1}, beyond vocab_size {vocab_size}")
+    predicted = eval_blocks[:, 1:].ravel()  # the first token of a block has no context
+    if predicted.size == 0:
+        raise UserError("The evaluation split has no packed blocks: add more evaluation data or lower block_size.")
+    log_p = np.log(counts[predicted]) - np.log(counts.sum())
+    return float(np.exp(-log_p.mean()))

@@ -1,0 +1,280 @@
+"""MLflow runs, stage keys and lineage: the tracking contract of DESIGN.md §3."""
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, SecretStr
+
+from tasks.errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+STAGE = "multistep.stage"
+STAGE_KEY = "multistep.stage_key"
+OUTPUT = "multistep.output"
+DIGEST = "multistep.digest"
+PIPELINE = "multistep.pipeline"
+PREFECT_FLOW_RUN = "prefect.flow_run_id"
+
+
+def home() -> Path:
+    """Where the embedded stack keeps its state (`MULTISTEP_HOME`, default `.multistep`)."""
+    return Path(os.environ.get("MULTISTEP_HOME", ".multistep")).resolve()
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under `.multistep/`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the tracking store, check that it answers, and return the experiment id."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # The embedded store keeps artifacts beside its database; a server decides for itself.
+    location = (home() / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
+        return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+def _check_server(uri: str) -> None:
+    # MLflow's own client retries for minutes before giving up; one short probe says it at once.
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"The MLflow tracking server at {uri} is unreachable ({reason}): start it (`make ui`) "
+            "or unset MLFLOW_TRACKING_URI to use the embedded store under .multistep/."
+        ) from None
+
+
+@functools.cache
+def code_version() -> str:
+    """Digest of the package's source, so that a code change misses the stage cache."""
+    h = hashlib.sha256()
+    for path in sorted(p for pkg in ("flows", "tasks") for p in (PACKAGE_ROOT / pkg).rglob("*.py")):
+        h.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def git_commit() -> str:
+    """The checkout's commit for lineage tags, or `unknown` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PACKAGE_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def public(spec: BaseModel) -> dict:
+    """The spec as JSON data without its secrets (SecretStr fields), as it enters a stage key."""
+    out = {}
+    for name, value in spec:
+        if isinstance(value, SecretStr):
+            continue
+        out[name] = public(value) if isinstance(value, BaseModel) else value
+    return json.loads(json.dumps(out, default=str))
+
+
+def digest(uri: str) -> str:
+    """Content digest of a stage input given by URI (runs and versions are immutable once written)."""
+    if uri.startswith("models:/"):
+        mv = resolve_version(uri)
+        return f"{mv.name}/{mv.version}:{mv.tags.get(DIGEST) or mv.run_id}"
+    if uri.startswith("runs:/"):
+        run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+        return MlflowClient().get_run(run_id).data.tags.get(DIGEST) or uri
+    if uri.startswith("package:"):
+        from tasks import model  # local import: model pulls in transformers
+
+        return model.package_digest(uri)
+    path = Path(uri.removeprefix("file://"))
+    if path.exists():
+        return _path_digest(path)
+    return uri  # hf: ids and the like: the id itself (revision pinning is the user's)
+
+
+def _path_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def stage_key(stage: str, spec: BaseModel, inputs: dict[str, dict], params: dict[str, str] | None = None) -> str:
+    """sha256 of the stage name, its spec minus secrets, its inputs' URIs and digests, other parameters, and the code version."""
+    payload = {"stage": stage, "spec": public(spec), "inputs": inputs, "params": params or {}, "code": code_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_version(uri: str):
+    """The ModelVersion behind `models:/name/version` or `models:/name@alias`, or a clear error."""
+    client = MlflowClient()
+    ref = uri.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.partition("/")
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UserError(f"Model {uri} is not in the registry ({exc.message.splitlines()[0]}): check the name and version with `mlflow ui`.") from None
+
+
+@dataclass
+class StageRun:
+    """The open MLflow run of one stage execution, handed to the stage's body."""
+
+    stage: str
+    run_id: str
+    key: str
+    inputs: dict[str, str]
+    digests: dict[str, str]
+    parent_run_id: str | None
+    resumed: bool
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def artifact_uri(self) -> str:
+        return mlflow.get_run(self.run_id).info.artifact_uri
+
+    def lineage(self) -> dict[str, str]:
+        """Tags that every model version registered by this stage carries."""
+        tags = {
+            STAGE: self.stage,
+            STAGE_KEY: self.key,
+            "multistep.stage_run": self.run_id,
+            "multistep.pipeline_run": self.parent_run_id or "",
+            "multistep.code_version": code_version(),
+            "git.commit": git_commit(),
+            PREFECT_FLOW_RUN: self.tags.get(PREFECT_FLOW_RUN, ""),
+        }
+        for name, uri in self.inputs.items():
+            tags[f"multistep.input.{name}"] = uri
+        return tags
+
+
+def _find(experiment_id: str, key: str, finished: bool):
+    status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
+    runs = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def run_stage(
+    stage: str,
+    spec: BaseModel,
+    inputs: dict[str, str],
+    body: Callable[[StageRun], str],
+    *,
+    experiment: str,
+    parent_run_id: str | None = None,
+    digests: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> str:
+    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one."""
+    experiment_id = configure(experiment)
+    digests = digests or {name: digest(uri) for name, uri in inputs.items()}
+    key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params or {})
+    done = _find(experiment_id, key, finished=True)
+    if done is not None and done.data.tags.get(OUTPUT):
+        output = done.data.tags[OUTPUT]
+        print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
+        if parent_run_id:
+            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
+        return output
+
+    unfinished = _find(experiment_id, key, finished=False)
+    tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    if unfinished is None:
+        run_id = MlflowClient().create_run(experiment_id, run_name=stage, tags=tags).info.run_id
+    else:
+        run_id = unfinished.info.run_id
+        print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
+        for k, v in tags.items():
+            MlflowClient().set_tag(run_id, k, v)
+    ctx = StageRun(stage, run_id, key, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
+    _tag_prefect_flow_run(run_id)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        for name, uri in inputs.items():
+            mlflow.set_tag(f"multistep.input.{name}", uri)
+        mlflow.log_params(_flatten(public(spec)))
+        output = body(ctx)
+        mlflow.set_tag(OUTPUT, output)
+    return output
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in data.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": str(v)[:500]})
+    return out
+
+
+@contextmanager
+def pipeline_run(name: str, spec: BaseModel, experiment: str) -> Iterator[str]:
+    """The pipeline's own MLflow run, the parent of every stage run; yields its id."""
+    experiment_id = configure(experiment)
+    tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run:
+        mlflow.log_dict(public(spec), "spec.json")
+        _tag_prefect_flow_run(run.info.run_id)
+        yield run.info.run_id
+
+
+def _prefect_tags() -> dict[str, str]:
+    from prefect.runtime import flow_run
+
+    return {PREFECT_FLOW_RUN: flow_run.id, "prefect.flow_run_name": flow_run.name} if flow_run.id else {}
+
+
+def _tag_prefect_flow_run(mlflow_run_id: str) -> None:
+    """Tag the current Prefect flow run with the MLflow run, the other half of the two-way link."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, tags=[*current.tags, f"mlflow-run:{mlflow_run_id}"])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log metrics to a run by id, so callbacks need no active-run state."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        run_id, metrics=[mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+    )

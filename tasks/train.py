@@ -1,0 +1,182 @@
+"""Trainer setup shared by every training stage: arguments, MLflow logging, checkpoints, resume, fault injection."""
+
+import os
+import shutil
+import signal
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from tasks import storage
+from tasks.spec import Spec
+from tasks.tracking import StageRun, home, log_metrics
+
+# Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
+FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
+
+
+class TrainSpec(Spec):
+    max_steps: int = Field(200, ge=1)
+    """Optimizer steps to train for."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences per optimizer step on each device (before gradient accumulation)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated into one optimizer step."""
+    lr: float = Field(1e-3, gt=0, le=1)
+    """Peak learning rate."""
+    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_steps: int = Field(20, ge=0)
+    """Steps of linear warmup from 0 to the peak learning rate."""
+    weight_decay: float = Field(0.1, ge=0, le=1)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm (0 to disable)."""
+    log_every: int = Field(10, ge=1)
+    """Log loss, learning rate and tokens/s to MLflow every this many steps."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Save a resumable checkpoint (model, optimizer, scheduler, RNG, data position) every this many steps."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept in the artifact store; older ones are deleted."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout."""
+    deterministic: bool = False
+    """Deterministic kernels (slower): a resumed run then ends with exactly the weights of an uninterrupted one."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision; bf16/fp16 use autocast on a GPU (fp32 is fastest for small models on CPU)."""
+    compile: bool = False
+    """torch.compile the model (faster steps after a compile warm-up)."""
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Packed blocks [n, block_size] as causal-LM examples; labels = input_ids, the model shifts them."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = torch.from_numpy(blocks.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+class MlflowMetrics(TrainerCallback):
+    """Loss, learning rate and tokens/s into the open stage run."""
+
+    def __init__(self, run_id: str, tokens_per_step: int):
+        self.run_id, self.tokens_per_step = run_id, tokens_per_step
+        self.last_time, self.last_step = None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        now = time.perf_counter()
+        metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
+        if state.global_step > self.last_step and "loss" in metrics:
+            metrics["tokens_per_second"] = self.tokens_per_step * (state.global_step - self.last_step) / (now - self.last_time)
+            self.last_time, self.last_step = now, state.global_step
+        if metrics:
+            log_metrics(self.run_id, metrics, step=state.global_step)
+
+
+class PublishCheckpoints(TrainerCallback):
+    """Copy each checkpoint the Trainer writes into the artifact store, where only complete ones are visible."""
+
+    def __init__(self, dest: str, keep: int):
+        self.dest, self.keep = dest, keep
+
+    def on_save(self, args, state, control, **kwargs):
+        name = f"checkpoint-{state.global_step}"
+        storage.publish_dir(os.path.join(args.output_dir, name), f"{self.dest}/{name}")
+        for old in storage.list_complete(self.dest)[: -self.keep]:
+            storage.remove_dir(old)
+
+
+class FaultInjection(TrainerCallback):
+    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if os.environ.get(FAULT_ENV) == str(state.global_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArguments:
+    """TrainingArguments from the spec with fast defaults (fused AdamW, SDPA set on the model, no workers)."""
+    cuda = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=output_dir,
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.lr,
+        lr_scheduler_type=spec.schedule,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        optim="adamw_torch_fused",
+        logging_steps=spec.log_every,
+        save_strategy="steps",
+        save_steps=spec.checkpoint_every,
+        save_total_limit=1,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        full_determinism=spec.deterministic,
+        bf16=spec.precision == "bf16",
+        fp16=spec.precision == "fp16",
+        torch_compile=spec.compile,
+        use_cpu=not cuda,
+        report_to="none",
+        # Our datasets hold exactly the model's inputs; dropping "unused" columns has silently broken labels before (DESIGN §5).
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, float]:
+    """Train, resuming from the newest complete checkpoint in the stage's artifact store; returns timing stats."""
+    dest = f"{ctx.artifact_uri}/checkpoints"
+    complete = storage.list_complete(dest)
+    resume = None
+    if complete:
+        resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
+        print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
+    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * _block_size(trainer)
+    trainer.add_callback(MlflowMetrics(ctx.run_id, tokens_per_step))
+    trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
+    trainer.add_callback(FaultInjection())
+    start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    steps = trainer.state.global_step - start_step
+    stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}
+    log_metrics(ctx.run_id, stats, step=trainer.state.global_step)
+    return stats
+
+
+def _block_size(trainer: Trainer) -> int:
+    return int(trainer.train_dataset[0]["input_ids"].numel())
+
+
+def work_dir(ctx: StageRun) -> str:
+    """Local scratch for the Trainer's own files; the durable copies live in the artifact store."""
+    path = home() / "work" / ctx.run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def clean_up(ctx: StageRun) -> None:
+    """Drop local scratch and stored checkpoints once the stage's result is registered."""
+    shutil.rmtree(home() / "work" / ctx.run_id, ignore_errors=True)
+    for ckpt in storage.list_complete(f"{ctx.artifact_uri}/checkpoints"):
+        storage.remove_dir(ckpt)
