@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,10 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
     args = parser.parse_args(argv)
     _embedded_defaults()
+    prefect_ready = _start_prefect_server()
     from tasks.errors import UserError  # after the environment is set: prefect reads it at import
 
     try:
-        return _run(args)
+        return _run(args, prefect_ready)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -30,11 +32,28 @@ def _embedded_defaults() -> None:
     home = Path(os.environ.setdefault("MULTISTEP_HOME", ".multistep")).resolve()
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the embedded server has no network
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
 
-def _run(args) -> int:
+def _start_prefect_server() -> threading.Thread | None:
+    """Start Prefect's ephemeral API server now, so its few seconds of start-up overlap the heavy imports."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+
+    def start() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()  # the same singleton the Prefect client would start later
+
+    thread = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
+    thread.start()
+    return thread
+
+
+def _run(args, prefect_ready: threading.Thread | None) -> int:
     from flows.spec import load
     from tasks import tracking
 
@@ -45,7 +64,16 @@ def _run(args) -> int:
     from tasks.report import pipeline_summary
 
     start = time.perf_counter()
-    result = llm_pipeline(spec)
+    if prefect_ready:
+        prefect_ready.join()
+        # Heartbeats let a server notice crashed runs; the ephemeral server dies with this process, and each
+        # subflow's exit would wait up to 1 s for the heartbeat thread.
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            result = llm_pipeline(spec)
+    else:
+        result = llm_pipeline(spec)
     print(pipeline_summary(result, time.perf_counter() - start))
     return 0
 

@@ -1,6 +1,5 @@
 """The evaluate stage (language-model part): perplexity on validation and test next to a unigram baseline."""
 
-import json
 import math
 from typing import Literal
 

@@ -1,6 +1,7 @@
 """Build, load and log models: from-scratch configs, registry versions, local folders, hf: ids."""
 
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,8 @@ class ModelSpec(Spec):
 
 def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
     """A freshly initialised causal LM sized by the spec, with the tokenizer's vocabulary and special tokens."""
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    # No pad id: packed blocks are never padded, and eos (which pads batches elsewhere) occurs inside every block.
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": None}
     if spec.arch == "gpt2":
         # gelu_pytorch_tanh: the same numerics as GPT-2's gelu_new, measured 1.3x faster on CPU (DESIGN §5).
         config = GPT2Config(
@@ -53,8 +55,8 @@ def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
             num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head,
             max_position_embeddings=spec.n_positions, attention_dropout=spec.dropout, tie_word_embeddings=True, **special,
         )
-    config._attn_implementation = "sdpa"
-    return AutoModelForCausalLM.from_config(config)
+    config.loss_type = "ForCausalLM"
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
 def max_positions(config) -> int | None:
@@ -133,6 +135,8 @@ def load_tokenizer(path) -> object:
 
 def log(model: PreTrainedModel, tokenizer) -> str:
     """Log a causal LM with the mlflow.transformers flavour (safetensors + tokenizer); returns its `models:/m-…` URI."""
+    # The flavour looks for a hub model card and licence, which a model trained here does not have.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",

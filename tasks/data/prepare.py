@@ -3,6 +3,7 @@
 import hashlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -93,7 +94,10 @@ def _log_lineage(ctx: StageRun, splits: dict[str, list[dict]], card: dict) -> No
     for name in SPLITS:
         frame = pd.DataFrame(splits[name], columns=["text", "origin"])
         source = mlflow.get_artifact_uri(f"dataset/text/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=f"{ctx.stage}-{name}"), context=name)
+        with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=f"{ctx.stage}-{name}")
+        mlflow.log_input(dataset, context=name)
     mlflow.set_tag(DIGEST, card["digest"])
     metrics = {f"{n}_{k}": v for n, s in card["splits"].items() for k, v in s.items()}
     metrics.update({"rows_in": card["filters"]["rows_in"], "rows_out": card["filters"]["rows_out"]})

