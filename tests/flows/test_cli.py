@@ -1,0 +1,90 @@
+"""`multistep run` as a user runs it: bad input ends in one sentence, a non-zero exit, and nothing registered."""
+
+import socket
+
+import pytest
+
+
+def assert_refused(result, *needles: str) -> None:
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(message) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in message[0], message[0]
+
+
+@pytest.fixture
+def refused(tmp_path, tiny_overrides, run_cli, registered_versions):
+    """Run the tiny preset with a bad input; check the refusal and that nothing was registered."""
+
+    def check(data_file, *needles, extra=(), **env):
+        home = tmp_path / "home"
+        args = ["run", "configs/default.yaml", *sum((["--set", o] for o in tiny_overrides(data_file) + list(extra)), [])]
+        result = run_cli(args, home, **env)
+        assert_refused(result, *needles)
+        assert registered_versions(home) == []
+        return result
+
+    return check
+
+
+def test_missing_file(tmp_path, refused):
+    refused(tmp_path / "nope.txt", "nope.txt", "no such file", "data.sources")
+
+
+def test_empty_file(tmp_path, refused):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    refused(empty, "empty.txt", "empty")
+
+
+def test_invalid_utf8_names_the_line_and_the_encoding_setting(tmp_path, refused):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n\nanother fine line\ncaf\xe9 au lait\n")
+    refused(bad, "bad.txt:4", "data.encoding")
+
+
+def test_malformed_jsonl_line(tmp_path, refused):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one"}\n{"text": "two"\n{"text": "three"}\n')
+    refused(bad, "bad.jsonl:2", "JSON")
+
+
+def test_csv_without_the_text_column(tmp_path, refused):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nhello there,1\n")
+    refused(bad, "bad.csv", "'text'", "sentence", "data.text_column")
+
+
+def test_unknown_spec_key_suggests_the_right_one(corpus, refused):
+    refused(corpus, "unknown key `pretrain.train.max_step`", "max_steps", extra=["pretrain.train.max_step=3"])
+
+
+def test_block_size_beyond_the_models_positions(corpus, refused):
+    refused(corpus, "data.block_size (64)", "n_positions (32)", extra=["data.block_size=64"])
+
+
+def test_unreachable_tracking_server(corpus, refused):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused(corpus, f"http://127.0.0.1:{port}", "unreachable", "MLFLOW_TRACKING_URI", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+
+
+def test_missing_config_file(tmp_path, run_cli):
+    assert_refused(run_cli(["run", "configs/nope.yaml"], tmp_path / "home"), "configs/nope.yaml", "does not exist")
+
+
+def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_cli, registered_versions):
+    home = tmp_path / "home"
+    sets = sum((["--set", o] for o in tiny_overrides(corpus)), [])
+    ok = run_cli(["run", "configs/default.yaml", *sets], home)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "registered: models:/tiny-base/1" in ok.stdout
+    assert "validation  perplexity" in ok.stdout and "unigram baseline" in ok.stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe")
+    failed = run_cli(["run", "configs/default.yaml", *sets, "--set", f"data.sources=[{bad}]"], home)
+    assert_refused(failed, "bad.txt:1")
+    assert [int(v.version) for v in registered_versions(home)] == [1]
