@@ -240,20 +240,22 @@ def run_cli():
 
 
 def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    """`multistep ARGS` in a child process of its own session; whatever it started is killed afterwards."""
     full_env = {**os.environ, "MULTISTEP_HOME": str(home), **env}
-    proc = subprocess.Popen(
-        CLI + args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        # A SIGKILLed pipeline leaves its ephemeral Prefect server behind: end the whole process group.
+    home.mkdir(parents=True, exist_ok=True)
+    # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding the pipes open.
+    with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
+        proc = subprocess.Popen(CLI + args, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True, start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            proc.wait(timeout=timeout)
+        finally:
+            try:  # end whatever the run left behind, e.g. that server
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 @pytest.fixture
