@@ -127,3 +127,20 @@ def test_spec_is_logged_without_changes(home, corpus, run):
     result = run(corpus)
     logged = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{result['pipeline_run']}/spec.json")).read_text())
     assert logged["name"] == "tiny" and logged["data"]["block_size"] == 32
+
+
+def test_continued_pretraining_from_a_registered_version(home, corpus, run):
+    from tasks.errors import UserError
+
+    base = run(corpus)
+    more = run(corpus, f"pretrain.init={base['model']}", "data.tokenizer.kind=model", name="more")
+    assert more["model"] == "models:/more-base/1"
+    version = MlflowClient().get_model_version("more-base", "1")
+    assert version.tags["multistep.parent_model"] == base["model"]
+    assert version.tags["multistep.input.init"] == base["model"]
+    # The dataset was encoded with the parent's tokenizer, so the vocabularies agree.
+    assert prepared.card(more["dataset"])["tokenizer"]["from"] == base["model"]
+
+    with pytest.raises(UserError, match=r"data.block_size \(64\) is larger than the 32 positions of models:/tiny-base/1"):
+        run(corpus, f"pretrain.init={base['model']}", "data.tokenizer.kind=model", "data.block_size=64", name="long")
+    assert MlflowClient().search_model_versions("name = 'long-base'") == []
