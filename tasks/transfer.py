@@ -1,0 +1,240 @@
+"""Structure surgery for transfer learning: drop or insert transformer blocks, add tokens, put on a classification head."""
+
+import copy
+from functools import reduce
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
+from tasks.errors import UserError
+from tasks.spec import Spec
+
+# model_type → path of the block ModuleList under `model.base_model` (GPT2Model, LlamaModel, BertModel).
+BLOCKS = {"gpt2": "h", "llama": "layers", "bert": "encoder.layer"}
+# Projections that write into the residual stream, per block; zeroed, a pre-LN block adds 0 to its input.
+# BERT is absent on purpose: it is post-LN, LayerNorm(x + 0) != x.
+RESIDUAL_WRITERS = {
+    "gpt2": ("attn.c_proj", "mlp.c_proj", "crossattention.c_proj"),  # crossattention only with add_cross_attention
+    "llama": ("self_attn.o_proj", "mlp.down_proj"),
+}
+# Sequence classification on these reads the last non-pad token, so the config needs a pad id.
+DECODERS = {"gpt2", "llama"}
+# Config lists with one entry per block; they follow the blocks through surgery.
+PER_LAYER_LISTS = ("layer_types",)
+
+
+class TransferSpec(Spec):
+    drop_layers: list[int] = []
+    """Blocks to remove, by index in the model's stack (0 is the first; negative counts from the end, -1 is the last); empty keeps them all."""
+    drop_every: int | None = Field(None, ge=2)
+    """Remove every k-th block (the k-th, 2k-th, …, i.e. indices k-1, 2k-1, …); empty removes none. Not together with drop_layers."""
+    insert_identity_at: list[int] = []
+    """Positions in the final stack (after dropping) where new blocks go, LLaMA-Pro style: each copies the block below it with its output projections zeroed, so the model computes exactly what it did until trained. Negative counts from the end. GPT-2 and Llama only."""
+    add_tokens: list[str] = []
+    """Tokens to add to the tokenizer (ones it already has are skipped); their embeddings start at the mean of the existing ones."""
+    labels: list[str] | None = None
+    """Replace the model's head with a freshly initialised classification head for these labels (at least 2); empty keeps the head."""
+
+    def model_post_init(self, _context) -> None:
+        for field in ("drop_layers", "insert_identity_at", "add_tokens", "labels"):
+            values = getattr(self, field) or []
+            repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"transfer.{field} lists {', '.join(repeated)} more than once: list each entry once")
+        if self.drop_layers and self.drop_every:
+            raise ValueError("transfer.drop_layers and transfer.drop_every are both set: choose one way to pick the blocks to drop")
+        if "" in self.add_tokens:
+            raise ValueError("transfer.add_tokens contains an empty string: remove it")
+        if self.labels is not None and len(self.labels) == 1:
+            raise ValueError(f"transfer.labels has one label ({self.labels[0]!r}): a classifier needs at least 2, or leave it empty")
+
+
+def _arch(model: nn.Module) -> str:
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind not in BLOCKS:
+        raise UserError(
+            f"transfer: {type(model).__name__} is not supported for structure surgery: use a GPT-2, Llama or BERT model."
+        )
+    return kind
+
+
+def _blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The ModuleList of transformer blocks, found by architecture."""
+    return reduce(getattr, BLOCKS[_arch(model)].split("."), model.base_model)
+
+
+def _restack(model: PreTrainedModel, blocks: list[nn.Module], sources: list[int]) -> None:
+    """Install `blocks` as the stack; `sources[i]` is the old index block i was taken or copied from."""
+    config = model.config
+    if getattr(config, "is_heterogeneous", False):
+        raise UserError(
+            f"transfer: {type(model).__name__} has a per-layer (heterogeneous) config, which surgery cannot renumber: "
+            "use a model with one config for all blocks."
+        )
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise UserError(
+            f"transfer: this {type(model).__name__} scales attention by 1/(layer index + 1), so moving a block changes what it "
+            "computes: structure surgery needs scale_attn_by_inverse_layer_idx=False."
+        )
+    path = BLOCKS[_arch(model)].split(".")
+    holder = reduce(getattr, path[:-1], model.base_model)
+    setattr(holder, path[-1], nn.ModuleList(blocks))
+    # Forward loops over layers[:num_hidden_layers] and DynamicCache sizes itself from it (GPT-2 maps it to n_layer).
+    config.num_hidden_layers = len(blocks)
+    for name in PER_LAYER_LISTS:
+        values = getattr(config, name, None)
+        if isinstance(values, list):
+            setattr(config, name, [values[s] for s in sources])
+    # Attention modules address the KV cache by layer_idx: two blocks with one index would share a cache slot.
+    for index, block in enumerate(blocks):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = index
+
+
+def _resolve(field: str, values: list[int], n: int, what: str) -> list[int]:
+    """Python-style indices into a stack of n, made non-negative; out of range or repeated ones are errors."""
+    resolved = []
+    for v in values:
+        if not -n <= v < n:
+            raise UserError(f"transfer.{field}: index {v} is out of range for {what} (valid: 0–{n - 1}, or -{n} to -1).")
+        if v % n in resolved:
+            raise UserError(f"transfer.{field}: index {v} names block {v % n} a second time: list each block once.")
+        resolved.append(v % n)
+    return sorted(resolved)
+
+
+def drop_layers(model: PreTrainedModel, layers: list[int] | None = None, every: int | None = None) -> list[int]:
+    """Remove blocks in place, by index (negative from the end) or every k-th one; returns the dropped indices."""
+    blocks = _blocks(model)
+    n = len(blocks)
+    if layers and every:
+        raise UserError("transfer: give drop_layers or drop_every, not both.")
+    if every is not None:
+        if every < 2:
+            raise UserError(f"transfer.drop_every: {every} would drop every block: use 2 or more.")
+        dropped = list(range(every - 1, n, every))
+        if not dropped:
+            raise UserError(f"transfer.drop_every: {every} drops nothing from a model with {n} layers: use at most {n}.")
+    else:
+        dropped = _resolve("drop_layers", layers or [], n, f"a model with {n} layers")
+    keep = [i for i in range(n) if i not in dropped]
+    if not keep:
+        raise UserError(f"transfer.drop_layers: dropping {dropped} removes all {n} layers: keep at least one.")
+    _restack(model, [blocks[i] for i in keep], keep)
+    return dropped
+
+
+def insert_identity_blocks(model: PreTrainedModel, positions: list[int]) -> list[int]:
+    """LLaMA-Pro expansion: copies of the block below each position with residual writers zeroed; returns the new indices."""
+    kind = _arch(model)
+    if kind not in RESIDUAL_WRITERS:
+        raise UserError(
+            f"transfer.insert_identity_at: {type(model).__name__} is post-LN (LayerNorm after each residual add), so a block "
+            "with zeroed output projections is not an identity: drop layers instead, or expand a pre-LN decoder (GPT-2, Llama)."
+        )
+    blocks = _blocks(model)
+    n, total = len(blocks), len(blocks) + len(positions)
+    new = set(_resolve("insert_identity_at", positions, total, f"a stack of {total} blocks after inserting {len(positions)}"))
+    stack, sources, old = [], [], iter(range(n))
+    for pos in range(total):
+        if pos in new:
+            src = sources[-1] if sources else 0  # the block just below, or the first block at position 0
+            stack.append(_identity_copy(blocks[src], kind))
+        else:
+            src = next(old)
+            stack.append(blocks[src])
+        sources.append(src)
+    _restack(model, stack, sources)
+    return sorted(new)
+
+
+def _identity_copy(block: nn.Module, kind: str) -> nn.Module:
+    copy_ = copy.deepcopy(block)
+    with torch.no_grad():
+        for path in RESIDUAL_WRITERS[kind]:
+            try:
+                writer = copy_.get_submodule(path)
+            except AttributeError:
+                continue
+            for p in writer.parameters():  # weight and bias: x + attn(...) + mlp(...) = x + 0 + 0
+                p.zero_()
+    return copy_
+
+
+def resize_embeddings(model: PreTrainedModel, tokenizer, new_tokens: list[str]) -> int:
+    """Add the tokens the tokenizer lacks and embed them at the mean of the existing rows; returns how many were added."""
+    vocab = tokenizer.get_vocab()
+    fresh = [t for t in dict.fromkeys(new_tokens) if t not in vocab]
+    if not fresh:
+        return 0
+    added = tokenizer.add_tokens(fresh)
+    ids = tokenizer.convert_tokens_to_ids(fresh)
+    # Never shrink: a model may embed more rows than its tokenizer has (vocab padded to a multiple of 64).
+    rows = max(len(tokenizer), model.get_input_embeddings().num_embeddings)
+    # mean_resizing=True (the default) samples N(mean, 1e-9·cov) from the global RNG; the exact mean is the same
+    # to ~3e-5 of a std, needs no RNG and logs no warning.
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    first = min(ids)
+    out = model.get_output_embeddings()  # tied to the input embeddings, or its own rows; None without an LM head
+    with torch.no_grad():
+        for p in (model.get_input_embeddings().weight, getattr(out, "weight", None), getattr(out, "bias", None)):
+            if p is not None:  # [vocab, hidden] rows, or [vocab] bias entries
+                p[ids] = p[:first].mean(0)
+    return added
+
+
+def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, labels: list[str]) -> PreTrainedModel:
+    """The model's body under a freshly initialised sequence-classification head for `labels`."""
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise UserError(f"transfer.labels {labels}: a classifier needs at least 2 distinct labels.")
+    if isinstance(model_or_dir, PreTrainedModel):
+        body = model_or_dir
+    else:
+        try:
+            body = AutoModel.from_pretrained(model_or_dir, use_safetensors=True, trust_remote_code=False)
+        except OSError as exc:
+            reason = str(exc).splitlines()[0]
+            raise UserError(f"Cannot load a model from {model_or_dir} ({reason}): point at a folder written by save_pretrained.") from None
+    kind = _arch(body)
+    config = copy.deepcopy(body.config)
+    config.id2label = dict(enumerate(labels))  # num_labels follows id2label
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    if kind in DECODERS:
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise UserError("The tokenizer has neither a pad nor an eos token: set its pad_token before adding a classification head.")
+            tokenizer.pad_token = tokenizer.eos_token
+        config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not pad
+    # Built from the config, then only the body's weights loaded: the head is always new, even when the source
+    # already had one of the same shape (from_pretrained would reuse it, and fail on a different shape).
+    model = AutoModelForSequenceClassification.from_config(config, dtype=body.dtype)
+    missing, unexpected = model.base_model.load_state_dict(body.base_model.state_dict(), strict=False)
+    # Only BERT's pooler may be missing: BertForMaskedLM has none, so it starts fresh like the head.
+    if unexpected or any(not key.startswith("pooler.") for key in missing):
+        raise UserError(
+            f"transfer: the body of {type(body).__name__} does not fit {type(model).__name__} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}): start from a base or LM model of a supported architecture."
+        )
+    return model.to(body.device).train(body.training)
+
+
+def apply(spec: TransferSpec, model: PreTrainedModel, tokenizer) -> tuple[PreTrainedModel, object, list[dict]]:
+    """Add tokens, drop, insert, then put on a head (in that order); returns the model, tokenizer and the operations done."""
+    # The model and tokenizer change in place; the head, when asked for, comes back as a new model.
+    ops: list[dict] = []
+    if spec.add_tokens:
+        added = resize_embeddings(model, tokenizer, spec.add_tokens)
+        ops.append({"op": "add_tokens", "tokens": list(spec.add_tokens), "added": added})
+    if spec.drop_layers or spec.drop_every:
+        dropped = drop_layers(model, spec.drop_layers or None, spec.drop_every)
+        ops.append({"op": "drop_layers", "layers": dropped} | ({"every": spec.drop_every} if spec.drop_every else {}))
+    if spec.insert_identity_at:
+        ops.append({"op": "insert_identity", "at": insert_identity_blocks(model, spec.insert_identity_at)})
+    if spec.labels:
+        model = classification_head(model, tokenizer, spec.labels)
+        ops.append({"op": "classification_head", "labels": list(spec.labels)})
+    return model, tokenizer, ops
