@@ -7,11 +7,14 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
 from tasks.evaluate import EvaluateSpec
+from tasks.finetune import FinetuneSpec
 from tasks.pretrain import PretrainSpec
 from tasks.spec import Spec
+from tasks.transfer import TransferSpec
 
 
 class ExecutionSpec(Spec):
@@ -25,19 +28,37 @@ class ExecutionSpec(Spec):
 
 class PipelineSpec(Spec):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    """Model family name: the pretrained model is registered as `<name>-base`."""
-    data: PrepareSpec = PrepareSpec()
-    """Data preparation: sources, cleaning, split, tokenizer, packing."""
-    pretrain: PretrainSpec = PretrainSpec()
-    """Causal-LM pretraining, from scratch or continued from a model URI."""
-    evaluate: EvaluateSpec = EvaluateSpec()
-    """Evaluation of the trained model."""
+    """Model family name: pretraining registers `<name>-base`, transfer `<name>-transfer`, fine-tuning `<name>`."""
+    data: PrepareSpec | None = PrepareSpec()
+    """Corpus preparation for pretraining: sources, cleaning, split, tokenizer, packing."""
+    pretrain: PretrainSpec | None = PretrainSpec()
+    """Language-model pretraining, from scratch or continued from a model URI; empty skips it."""
+    evaluate: EvaluateSpec | None = EvaluateSpec()
+    """Perplexity of the pretrained model on the corpus's validation and test splits; empty skips it."""
+    transfer: TransferSpec | None = None
+    """Structure surgery on the model so far (or transfer.init): drop or insert blocks, add tokens, a new head; empty skips it."""
+    labeled: LabeledSpec | None = None
+    """Labeled data for fine-tuning (classification or prompt/response pairs); needed by finetune."""
+    finetune: FinetuneSpec | None = None
+    """Fine-tuning for classification or instruction following, full, LoRA or head-only; empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
     """Where and how the stages run."""
 
     @model_validator(mode="after")
-    def _block_fits_model(self):
-        if self.pretrain.init is None and self.data.block_size > self.pretrain.model.n_positions:
+    def _stages_fit_together(self):
+        if self.pretrain and not self.data:
+            raise ValueError("pretrain needs a corpus: set data (its sources), or set pretrain to null")
+        if self.evaluate and not self.pretrain:
+            raise ValueError("evaluate scores the pretrained model on the corpus: set pretrain, or set evaluate to null")
+        if bool(self.finetune) != bool(self.labeled):
+            raise ValueError("finetune and labeled go together: set both (the model to tune and its labeled data) or neither")
+        if self.transfer and not (self.transfer.init or self.pretrain):
+            raise ValueError("transfer needs a model: set transfer.init or pretrain")
+        if self.finetune and not (self.finetune.init or self.transfer or self.pretrain):
+            raise ValueError("finetune needs a model: set finetune.init (e.g. package:minilm), or pretrain")
+        if not (self.pretrain or self.transfer or self.finetune):
+            raise ValueError("the pipeline has no stage that makes a model: set pretrain, transfer or finetune")
+        if self.pretrain and self.pretrain.init is None and self.data.block_size > self.pretrain.model.n_positions:
             raise ValueError(
                 f"data.block_size ({self.data.block_size}) is larger than pretrain.model.n_positions "
                 f"({self.pretrain.model.n_positions}): lower data.block_size or raise pretrain.model.n_positions"

@@ -2,11 +2,14 @@
 
 from prefect import flow
 
-from tasks import evaluate, pretrain
-from tasks.data import prepare, sources
+from tasks import evaluate, finetune, pretrain, transfer
+from tasks.data import labeled, prepare, sources
+from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.evaluate import EvaluateSpec
+from tasks.finetune import FinetuneSpec
 from tasks.pretrain import PretrainSpec
+from tasks.transfer import TransferSpec
 from tasks.tracking import digest, run_stage
 
 
@@ -41,4 +44,35 @@ def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str
     return run_stage(
         "evaluate", spec, {"model": model, "dataset": dataset}, lambda ctx: evaluate.run(spec, model, dataset, ctx),
         experiment=experiment, parent_run_id=parent_run_id,
+    )
+
+
+@flow(name="transfer", log_prints=True)
+def transfer_stage(spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Structure surgery on a model URI (drop/insert blocks, add tokens, new head); returns the new version's URI."""
+    register_as = name + spec.register_suffix
+    return run_stage(
+        "transfer", spec, {"model": model}, lambda ctx: transfer.run(spec, model, register_as, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
+    )
+
+
+@flow(name="prepare-labeled", log_prints=True)
+def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Read, validate and split labeled data for fine-tuning; returns a dataset URI."""
+    digests = labeled.source_digests(spec)  # validates that every source exists before any run is opened
+    inputs = {name: uri for name, uri in labeled.source_names(spec).items()}
+    return run_stage(
+        "prepare-labeled", spec, inputs, lambda ctx: labeled.run(spec, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, digests=digests,
+    )
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_stage(spec: FinetuneSpec, model: str, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
+    register_as = name + spec.register_suffix
+    return run_stage(
+        "finetune", spec, {"model": model, "dataset": dataset}, lambda ctx: finetune.run(spec, model, dataset, register_as, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
     )

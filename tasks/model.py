@@ -10,7 +10,17 @@ from typing import Literal
 import mlflow
 import torch
 from pydantic import Field
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+)
 
 from tasks.errors import UserError
 from tasks.spec import Spec
@@ -147,6 +157,29 @@ def _refuse_pickle(model_dir: Path) -> None:
     raise UserError(f"Model folder {model_dir} has no *.safetensors weights: point at a folder written by `save_pretrained`.")
 
 
+# Heads by the architecture name a saved config records, and the mlflow.transformers task that serves each.
+HEADS = (
+    ("ForSequenceClassification", AutoModelForSequenceClassification, "text-classification"),
+    ("ForMaskedLM", AutoModelForMaskedLM, "fill-mask"),
+    ("ForCausalLM", AutoModelForCausalLM, "text-generation"),
+    ("LMHeadModel", AutoModelForCausalLM, "text-generation"),
+)
+
+
+def auto_class(uri: str):
+    """The Auto class that reloads a model with the head it was saved with (a bare encoder gets AutoModel)."""
+    where = locate(uri)
+    config = AutoConfig.from_pretrained(where.model, **({"gguf_file": where.gguf_file} if where.gguf_file else {}))
+    names = " ".join(config.architectures or [])
+    return next((auto for suffix, auto, _ in HEADS if suffix in names), AutoModel)
+
+
+def task_of(model: PreTrainedModel) -> str:
+    """The mlflow.transformers task for a loaded model."""
+    name = type(model).__name__
+    return next((task for suffix, _, task in HEADS if suffix in name), "feature-extraction")
+
+
 def load(uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, **kwargs) -> tuple[PreTrainedModel, object]:
     """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code."""
     where = locate(uri)
@@ -168,17 +201,17 @@ def load_tokenizer(path, gguf_file: str | None = None) -> object:
     return tok
 
 
-def log(model: PreTrainedModel, tokenizer) -> str:
-    """Log a causal LM with the mlflow.transformers flavour (safetensors + tokenizer); returns its `models:/m-…` URI."""
+def log(model: PreTrainedModel, tokenizer, task: str = "text-generation") -> str:
+    """Log a model with the mlflow.transformers flavour (safetensors + tokenizer); returns its `models:/m-…` URI."""
     # The flavour looks for a hub model card and licence, which a model trained here does not have.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
-        task="text-generation",
+        task=task,
         # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
         pip_requirements=[f"{d}=={importlib.metadata.version(d)}" for d in ("torch", "transformers", "tokenizers", "safetensors")],
         # pyfunc's default generation length; prompt + new tokens must fit in the model's positions.
-        model_config={"max_new_tokens": max(1, min(32, (max_positions(model.config) or 128) // 4))},
+        model_config={"max_new_tokens": max(1, min(32, (max_positions(model.config) or 128) // 4))} if task == "text-generation" else None,
     )
     return info.model_uri

@@ -40,9 +40,11 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
     _check_fits(model, tokenizer, blocks.shape[1], spec)
     mlflow.log_params({"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]})
 
-    trainer = Trainer(model=model, args=arguments(spec.train, work_dir(ctx)), train_dataset=BlockDataset(blocks))
-    fit(trainer, ctx, spec.train.keep_checkpoints)
-    logged = models.log(trainer.model, tokenizer)
+    if spec.train.max_steps:
+        trainer = Trainer(model=model, args=arguments(spec.train, work_dir(ctx)), train_dataset=BlockDataset(blocks))
+        fit(trainer, ctx, spec.train.keep_checkpoints)
+        model = trainer.model
+    logged = models.log(model, tokenizer)
     version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or ""})
     clean_up(ctx)
     print(f"pretrain: registered {version}")

@@ -4,7 +4,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.tracking import STAGE, tracking_uri
 
-STAGES = ("prepare", "pretrain", "evaluate")
+STAGES = ("prepare", "pretrain", "evaluate", "transfer", "prepare-labeled", "finetune")
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
@@ -24,14 +24,19 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
         elif f"multistep.reused.{stage}" in parent.data.tags:
             lines.append(f"  {stage:<9} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")
     lines.append(f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}")
-    lines.append(f"registered: {result['model']}")
-    evaluation = client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics
+    lines.append(f"registered: {', '.join(result[k] for k in ('base', 'transferred', 'finetuned') if k in result)}")
+    evaluation = client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics if "evaluation" in result else {}
     for split in ("validation", "test"):
         if f"{split}_perplexity" in evaluation:
             lines.append(
                 f"{split:<11} perplexity {evaluation[f'{split}_perplexity']:.2f}   "
                 f"(unigram baseline {evaluation[f'{split}_unigram_perplexity']:.2f})"
             )
+    if "finetuned" in result:
+        name, version = result["finetuned"].removeprefix("models:/").split("/")
+        tags = client.get_model_version(name, version).tags
+        shown = [f"{k.removeprefix('metric.')} {float(v):.4g}" for k, v in sorted(tags.items()) if k.startswith("metric.") and "loss" not in k]
+        lines.append(f"finetuned:  {', '.join(shown)}")
     if train_seconds:
         lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
     lines += [

@@ -20,8 +20,8 @@ FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
 
 
 class TrainSpec(Spec):
-    max_steps: int = Field(200, ge=1)
-    """Optimizer steps to train for."""
+    max_steps: int = Field(200, ge=0)
+    """Optimizer steps to train for; 0 registers the initial weights untrained (a from-scratch baseline for comparisons)."""
     batch_size: int = Field(16, ge=1)
     """Sequences per optimizer step on each device (before gradient accumulation)."""
     grad_accum: int = Field(1, ge=1)

@@ -27,6 +27,12 @@ PER_LAYER_LISTS = ("layer_types",)
 
 
 class TransferSpec(Spec):
+    init: str | None = None
+    """Model to operate on (a registry URI, local folder, package:<name>); empty takes the model the pipeline pretrained."""
+    register_suffix: str = Field("-transfer", pattern=r"^[A-Za-z0-9_.-]*$")
+    """The result is registered as `<name><suffix>`, with the operations in its lineage."""
+    seed: int = 0
+    """Seed for what surgery initialises at random (a new classification head)."""
     drop_layers: list[int] = []
     """Blocks to remove, by index in the model's stack (0 is the first; negative counts from the end, -1 is the last); empty keeps them all."""
     drop_every: int | None = Field(None, ge=2)
@@ -238,3 +244,30 @@ def apply(spec: TransferSpec, model: PreTrainedModel, tokenizer) -> tuple[PreTra
         model = classification_head(model, tokenizer, spec.labels)
         ops.append({"op": "classification_head", "labels": list(spec.labels)})
     return model, tokenizer, ops
+
+
+def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
+    """Apply the spec's surgery to a model URI and register the result with the operations in its lineage."""
+    import json
+
+    import mlflow
+    from transformers import set_seed
+
+    from tasks import model as models
+    from tasks import registry
+
+    existing = registry.find_version(register_as, ctx.key)
+    if existing:
+        return existing
+    set_seed(spec.seed)
+    model, tokenizer = models.load(model_uri, auto=models.auto_class(model_uri))
+    before = model.num_parameters()
+    model, tokenizer, operations = apply(spec, model, tokenizer)
+    mlflow.log_dict(operations, "transfer/operations.json")
+    mlflow.log_metrics({"parameters_before": before, "parameters_after": model.num_parameters()})
+    logged = models.log(model, tokenizer, task=models.task_of(model))
+    tags = {"multistep.parent_model": model_uri, "multistep.operations": json.dumps(operations)[:4900]}
+    version = registry.register(logged, register_as, ctx, tags)
+    print(f"transfer: {', '.join(op['op'] for op in operations) or 'no operations'} → {version}")
+    return version
+

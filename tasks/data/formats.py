@@ -8,23 +8,50 @@ from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
 
 
+def setting(spec, field: str) -> str:
+    """How messages name a setting: the spec's own `setting(field)` when it has one, else `data.<field>` (the corpus spec)."""
+    named = getattr(spec, "setting", None)
+    return named(field) if callable(named) else f"data.{field}"
+
 
 def parse(name: str, data: bytes, fmt: str, spec: PrepareSpec) -> list[dict]:
-    if fmt == "arrow":
-        raise UserError(f"{name}: data.format arrow expects a save_to_disk folder, not a file; point at the folder")
-    if not data.strip():  # also catches 0 bytes
-        raise UserError(f"{name}: the file is empty; add text to it or remove it from data.sources")
-    if fmt == "parquet":
-        return _parse_parquet(name, data, spec)
-    text = _decode(name, data, spec.encoding)
+    """Text rows `{"text", "origin"}` of one file."""
     if fmt == "text":
-        return cut_text(name, text, spec.text_unit)
+        _check_file(name, data, fmt, spec)
+        return cut_text(name, decode(name, data, spec.encoding, setting(spec, "encoding")), spec.text_unit)
+    column, key = spec.text_column, setting(spec, "text_column")
+    found = records(name, data, fmt, spec, {column: key})
+    return [{"text": text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found]
+
+
+def records(name: str, data: bytes, fmt: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]]:
+    """`(origin, {column: value})` for each record of a JSONL, CSV/TSV or Parquet file; `columns` maps each column needed to the setting that names it."""
+    _check_file(name, data, fmt, spec)
+    if fmt == "parquet":
+        return _parquet_records(name, data, spec, columns)
+    text = decode(name, data, spec.encoding, setting(spec, "encoding"))
     if fmt == "jsonl":
-        return _parse_jsonl(name, text, spec.text_column)
-    return _parse_csv(name, text, spec.text_column, "\t" if fmt == "tsv" else ",")
+        return _jsonl_records(name, text, columns)
+    if fmt in ("csv", "tsv"):
+        return _csv_records(name, text, columns, "\t" if fmt == "tsv" else ",")
+    raise UserError(f"{name}: a {fmt} file has no named columns; set {setting(spec, 'format')} to the file's format")
 
 
-def _decode(name: str, data: bytes, encoding: str | None) -> str:
+def decode_file(name: str, data: bytes, spec) -> str:
+    """The file's text in the spec's encoding (strict UTF-8 by default); an empty file is an error."""
+    _check_file(name, data, None, spec)
+    return decode(name, data, spec.encoding, setting(spec, "encoding"))
+
+
+def _check_file(name: str, data: bytes, fmt: str | None, spec) -> None:
+    if fmt == "arrow":
+        raise UserError(f"{name}: {setting(spec, 'format')} arrow expects a save_to_disk folder, not a file; point at the folder")
+    if not data.strip():  # also catches 0 bytes
+        raise UserError(f"{name}: the file is empty; add text to it or remove it from {setting(spec, 'sources')}")
+
+
+def decode(name: str, data: bytes, encoding: str | None, key: str = "data.encoding") -> str:
+    """Strict decoding; an error names file:line of the first bad byte and the setting `key` that fixes it."""
     # Strict decoding: a wrong guess would silently turn text into mojibake that trains the tokenizer.
     try:
         return data.decode(encoding or "utf-8-sig", errors="strict")
@@ -32,7 +59,7 @@ def _decode(name: str, data: bytes, encoding: str | None) -> str:
         line = data[: e.start].count(b"\n") + 1
         raise UserError(
             f"{name}:{line}: not valid {encoding or 'UTF-8'} (byte 0x{data[e.start]:02x}); "
-            "set data.encoding to the file's encoding, e.g. latin-1"
+            f"set {key} to the file's encoding, e.g. latin-1"
         ) from None
 
 
@@ -55,15 +82,16 @@ def cut_text(name: str, text: str, unit: str) -> list[dict]:
     return rows
 
 
-def _text_value(where: str, column: str, value) -> str:
+def text_value(where: str, column: str, value, key: str = "data.text_column") -> str:
+    """The value itself when it is a string, else an error naming where it is and the setting `key`."""
     if not isinstance(value, str):
         kind = "null" if value is None else type(value).__name__
-        raise UserError(f"{where}: {column!r} is {kind}, not a string; fix the value or set data.text_column to a text column")
+        raise UserError(f"{where}: {column!r} is {kind}, not a string; fix the value or set {key} to a text column")
     return value
 
 
-def _parse_jsonl(name: str, text: str, column: str) -> list[dict]:
-    rows = []
+def _jsonl_records(name: str, text: str, columns: dict[str, str]) -> list[tuple[str, dict]]:
+    out = []
     for i, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -74,35 +102,35 @@ def _parse_jsonl(name: str, text: str, column: str) -> list[dict]:
             raise UserError(f"{name}:{i}: not a JSON object: {reason}; write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise UserError(f"{name}:{i}: not a JSON object: found a {type(obj).__name__}; write one JSON object per line")
-        if column not in obj:
-            found = ", ".join(obj) or "none"
-            raise UserError(f"{name}:{i}: no key {column!r} (found: {found}); set data.text_column to the key that holds the text")
-        rows.append({"text": _text_value(f"{name}:{i}", column, obj[column]), "origin": f"{name}:{i}"})
-    return rows
+        for column, key in columns.items():
+            if column not in obj:
+                found = ", ".join(obj) or "none"
+                raise UserError(f"{name}:{i}: no key {column!r} (found: {found}); set {key} to the key that holds it")
+        out.append((f"{name}:{i}", {c: obj[c] for c in columns}))
+    return out
 
 
-def _parse_csv(name: str, text: str, column: str, delimiter: str) -> list[dict]:
+def _csv_records(name: str, text: str, columns: dict[str, str], delimiter: str) -> list[tuple[str, dict]]:
     # The default limit (128 KiB per field) is too small for whole documents; restore it for other users.
     old_limit = csv.field_size_limit(2**31 - 1)
     try:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        rows, header, index, last = [], None, 0, 0
+        out, header, index, last = [], None, {}, 0
         for record in reader:
             start, last = last + 1, reader.line_num  # a quoted field may span lines: report where the record starts
             if not record:
                 continue
             if header is None:
                 header = record
-                if column not in header:
-                    raise UserError(
-                        f"{name}:{start}: no column {column!r} (found: {', '.join(header)}); set data.text_column to one of them"
-                    )
-                index = header.index(column)
+                for column, key in columns.items():
+                    if column not in header:
+                        raise UserError(f"{name}:{start}: no column {column!r} (found: {', '.join(header)}); set {key} to one of them")
+                index = {c: header.index(c) for c in columns}
                 continue
-            if index >= len(record):
+            if max(index.values()) >= len(record):
                 raise UserError(f"{name}:{start}: the row has {len(record)} fields, the header {len(header)}; fix the row")
-            rows.append({"text": record[index], "origin": f"{name}:{start}"})
-        return rows
+            out.append((f"{name}:{start}", {c: record[j] for c, j in index.items()}))
+        return out
     except csv.Error as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise UserError(f"{name}:{reader.line_num}: not valid {kind} ({e}); fix the quoting") from None
@@ -110,18 +138,22 @@ def _parse_csv(name: str, text: str, column: str, delimiter: str) -> list[dict]:
         csv.field_size_limit(old_limit)
 
 
-def _parse_parquet(name: str, data: bytes, spec: PrepareSpec) -> list[dict]:
+def _parquet_records(name: str, data: bytes, spec, columns: dict[str, str]) -> list[tuple[str, dict]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{name}: not a readable Parquet file ({e}); check the file or set data.format") from None
-    return column_rows(name, table.column_names, lambda: table.column(spec.text_column).to_pylist(), spec.text_column)
+        raise UserError(f"{name}: not a readable Parquet file ({e}); check the file or set {setting(spec, 'format')}") from None
+    return column_records(name, table.column_names, lambda c: table.column(c).to_pylist(), columns)
 
 
-def column_rows(name: str, columns: list[str], values, column: str) -> list[dict]:
-    if column not in columns:
-        raise UserError(f"{name}: no column {column!r} (found: {', '.join(columns)}); set data.text_column to one of them")
-    return [{"text": _text_value(f"{name}#{i}", column, v), "origin": f"{name}#{i}"} for i, v in enumerate(values())]
+def column_records(name: str, found: list[str], values, columns: dict[str, str]) -> list[tuple[str, dict]]:
+    """Records of a columnar table (Parquet, a `datasets` Dataset); `values(column)` gives one column as a list."""
+    for column, key in columns.items():
+        if column not in found:
+            raise UserError(f"{name}: no column {column!r} (found: {', '.join(found)}); set {key} to one of them")
+    data = {c: list(values(c)) for c in columns}
+    rows = len(next(iter(data.values()))) if data else 0
+    return [(f"{name}#{i}", {c: data[c][i] for c in columns}) for i in range(rows)]

@@ -1,7 +1,9 @@
 """Read and validate every source of a PrepareSpec before anything else happens.
 
 Rows are `{"text": str, "origin": str}`; origin is `path:line` (1-based) for text, JSONL and CSV,
-`path#row` (0-based row index) for Parquet and `save_to_disk` folders.
+`path#row` (0-based row index) for Parquet and `save_to_disk` folders. `read_table`, `files`,
+`dataset_folder` and `digest` also serve other specs with `format` and `encoding` fields (the
+labeled-data spec); messages name their settings through `formats.setting`.
 """
 
 import codecs
@@ -22,7 +24,7 @@ _DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 def read_sources(spec: PrepareSpec) -> list[dict]:
     """All rows of all sources, in source order; raises UserError on the first problem found."""
-    _check_encoding(spec)
+    check_encoding(spec)
     rows = []
     for src in spec.sources:
         found = _read_source(src, spec)
@@ -36,50 +38,75 @@ def read_sources(spec: PrepareSpec) -> list[dict]:
 
 def source_digests(spec: PrepareSpec) -> dict[str, str]:
     """{source: content digest} for the stage cache key: content, never paths or mtimes."""
-    return {src: _digest(src, spec) for src in spec.sources}
+    return {src: digest(src, spec) for src in spec.sources}
 
 
-def _check_encoding(spec: PrepareSpec) -> None:
+def check_encoding(spec) -> None:
+    """A named encoding must be one Python knows."""
     if spec.encoding is not None:
         try:
             codecs.lookup(spec.encoding)
         except LookupError:
             raise UserError(
-                f"data.encoding {spec.encoding!r} is not a known text encoding; use a Python codec name such as utf-8 or latin-1"
+                f"{formats.setting(spec, 'encoding')} {spec.encoding!r} is not a known text encoding; "
+                "use a Python codec name such as utf-8 or latin-1"
             ) from None
 
 
 def _read_source(src: str, spec: PrepareSpec) -> list[dict]:
     if src.startswith("package:"):
         return _read_package(src, spec)
+    if src.startswith("hf:") or dataset_folder(src, spec):
+        column, key = spec.text_column, formats.setting(spec, "text_column")
+        found = read_table(src, spec, {column: key})
+        return [{"text": formats.text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found]
+    return [row for f in files(src, spec) for row in formats.parse(f, storage.read_bytes(f), _format(f, spec), spec)]
+
+
+def read_table(src: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]]:
+    """`(origin, {column: value})` for every record of a tabular source: JSONL, CSV/TSV or Parquet files, folders, S3, save_to_disk, hf:."""
     if src.startswith("hf:"):
-        return _read_hf(src, spec)
+        return _dataset_records(src, _load_hf(src, spec), columns)
+    folder = dataset_folder(src, spec)
+    if folder:
+        return _dataset_records(str(folder), _load_dataset_folder(folder), columns)
+    return [rec for f in files(src, spec) for rec in formats.records(f, storage.read_bytes(f), _format(f, spec), spec, columns)]
+
+
+def files(src: str, spec) -> list[str]:
+    """The files a local or s3:// source names, in order: itself, or its folder's (prefix's) supported non-hidden files."""
     if storage.is_s3(src):
         if spec.format == "arrow":
             raise UserError(f"{src}: save_to_disk folders are read from local disk only; download it and point at the folder")
-        return [row for uri in _s3_files(src, spec) for row in formats.parse(uri, storage.read_bytes(uri), _format(uri, spec), spec)]
-    path = _local_path(src)
-    if _is_dataset_folder(path, spec):
-        return _read_dataset_folder(path, spec)
-    return [row for f in _local_files(path, spec) for row in formats.parse(str(f), f.read_bytes(), _format(str(f), spec), spec)]
+        return list(_s3_files(src, spec))
+    return [str(f) for f in _local_files(_local_path(src, spec), spec)]
 
 
-def _digest(src: str, spec: PrepareSpec) -> str:
+def dataset_folder(src: str, spec) -> Path | None:
+    """The local save_to_disk folder the source names, or None when it names something else."""
+    if src.startswith(("package:", "hf:")) or storage.is_s3(src):
+        return None
+    path = _local_path(src, spec)
+    return path if _is_dataset_folder(path, spec) else None
+
+
+def digest(src: str, spec) -> str:
+    """Content digest of one source: file bytes (compressed files as they are), folder contents, S3 ETags, hub revision."""
     if src.startswith("package:"):
         _package_name(src)
         return f"{src}@python-{' '.join(sys.version.split())}"
     if src.startswith("hf:"):
-        return f"hf:{_hf_id(src)[0]}@{_hf_revision(src)}"
+        return f"hf:{_hf_id(src, spec)[0]}@{_hf_revision(src)}"
     if storage.is_s3(src):
         etags = _s3_files(src, spec)
         if list(etags) == [src]:
             return f"etag:{etags[src]}"
         return "etags:sha256:" + hashlib.sha256("\n".join(f"{u} {tag}" for u, tag in etags.items()).encode()).hexdigest()
-    path = _local_path(src)
+    path = _local_path(src, spec)
     if path.is_file():
         return "sha256:" + _file_sha256(path)
-    files = _dataset_files(path) if _is_dataset_folder(path, spec) else _local_files(path, spec)
-    pairs = "\n".join(f"{f.relative_to(path).as_posix()} {_file_sha256(f)}" for f in files)
+    found = _dataset_files(path) if _is_dataset_folder(path, spec) else _local_files(path, spec)
+    pairs = "\n".join(f"{f.relative_to(path).as_posix()} {_file_sha256(f)}" for f in found)
     return "sha256:" + hashlib.sha256(pairs.encode()).hexdigest()
 
 
@@ -94,10 +121,10 @@ def _file_sha256(path: Path) -> str:
 # ---- where the bytes come from ------------------------------------------------------------------
 
 
-def _local_path(src: str) -> Path:
+def _local_path(src: str, spec) -> Path:
     path = storage.file_uri_to_path(src)
     if not path.exists():
-        raise UserError(f"{src}: no such file or folder (working directory {Path.cwd()}); fix the path in data.sources")
+        raise UserError(f"{src}: no such file or folder (working directory {Path.cwd()}); fix the path in {formats.setting(spec, 'sources')}")
     return path
 
 
@@ -120,7 +147,9 @@ def _local_files(path: Path, spec: PrepareSpec) -> list[Path]:
     )
     files = [p for p in files if _supported(p.name, spec)]
     if not files:
-        raise UserError(f"{path}: the folder has no supported files ({' '.join(EXTENSIONS)}); add files or set data.format")
+        raise UserError(
+            f"{path}: the folder has no supported files ({' '.join(EXTENSIONS)}); add files or set {formats.setting(spec, 'format')}"
+        )
     return files
 
 
@@ -128,13 +157,15 @@ def _s3_files(src: str, spec: PrepareSpec) -> dict[str, str]:
     """{URI: ETag} of the object the source names, or of the supported non-hidden objects under it."""
     objects = storage.s3_etags(src)
     if not objects:
-        raise UserError(f"{src}: no object or prefix with that name; check the bucket and key in data.sources")
+        raise UserError(f"{src}: no object or prefix with that name; check the bucket and key in {formats.setting(spec, 'sources')}")
     if list(objects) == [src]:  # one object, named exactly
         return objects
     base = src.rstrip("/") + "/"
     files = {u: tag for u, tag in objects.items() if not _hidden(u[len(base) :]) and _supported(u, spec)}
     if not files:
-        raise UserError(f"{src}: the prefix has no supported files ({' '.join(EXTENSIONS)}); add files or set data.format")
+        raise UserError(
+            f"{src}: the prefix has no supported files ({' '.join(EXTENSIONS)}); add files or set {formats.setting(spec, 'format')}"
+        )
     return files
 
 
@@ -143,7 +174,9 @@ def _format(name: str, spec: PrepareSpec) -> str:
         return spec.format
     suffix = Path(name).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise UserError(f"{name}: unknown file type {suffix or '(none)'!r}; use {' '.join(EXTENSIONS)} or set data.format")
+        raise UserError(
+            f"{name}: unknown file type {suffix or '(none)'!r}; use {' '.join(EXTENSIONS)} or set {formats.setting(spec, 'format')}"
+        )
     return EXTENSIONS[suffix]
 
 
@@ -154,7 +187,7 @@ def _is_dataset_folder(path: Path, spec: PrepareSpec) -> bool:
     marked = path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS)
     if spec.format == "arrow" and not marked:
         markers = " or ".join(_DATASET_MARKERS)
-        raise UserError(f"{path}: not a save_to_disk folder (no {markers}); set data.format to match the files")
+        raise UserError(f"{path}: not a save_to_disk folder (no {markers}); set {formats.setting(spec, 'format')} to match the files")
     return marked and spec.format in ("auto", "arrow")
 
 
@@ -162,27 +195,26 @@ def _dataset_files(path: Path) -> list[Path]:
     return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
 
 
-def _dataset_rows(name: str, ds, column: str) -> list[dict]:
-    """Rows of a Dataset, or of a DatasetDict's "train" split, or of all its splits (by name) when it has none."""
+def _dataset_records(name: str, ds, columns: dict[str, str]) -> list[tuple[str, dict]]:
+    """Records of a Dataset, or of a DatasetDict's "train" split, or of all its splits (by name) when it has none."""
     if isinstance(ds, dict):  # a DatasetDict
         splits = ["train"] if "train" in ds else sorted(ds)
-        return [row for split in splits for row in _dataset_rows(f"{name}/{split}", ds[split], column)]
-    return formats.column_rows(name, ds.column_names, lambda: ds[column], column)
+        return [rec for split in splits for rec in _dataset_records(f"{name}/{split}", ds[split], columns)]
+    return formats.column_records(name, ds.column_names, lambda c: ds[c], columns)
 
 
-def _read_dataset_folder(path: Path, spec: PrepareSpec) -> list[dict]:
+def _load_dataset_folder(path: Path):
     import datasets
 
     try:
-        ds = datasets.load_from_disk(str(path))
+        return datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises several kinds for a damaged folder
         raise UserError(
             f"{path}: not a readable save_to_disk folder ({type(e).__name__}: {e}); save it again with save_to_disk"
         ) from None
-    return _dataset_rows(str(path), ds, spec.text_column)
 
 
-def _hf_id(src: str) -> tuple[str, str | None]:
+def _hf_id(src: str, spec=None) -> tuple[str, str | None]:
     dataset_id, _, split = src[3:].partition(":")
     if not dataset_id:
         raise UserError(f"{src}: no dataset id; write hf:<owner/name> or hf:<owner/name>:<split>")
@@ -190,23 +222,22 @@ def _hf_id(src: str) -> tuple[str, str | None]:
     if offline & {"1", "true", "yes", "on"}:
         raise UserError(
             f"{src}: hf: sources need network and offline mode is on (HF_HUB_OFFLINE); "
-            "download the data and point data.sources at the local folder instead"
+            f"download the data and point {formats.setting(spec, 'sources')} at the local folder instead"
         )
     return dataset_id, split or None
 
 
-def _read_hf(src: str, spec: PrepareSpec) -> list[dict]:
+def _load_hf(src: str, spec):
     import datasets
 
-    dataset_id, split = _hf_id(src)
+    dataset_id, split = _hf_id(src, spec)
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        return datasets.load_dataset(dataset_id, split=split)
     except Exception as e:  # network, auth and missing-dataset errors come from several libraries
         raise UserError(
             f"{src}: could not load from the Hugging Face Hub ({type(e).__name__}); hf: sources need network, "
-            "so download the data and point data.sources at the local folder instead"
+            f"so download the data and point {formats.setting(spec, 'sources')} at the local folder instead"
         ) from e
-    return _dataset_rows(src, ds, spec.text_column)
 
 
 def _hf_revision(src: str) -> str:

@@ -1,0 +1,44 @@
+"""Labeled data for fine-tuning: classification rows `{text, [text_pair], label, origin}` or SFT rows `{prompt, response, origin}`.
+
+The stage body is `run`; later stages read its URI back with `load_rows` and `card`.
+"""
+
+import functools
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+
+from tasks.data.labeled.read import source_digests, source_names
+from tasks.data.labeled.spec import SPLITS, LabeledSpec
+from tasks.data.labeled.stage import run
+from tasks.errors import UserError
+
+__all__ = ["SPLITS", "LabeledSpec", "card", "load_rows", "root", "run", "source_digests", "source_names"]
+
+
+@functools.lru_cache(maxsize=8)
+def root(uri: str) -> Path:
+    """A local folder holding the labeled dataset's files (downloaded once per process)."""
+    if uri.startswith(("runs:/", "s3://", "models:/", "mlflow-artifacts:")):
+        try:
+            return Path(mlflow.artifacts.download_artifacts(uri))
+        except mlflow.exceptions.MlflowException as exc:
+            raise UserError(f"Cannot fetch labeled data {uri} ({exc.message.splitlines()[0]}): pass the URI a labeled stage returned.") from None
+    path = Path(uri.removeprefix("file://"))
+    if not (path / "card.json").exists():
+        raise UserError(f"{uri} is not a labeled dataset (no card.json): pass the URI a labeled stage returned.")
+    return path
+
+
+def load_rows(uri: str, split: str) -> list[dict]:
+    """The rows of one split, as dicts in stored order."""
+    if split not in SPLITS:
+        raise UserError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    return pq.read_table(root(uri) / f"{split}.parquet").to_pylist()
+
+
+def card(uri: str) -> dict:
+    """The data card: task, labels (classification), rows per split, rows removed and why, sources and digests."""
+    return json.loads((root(uri) / "card.json").read_text())

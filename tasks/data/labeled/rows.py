@@ -1,0 +1,142 @@
+"""From raw rows to the stored splits: labels checked and made strings, texts normalised, splits drawn and capped."""
+
+import hashlib
+import json
+import re
+import reprlib
+
+from tasks.data import clean
+from tasks.data.labeled.spec import SPLITS, LabeledSpec
+from tasks.errors import UserError
+
+# The label types accepted, by the name messages use; bool is its own type although Python makes it an int.
+_KINDS = {str: "a string", int: "an integer", bool: "a boolean"}
+
+
+def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict]:
+    """The stored splits, and the card's counts: rows read, rows removed and why, where each split came from."""
+    if spec.task == "classification":
+        _labels_to_strings(spec, raw)
+    drawn = [s for s in ("validation", "test") if s not in raw]
+    counts = {
+        "rows_read": {s: len(raw.get(s, [])) for s in SPLITS},
+        "removed": {"empty_text": {s: 0 for s in SPLITS}, "over_max_rows": {}},
+        "split_from": {s: "drawn from train by content hash" if s in drawn else "given" for s in SPLITS},
+    }
+    splits = {}
+    for name, rows in raw.items():
+        splits[name] = _drop_empty(spec, rows)
+        counts["removed"]["empty_text"][name] = len(rows) - len(splits[name])
+        if not splits[name]:
+            fields = " or ".join(_text_fields(spec)) + (" after normalising" if spec.normalize else "")
+            raise UserError(
+                f"labeled.{name}: all {len(rows)} rows have an empty {fields}; "
+                f"check labeled.{'text' if spec.task == 'classification' else 'prompt'}_column and the files"
+            )
+    if drawn:
+        splits.update(_draw(spec, splits["train"], drawn))
+    for name in SPLITS:
+        cap = spec.max_train_rows if name == "train" else spec.max_eval_rows
+        capped = _cap(splits[name], cap, spec.split.salt, lambda r: _key(spec, r))
+        counts["removed"]["over_max_rows"][name] = len(splits[name]) - len(capped)
+        splits[name] = capped
+    if spec.task == "classification":
+        _check_label_sets(spec, splits)
+    else:
+        splits = {n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows] for n, rows in splits.items()}
+    return splits, counts
+
+
+def label_order(labels) -> list[str]:
+    """Label names in id order: by value when every label is an integer, else alphabetically."""
+    labels = set(labels)
+    if all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def _labels_to_strings(spec: LabeledSpec, raw: dict[str, list[dict]]) -> None:
+    """Check every label (one type throughout, strings or integers) and replace it by its string form, cut at label_before."""
+    first = None  # (type name, origin) of the first label seen
+    for name in SPLITS:
+        for row in raw.get(name, []):
+            value, where = row["label"], row["origin"]
+            if value is None:
+                raise UserError(f"{where}: the label {spec.label_column!r} is null; give every row a label or remove the row")
+            kind = _KINDS.get(type(value))
+            if kind is None:
+                raise UserError(
+                    f"{where}: the label {reprlib.repr(value)} is a {type(value).__name__}, and labels must be strings or integers; "
+                    "fix the data or set labeled.label_column to the label column"
+                )
+            if first is None:
+                first = (kind, where)
+            elif kind != first[0]:
+                raise UserError(
+                    f"{where}: the label {value!r} is {kind} but the first label (at {first[1]}) is {first[0]}; "
+                    "write every label as the same type, e.g. all strings"
+                )
+            label = (json.dumps(value) if kind == "a boolean" else str(value)).strip()
+            if spec.label_before is not None:
+                label = label.split(spec.label_before, 1)[0].strip()
+            if not label:
+                cut = f" before labeled.label_before {spec.label_before!r}" if spec.label_before is not None else ""
+                raise UserError(f"{where}: the label {value!r} is empty{cut}; give every row a label or remove the row")
+            row["label"] = label
+
+
+def _text_fields(spec: LabeledSpec) -> list[str]:
+    if spec.task == "sft":
+        return ["prompt", "response"]
+    return ["text", "text_pair"] if spec.text_pair_column else ["text"]
+
+
+def _drop_empty(spec: LabeledSpec, rows: list[dict]) -> list[dict]:
+    """Rows with every text normalised (when asked); rows with an empty text are left out."""
+    fields = _text_fields(spec)
+    out = []
+    for row in rows:
+        if spec.normalize:
+            row = {**row, **{f: clean.normalize(row[f]) for f in fields}}
+        if all(row[f].strip() for f in fields):
+            out.append(row)
+    return out
+
+
+def _key(spec: LabeledSpec, row: dict) -> str:
+    """What the split and subset hashes see: the input texts, never the label or response, so that one input stays in one split."""
+    if spec.task == "sft":
+        return row["prompt"]
+    return row["text"] + ("\t" + row["text_pair"] if spec.text_pair_column else "")
+
+
+def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> dict[str, list[dict]]:
+    """Training rows split by content hash; only the splits in `drawn` take a share (a given split's fraction is ignored)."""
+    how = spec.split.model_copy(update={s: getattr(spec.split, s) if s in drawn else 0.0 for s in ("validation", "test")})
+    parts = clean.split([{"text": _key(spec, r), "row": r} for r in train], how)
+    return {name: [p["row"] for p in parts[name]] for name in ["train", *drawn]}
+
+
+def _cap(rows: list[dict], limit: int | None, salt: str, key) -> list[dict]:
+    """At most `limit` rows, the first by a salted hash of their key (so file order does not bias the choice), kept in file order."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    rank = sorted(range(len(rows)), key=lambda i: hashlib.sha256(f"subset\0{salt}\0{key(rows[i])}".encode()).digest())
+    return [rows[i] for i in sorted(rank[:limit])]
+
+
+def _check_label_sets(spec: LabeledSpec, splits: dict[str, list[dict]]) -> None:
+    seen = {r["label"] for r in splits["train"]}
+    if len(seen) < 2:
+        raise UserError(
+            f"The training split has only one label ({', '.join(map(repr, seen))}) and a classifier needs at least two; "
+            "check labeled.label_column and labeled.label_before, or add rows with other labels"
+        )
+    for name in ("validation", "test"):
+        unseen = label_order({r["label"] for r in splits[name]} - seen)
+        if unseen:
+            capped = ", or raise labeled.max_train_rows" if spec.max_train_rows else ""
+            raise UserError(
+                f"The {name} split has labels that training never saw ({', '.join(unseen)}); "
+                f"fix the data, or add training rows with those labels{capped}"
+            )

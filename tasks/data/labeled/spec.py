@@ -1,0 +1,72 @@
+"""The labeled-data stage's spec: where each split comes from, its format, and which columns hold what."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.data.spec import SplitSpec
+from tasks.spec import Spec
+
+SPLITS = ("train", "validation", "test")
+
+
+class LabeledSpec(Spec):
+    task: Literal["classification", "sft"] = "classification"
+    """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn."""
+    train: list[str] = Field(min_length=1)
+    """Training data: local files or folders (.jsonl .csv .tsv .parquet, any file when format is set), `save_to_disk` folders, `s3://` URIs or `hf:<dataset id>` (online only); with format `parallel`, exactly `[prompt_file, response_file]`."""
+    validation: list[str] = []
+    """Validation data, used as it is (`split.validation` is then ignored); empty draws `split.validation` of the training rows by content hash."""
+    test: list[str] = []
+    """Test data, used as it is (`split.test` is then ignored); empty draws `split.test` of the training rows by content hash."""
+    split: SplitSpec = SplitSpec()
+    """Fractions of the training rows drawn for validation and test when those lists are empty; the salt also picks the rows kept by max_train_rows and max_eval_rows."""
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow", "label-prefixed", "parallel"] = "auto"
+    """File format; `auto` goes by extension; `label-prefixed`: one `LABEL text` per line (TREC), the label being the first whitespace-separated field; `parallel`: two plain-text files (optionally .gz) whose lines align, prompts then responses (Multi30k); `arrow`: a save_to_disk folder."""
+    encoding: str | None = None
+    """Text encoding of the files; empty means strict UTF-8, and a file that is not valid UTF-8 is an error (TREC's training file needs latin-1)."""
+    text_column: str = "text"
+    """Classification: the column (or JSON key) that holds the text; not used by label-prefixed files."""
+    text_pair_column: str | None = None
+    """Classification: the column with a second text for pair tasks (entailment, paraphrase); empty for single texts."""
+    label_column: str = "label"
+    """Classification: the column that holds the label, strings or integers (one type throughout); not used by label-prefixed files."""
+    prompt_column: str = "prompt"
+    """SFT: the column that holds the prompt; not used by parallel files."""
+    response_column: str = "response"
+    """SFT: the column that holds the response to learn; not used by parallel files."""
+    prompt_template: str = "{prompt}"
+    """SFT: the prompt the model sees, with `{prompt}` replaced by the row's prompt, e.g. `Translate German to English: {prompt}`."""
+    label_before: str | None = None
+    """Keep only the part of each label before this separator, e.g. `:` turns TREC's `LOC:city` into the coarse class `LOC`; empty keeps labels whole."""
+    max_train_rows: int | None = Field(None, ge=1)
+    """Keep at most this many training rows (after validation and test are drawn), chosen by a salted content hash so that neither file order nor a rerun changes the choice; empty keeps all."""
+    max_eval_rows: int | None = Field(None, ge=1)
+    """Keep at most this many rows of validation and of test each, chosen the same way; empty keeps all."""
+    normalize: bool = True
+    """Unicode NFC, no control characters, single spaces, stripped, on texts, pairs, prompts and responses (not labels); rows left empty are dropped and counted in the card."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("labeled.prompt_template must contain {prompt}, where each row's prompt goes, e.g. 'Translate German to English: {prompt}'")
+        if self.format == "parallel":
+            if self.task != "sft":
+                raise ValueError("labeled.format parallel gives prompt/response pairs: set labeled.task to sft")
+            for name in SPLITS:
+                sources = getattr(self, name)
+                if sources and len(sources) != 2:
+                    raise ValueError(f"labeled.{name} must be exactly [prompt_file, response_file] with format parallel, not {len(sources)} sources")
+        if self.format == "label-prefixed" and self.task != "classification":
+            raise ValueError("labeled.format label-prefixed gives labeled texts: set labeled.task to classification")
+        for name in SPLITS:
+            for src in getattr(self, name):
+                if src.startswith("package:"):
+                    raise ValueError(f"labeled.{name}: {src} holds unlabeled text; use files, folders, s3:// or hf: sources")
+                if src.startswith("hf:") and self.format in ("label-prefixed", "parallel"):
+                    raise ValueError(f"labeled.{name}: {src} is a hub dataset, not {self.format} files; set labeled.format to auto")
+        return self
+
+    def setting(self, field: str) -> str:
+        """How error messages name one of this spec's settings (the shared readers ask)."""
+        return "labeled.train, labeled.validation or labeled.test" if field == "sources" else f"labeled.{field}"

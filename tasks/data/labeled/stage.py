@@ -1,0 +1,114 @@
+"""The labeled-data stage body: read and check everything, then write Parquet splits and a card, and log lineage."""
+
+import hashlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.data.labeled import read, rows
+from tasks.data.labeled.spec import SPLITS, LabeledSpec
+from tasks.tracking import DIGEST, StageRun, log_metrics
+
+ARTIFACT = "labeled"
+
+
+def run(spec: LabeledSpec, ctx: StageRun) -> str:
+    """Prepare the labeled dataset and log it to the stage run; returns `runs:/<run_id>/labeled`."""
+    raw = read.read_splits(spec)  # every source read and checked before anything is written
+    splits, counts = rows.build(spec, raw)
+    columns = _columns(spec)
+    card = {
+        "task": spec.task,
+        "columns": columns,
+        "sources": {uri: ctx.digests[name] for name, uri in ctx.inputs.items()},
+        **counts,
+        "splits": {n: _split_card(spec, splits[n]) for n in SPLITS},
+    }
+    if spec.task == "classification":
+        card["labels"] = rows.label_order(r["label"] for r in splits["train"])
+    else:
+        card["prompt_template"] = spec.prompt_template
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        schema = pa.schema([(c, pa.string()) for c in columns])
+        for name in SPLITS:
+            pq.write_table(pa.Table.from_pylist(splits[name], schema=schema), out / f"{name}.parquet")
+        card["digest"] = _digest(out)
+        (out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
+        (out / "card.md").write_text(card_markdown(card))
+        mlflow.log_artifacts(tmp, ARTIFACT)
+    _log_lineage(ctx, spec, splits, card)
+    uri = f"runs:/{ctx.run_id}/{ARTIFACT}"
+    sizes = ", ".join(f"{card['splits'][n]['rows']:,} {n}" for n in SPLITS)
+    print(f"labeled: {spec.task} rows: {sizes} → {uri}")
+    return uri
+
+
+def _columns(spec: LabeledSpec) -> list[str]:
+    if spec.task == "sft":
+        return ["prompt", "response", "origin"]
+    return ["text", *(["text_pair"] if spec.text_pair_column else []), "label", "origin"]
+
+
+def _split_card(spec: LabeledSpec, split: list[dict]) -> dict:
+    out = {"rows": len(split)}
+    if spec.task == "classification":
+        counts = {}
+        for r in split:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+        out["labels"] = {label: counts[label] for label in rows.label_order(counts)}
+    return out
+
+
+def _digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(out).as_posix().encode())
+            h.update(path.read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]], card: dict) -> None:
+    """Splits as MLflow inputs (the lineage view), the digest as a tag, counts as metrics."""
+    for name in SPLITS:
+        frame = pd.DataFrame(splits[name], columns=card["columns"])
+        source = mlflow.get_artifact_uri(f"{ARTIFACT}/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
+        targets = "label" if spec.task == "classification" else "response"
+        with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=f"{ctx.stage}-{name}")
+        mlflow.log_input(dataset, context=name)
+    mlflow.set_tag(DIGEST, card["digest"])
+    metrics = {f"{n}_rows": s["rows"] for n, s in card["splits"].items()}
+    metrics.update({f"{n}_rows_read": v for n, v in card["rows_read"].items()})
+    metrics.update({f"removed_{why}": sum(per.values()) for why, per in card["removed"].items()})
+    if "labels" in card:
+        metrics["num_labels"] = len(card["labels"])
+    log_metrics(ctx.run_id, metrics)
+
+
+def card_markdown(card: dict) -> str:
+    """The data card as Markdown tables, for the MLflow and Prefect UIs."""
+    removed = card["removed"]
+    lines = [f"# Labeled data card ({card['task']})", "", "| split | from | rows read | empty text | over max rows | rows |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    lines += [
+        f"| {n} | {card['split_from'][n]} | {card['rows_read'][n]:,} | {removed['empty_text'][n]:,} | "
+        f"{removed['over_max_rows'][n]:,} | {card['splits'][n]['rows']:,} |"
+        for n in SPLITS
+    ]
+    if "labels" in card:
+        lines += ["", "| label | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
+        for label in card["labels"]:
+            lines.append(f"| {label} | " + " | ".join(f"{card['splits'][n]['labels'].get(label, 0):,}" for n in SPLITS) + " |")
+    else:
+        lines += ["", f"Prompt template: `{card['prompt_template']}`"]
+    lines += ["", "| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Sequence classification: text (and an optional text pair) → one of the dataset's labels."""
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+
+from tasks import methods, registry, transfer
+from tasks import model as models
+from tasks.data import labeled
+from tasks.finetune.trainer import register, train_best
+
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenized examples with their label ids; the collator pads each batch to its longest row."""
+
+    def __init__(self, encodings: dict[str, list], labels: list[int]):
+        self.encodings, self.labels = encodings, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**{k: v[i] for k, v in self.encodings.items()}, "labels": self.labels[i]}
+
+
+def load_classifier(uri: str, labels: list[str]):
+    """The model at `uri` with a head for `labels`: kept when it already names exactly these labels, new otherwise."""
+    where = models.locate(uri)
+    source = AutoConfig.from_pretrained(where.model, **({"gguf_file": where.gguf_file} if where.gguf_file else {}))
+    kept = list(getattr(source, "id2label", {}).values()) == labels and any("ForSequenceClassification" in a for a in source.architectures or [])
+    model, tok = models.load(
+        uri, auto=AutoModelForSequenceClassification, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, ignore_mismatched_sizes=True,
+    )
+    if not kept and any("ForSequenceClassification" in a for a in source.architectures or []):
+        model = transfer.classification_head(model, tok, labels)  # same size, other labels: a trained head would lie
+    if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def encode(tokenizer, rows: list[dict], label2id: dict[str, int], max_length: int) -> Encoded:
+    pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
+    enc = tokenizer([r["text"] for r in rows], pairs, truncation=True, max_length=max_length)
+    return Encoded(dict(enc), [label2id[r["label"]] for r in rows])
+
+
+def scores(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 (scikit-learn) from the Trainer's logits and label ids."""
+    logits, labels = eval_pred
+    predicted = np.argmax(logits, axis=-1)
+    return {"accuracy": accuracy_score(labels, predicted), "macro_f1": f1_score(labels, predicted, average="macro")}
+
+
+def run(spec, init: str, data: str, register_as: str, ctx) -> str:
+    """Fine-tune a classifier, keep the best validation checkpoint, score test, register."""
+    existing = registry.find_version(register_as, ctx.key)
+    if existing:
+        print(f"finetune: {existing} was already registered by this stage")
+        return existing
+    labels = labeled.card(data)["labels"]
+    set_seed(spec.train.seed)
+    model, tok = load_classifier(init, labels)
+    model = methods.prepare(model, spec, "classification")
+    label2id = {l: i for i, l in enumerate(labels)}
+    splits = {s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")}
+    trainer = train_best(
+        spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx,
+        metric="accuracy", greater=True, compute_metrics=scores,
+    )
+    metrics = {}
+    for split in ("validation", "test"):
+        if len(splits[split]):
+            result = trainer.evaluate(splits[split], metric_key_prefix=split)
+            metrics.update({k: v for k, v in result.items() if k.endswith(("accuracy", "macro_f1", "loss"))})
+    print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    return register(spec, trainer.model, tok, "text-classification", register_as, init, metrics, ctx, {"multistep.labels": ",".join(labels)})

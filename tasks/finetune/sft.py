@@ -1,0 +1,118 @@
+"""Instruction SFT: prompt → response, the prompt masked out of the loss, the chat template when the tokenizer has one."""
+
+from collections.abc import Mapping
+
+import mlflow
+import sacrebleu
+import torch
+from transformers import set_seed
+
+from tasks import methods, registry
+from tasks import model as models
+from tasks.data import labeled
+from tasks.finetune.trainer import register, train_best
+from tasks.tracking import log_metrics
+
+IGNORE = -100  # label id the loss skips
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt up to where the response starts."""
+    if tokenizer.chat_template:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, Mapping) else out)
+    return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, row: dict, max_length: int) -> dict[str, list[int]] | None:
+    """input_ids = prompt + response + eos; labels = IGNORE over the prompt; None when the prompt leaves no room."""
+    prompt = prompt_ids(tokenizer, row["prompt"])
+    response = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(prompt) >= max_length:
+        return None
+    ids = (prompt + response)[:max_length]
+    return {"input_ids": ids, "labels": ([IGNORE] * len(prompt) + response)[:max_length]}
+
+
+class Examples(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def collate(pad_id: int):
+    """Right-pad a batch: input_ids with pad, labels with IGNORE, and the attention mask."""
+
+    def pad(batch: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), longest), pad_id)
+        labels = torch.full((len(batch), longest), IGNORE)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return pad
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy responses, batched with left padding so every prompt ends where generation starts."""
+    model.eval()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        longest = max(map(len, encoded))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(e)) + e for e in encoded])
+        mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded])
+        new = model.generate(
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        )[:, longest:]
+        out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu) and exact match."""
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "exact_match": sum(h == r for h, r in zip(hypotheses, references)) / max(1, len(references)),
+    }
+
+
+def run(spec, init: str, data: str, register_as: str, ctx) -> str:
+    """Fine-tune for instruction following; score generations before and after; register the best checkpoint."""
+    existing = registry.find_version(register_as, ctx.key)
+    if existing:
+        print(f"finetune: {existing} was already registered by this stage")
+        return existing
+    set_seed(spec.train.seed)
+    model, tok = models.load(init)
+    rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
+    encoded = {s: [e for e in (encode(tok, r, spec.max_length) for r in rows[s]) if e] for s in rows}
+    held_out = rows["test"][: spec.generation_rows]
+    prompts, references = [r["prompt"] for r in held_out], [r["response"] for r in held_out]
+    before = generate(model, tok, prompts, spec.max_new_tokens) if held_out else []
+
+    model = methods.prepare(model, spec, "causal_lm")
+    trainer = train_best(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, metric="eval_loss", greater=False)
+    metrics = {}
+    for split in ("validation", "test"):
+        if encoded[split]:
+            metrics[f"{split}_loss"] = trainer.evaluate(Examples(encoded[split]), metric_key_prefix=split)[f"{split}_loss"]
+    if held_out:
+        after = generate(trainer.model, tok, prompts, spec.max_new_tokens)
+        metrics.update({f"{k}_before": v for k, v in generation_scores(before, references).items()})
+        metrics.update(generation_scores(after, references))
+        mlflow.log_table({"prompt": prompts, "reference": references, "before": before, "after": after}, "generations.json")
+    log_metrics(ctx.run_id, metrics)
+    print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    return register(spec, trainer.model, tok, "text-generation", register_as, init, metrics, ctx, {})

@@ -1,0 +1,46 @@
+"""What classification and SFT share: a Trainer that scores validation at each checkpoint, stops early, and registers the best."""
+
+import mlflow
+from transformers import EarlyStoppingCallback, Trainer
+
+from tasks import methods, registry
+from tasks import model as models
+from tasks.tracking import StageRun, log_metrics
+from tasks.train import arguments, clean_up, fit, work_dir
+
+
+def train_best(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *, metric: str, greater: bool, compute_metrics=None) -> Trainer:
+    """Train with validation at every checkpoint; the best checkpoint's weights are loaded at the end."""
+    args = arguments(
+        spec.train,
+        work_dir(ctx),
+        eval_strategy="steps",
+        eval_steps=spec.train.checkpoint_every,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=greater,
+        save_total_limit=2,  # the newest and the best
+    )
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+        compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
+    )
+    trainable, total = methods.trainable_fraction(model)
+    mlflow.log_params({"trainable_parameters": trainable, "parameters": total})
+    log_metrics(ctx.run_id, {"trainable_fraction": trainable / total})
+    fit(trainer, ctx, spec.train.keep_checkpoints)
+    return trainer
+
+
+def register(spec, model, tokenizer, task: str, register_as: str, init: str, metrics: dict[str, float], ctx: StageRun, lineage: dict) -> str:
+    """Log the (merged) model, register it once per stage key, put its metrics on the version, drop the scratch."""
+    final = methods.finalize(model, spec)
+    logged = models.log(final, tokenizer, task=task)
+    log_metrics(ctx.run_id, metrics)
+    tags = {"multistep.parent_model": init, "multistep.method": spec.method, **lineage}
+    version = registry.register(logged, register_as, ctx, tags)
+    registry.set_tags(version, {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    clean_up(ctx)
+    print(f"finetune: registered {version}")
+    return version
