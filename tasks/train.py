@@ -150,7 +150,7 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     if complete:
         resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
         print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
-    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * _block_size(trainer)
+    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * _tokens_per_example(trainer)
     trainer.add_callback(MlflowMetrics(ctx.run_id, tokens_per_step))
     trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
     trainer.add_callback(FaultInjection())
@@ -164,8 +164,11 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     return stats
 
 
-def _block_size(trainer: Trainer) -> int:
-    return int(trainer.train_dataset[0]["input_ids"].numel())
+def _tokens_per_example(trainer: Trainer) -> float:
+    """Tokens in one example: the block size for packed data, the mean length (before padding) otherwise."""
+    data = trainer.train_dataset
+    sample = [len(data[i]["input_ids"]) for i in range(min(len(data), 256))]
+    return sum(sample) / max(1, len(sample))
 
 
 def work_dir(ctx: StageRun) -> str:

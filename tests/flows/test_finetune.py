@@ -1,0 +1,110 @@
+"""Fine-tuning and transfer through llm_pipeline on tiny models: what gets registered, with which lineage and metrics."""
+
+import json
+import random
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForSequenceClassification
+
+from flows.pipeline import llm_pipeline
+from flows.spec import load
+from tasks import model as models
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def sentiment(tmp_path) -> Path:
+    """A separable toy sentiment set: label 1 rows praise, label 0 rows complain."""
+    rng = random.Random(0)
+    good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
+    nouns = ["film", "plot", "cast", "score", "story", "ending", "music", "pace"]
+    rows = ["sentence\tlabel"]
+    for i in range(240):
+        label = i % 2
+        words = [rng.choice(good if label else bad), "the", rng.choice(nouns), "was", rng.choice(good if label else bad), str(i)]
+        rows.append(f"{' '.join(words)}\t{label}")
+    path = tmp_path / "sentiment.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def pairs(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    words = ["cat", "dog", "house", "tree", "water", "bread", "sun", "moon"]
+    path.write_text("".join(json.dumps({"prompt": f"repeat {w} {i}", "response": f"{w} {i}"}) + "\n" for i in range(60) for w in words[:2]))
+    return path
+
+
+def finetune_overrides(data: Path, *extra: str) -> list[str]:
+    return [
+        "labeled.task=classification", f"labeled.train=[{data}]", "labeled.text_column=sentence",
+        "labeled.split.validation=0.2", "labeled.split.test=0.2",
+        "finetune.train.max_steps=12", "finetune.train.batch_size=16", "finetune.train.lr=0.003",
+        "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.train.log_every=3",
+        "finetune.max_length=16", *extra,
+    ]
+
+
+def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_overrides):
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + finetune_overrides(sentiment))
+    result = llm_pipeline(spec)
+    assert result["finetuned"] == result["model"] == "models:/tiny/1"
+    version = MlflowClient().get_model_version("tiny", "1")
+    assert version.tags["multistep.parent_model"] == "models:/tiny-base/1"
+    assert version.tags["multistep.labels"] == "0,1" and version.tags["multistep.method"] == "full"
+    assert 0.0 <= float(version.tags["metric.test_accuracy"]) <= 1.0 and "metric.validation_macro_f1" in version.tags
+    root = Path(mlflow.artifacts.download_artifacts(result["model"]))
+    model = AutoModelForSequenceClassification.from_pretrained(root / "model", use_safetensors=True)
+    assert model.config.id2label == {0: "0", 1: "1"}
+
+
+def test_head_only_on_the_packaged_minilm(home, sentiment):
+    spec = load("configs/sst2-minilm.yaml", [
+        "name=mini", f"labeled.train=[{sentiment}]", "labeled.test=[]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
+        "finetune.method=head", "finetune.train.max_steps=4", "finetune.train.checkpoint_every=2", "finetune.train.batch_size=8",
+        "finetune.max_length=16",
+    ])
+    result = llm_pipeline(spec)
+    base, _ = models.load("package:minilm", auto=AutoModelForSequenceClassification, num_labels=2)
+    tuned, _ = models.load(result["model"], auto=AutoModelForSequenceClassification)
+    # Head-only: the encoder is the shipped one, bit for bit.
+    for (name, a), b in zip(base.bert.state_dict().items(), tuned.bert.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert MlflowClient().get_model_version("mini", "1").tags["multistep.method"] == "head"
+
+
+def test_lora_sft_merged_scores_generations_before_and_after(home, corpus, pairs, tiny_overrides):
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
+        "labeled.task=sft", f"labeled.train=[{pairs}]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
+        "finetune.method=lora", "finetune.lora_rank=4", "finetune.train.max_steps=6", "finetune.train.batch_size=8",
+        "finetune.train.checkpoint_every=3", "finetune.train.lr=0.01", "finetune.max_length=32",
+        "finetune.generation_rows=4", "finetune.max_new_tokens=4",
+    ])
+    result = llm_pipeline(spec)
+    run = MlflowClient().get_run(MlflowClient().get_model_version("tiny", "1").run_id)
+    assert {"bleu", "bleu_before", "chrf", "chrf_before", "exact_match", "test_loss", "trainable_fraction"} <= set(run.data.metrics)
+    assert 0 < run.data.metrics["trainable_fraction"] < 0.2
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/generations.json")).read_text())
+    assert set(table["columns"]) == {"prompt", "reference", "before", "after"}
+    merged, _ = models.load(result["model"])  # a plain causal LM: the adapters were merged
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_transfer_registers_the_surgery_in_the_lineage(home, corpus, tiny_overrides):
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + ["transfer.insert_identity_at=[1]", "transfer.add_tokens=[<q>]"])
+    result = llm_pipeline(spec)
+    assert result["transferred"] == "models:/tiny-transfer/1"
+    tags = MlflowClient().get_model_version("tiny-transfer", "1").tags
+    assert [op["op"] for op in json.loads(tags["multistep.operations"])] == ["add_tokens", "insert_identity"]
+    assert tags["multistep.parent_model"] == "models:/tiny-base/1"
+    base, tok = models.load("models:/tiny-base/1")
+    grown, grown_tok = models.load(result["transferred"])
+    assert grown.config.n_layer == base.config.n_layer + 1 and "<q>" in grown_tok.get_vocab()
+    ids = torch.tensor([tok.encode("the data model")])
+    assert torch.allclose(grown(ids).logits[..., : base.config.vocab_size], base(ids).logits, atol=1e-6)
