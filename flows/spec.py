@@ -48,8 +48,8 @@ class PipelineSpec(Spec):
     def _stages_fit_together(self):
         if self.pretrain and not self.data:
             raise ValueError("pretrain needs a corpus: set data (its sources), or set pretrain to null")
-        if self.evaluate and not self.pretrain:
-            raise ValueError("evaluate scores the pretrained model on the corpus: set pretrain, or set evaluate to null")
+        if self.evaluate and not (self.pretrain and self.pretrain.objective == "clm"):
+            raise ValueError("evaluate scores a causal LM's perplexity on the corpus: pretrain one (objective clm), or set evaluate to null")
         if bool(self.finetune) != bool(self.labeled):
             raise ValueError("finetune and labeled go together: set both (the model to tune and its labeled data) or neither")
         if self.transfer and not (self.transfer.init or self.pretrain):

@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BertConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
@@ -52,8 +53,8 @@ class Located:
 
 
 class ModelSpec(Spec):
-    arch: Literal["gpt2", "llama"] = "gpt2"
-    """Architecture of a model trained from scratch."""
+    arch: Literal["gpt2", "llama", "bert"] = "gpt2"
+    """Architecture of a model trained from scratch: gpt2 or llama (causal LM), bert (an encoder, for pretrain.objective mlm)."""
     n_layer: int = Field(4, ge=1, le=128)
     """Transformer blocks."""
     n_head: int = Field(4, ge=1, le=128)
@@ -73,7 +74,7 @@ class ModelSpec(Spec):
 
 
 def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
-    """A freshly initialised causal LM sized by the spec, with the tokenizer's vocabulary and special tokens."""
+    """A freshly initialised model sized by the spec (causal LM, or masked LM for bert) with the tokenizer's vocabulary."""
     # No pad id: packed blocks are never padded, and eos (which pads batches elsewhere) occurs inside every block.
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": None}
     if spec.arch == "gpt2":
@@ -83,6 +84,15 @@ def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
             n_head=spec.n_head, n_inner=int(spec.mlp_ratio * spec.n_embd), activation_function="gelu_pytorch_tanh",
             resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout, **special,
         )
+    elif spec.arch == "bert":
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=spec.n_embd, num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head,
+            intermediate_size=int(spec.mlp_ratio * spec.n_embd), max_position_embeddings=spec.n_positions,
+            hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout, type_vocab_size=2,
+            # No padding row: pad is eos here, which sits inside every packed block and must keep learning.
+            pad_token_id=None,
+        )
+        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
     else:
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=spec.n_embd, intermediate_size=int(spec.mlp_ratio * spec.n_embd),

@@ -1,8 +1,10 @@
 """The pretrain stage: a causal LM from scratch or from a model URI, trained on packed blocks with HF Trainer."""
 
 import mlflow
+from typing import Literal
+
 from pydantic import Field
-from transformers import Trainer, set_seed
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
 from tasks import model as models
 from tasks import registry
@@ -20,8 +22,19 @@ class PretrainSpec(Spec):
     """Architecture and size of a model trained from scratch (ignored when `init` is set)."""
     train: TrainSpec = TrainSpec()
     """Optimisation, logging and checkpointing."""
+    objective: Literal["clm", "mlm"] = "clm"
+    """clm: predict the next token (gpt2, llama); mlm: predict masked tokens, BERT-style, for encoders (model.arch bert)."""
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    """mlm: fraction of tokens masked (80% replaced by [MASK], 10% by a random token, 10% kept)."""
     register_suffix: str = Field("-base", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
+
+    def model_post_init(self, _context) -> None:
+        if self.init is None and (self.objective == "mlm") != (self.model.arch == "bert"):
+            raise ValueError(
+                f"pretrain.objective {self.objective} does not fit pretrain.model.arch {self.model.arch}: "
+                "use mlm with bert, clm with gpt2 or llama"
+            )
 
 
 def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> str:
@@ -33,19 +46,27 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
     blocks = prepared.load_blocks(dataset, "train")
     tokenizer = prepared.load_tokenizer(dataset)
     set_seed(spec.train.seed)
+    mlm = spec.objective == "mlm"
+    if mlm and tokenizer.mask_token is None:  # tokenizers trained by prepare have only <|endoftext|>
+        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
     if spec.init:
-        model, _ = models.load(spec.init)
+        model, _ = models.load(spec.init, auto=AutoModelForMaskedLM if mlm else AutoModelForCausalLM)
     else:
         model = models.build(spec.model, tokenizer)
     _check_fits(model, tokenizer, blocks.shape[1], spec)
     mlflow.log_params({"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]})
 
     if spec.train.max_steps:
-        trainer = Trainer(model=model, args=arguments(spec.train, work_dir(ctx)), train_dataset=BlockDataset(blocks))
+        # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
+        trainer = Trainer(
+            model=model, args=arguments(spec.train, work_dir(ctx)), train_dataset=BlockDataset(blocks, labels=not mlm),
+            data_collator=collator,
+        )
         fit(trainer, ctx, spec.train.keep_checkpoints)
         model = trainer.model
-    logged = models.log(model, tokenizer)
-    version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or ""})
+    logged = models.log(model, tokenizer, task="fill-mask" if mlm else "text-generation")
+    version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective})
     clean_up(ctx)
     print(f"pretrain: registered {version}")
     return version

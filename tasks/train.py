@@ -53,16 +53,16 @@ class TrainSpec(Spec):
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Packed blocks [n, block_size] as causal-LM examples; labels = input_ids, the model shifts them."""
+    """Packed blocks [n, block_size] as causal-LM examples (labels = input_ids, the model shifts them), or bare for an MLM collator."""
 
-    def __init__(self, blocks: np.ndarray):
-        self.blocks = torch.from_numpy(blocks.astype(np.int64))
+    def __init__(self, blocks: np.ndarray, labels: bool = True):
+        self.blocks, self.labels = torch.from_numpy(blocks.astype(np.int64)), labels
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]} if self.labels else {"input_ids": self.blocks[i]}
 
 
 class MlflowMetrics(TrainerCallback):

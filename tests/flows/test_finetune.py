@@ -108,3 +108,24 @@ def test_transfer_registers_the_surgery_in_the_lineage(home, corpus, tiny_overri
     assert grown.config.n_layer == base.config.n_layer + 1 and "<q>" in grown_tok.get_vocab()
     ids = torch.tensor([tok.encode("the data model")])
     assert torch.allclose(grown(ids).logits[..., : base.config.vocab_size], base(ids).logits, atol=1e-6)
+
+
+def test_masked_lm_pretraining_then_classification(home, corpus, sentiment, tiny_overrides):
+    from transformers import AutoModelForMaskedLM
+
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
+        "pretrain.model.arch=bert", "pretrain.objective=mlm", "pretrain.mlm_probability=0.2", "evaluate=null",
+        *finetune_overrides(sentiment, "finetune.train.max_steps=6", "finetune.train.checkpoint_every=3"),
+    ])
+    result = llm_pipeline(spec)
+    encoder, tok = models.load(result["base"], auto=AutoModelForMaskedLM)
+    assert type(encoder).__name__ == "BertForMaskedLM" and tok.mask_token == "[MASK]"
+    assert MlflowClient().get_model_version("tiny-base", "1").tags["multistep.objective"] == "mlm"
+    assert MlflowClient().get_model_version("tiny", "1").tags["multistep.parent_model"] == result["base"]
+
+
+def test_objective_must_fit_the_architecture():
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError, match="pretrain.objective mlm does not fit pretrain.model.arch gpt2"):
+        load("configs/default.yaml", ["pretrain.objective=mlm", "evaluate=null"])
