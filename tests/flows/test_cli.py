@@ -88,3 +88,35 @@ def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_
     failed = run_cli(["run", "configs/default.yaml", *sets, "--set", f"data.sources=[{bad}]"], home)
     assert_refused(failed, "bad.txt:1")
     assert [int(v.version) for v in registered_versions(home)] == [1]
+
+
+@pytest.fixture
+def refused_finetune(tmp_path, run_cli, registered_versions):
+    """Run the SST-2 MiniLM preset on a tiny TSV with a bad input; check the refusal and an empty registry."""
+
+    def check(tsv_text: str, *needles, extra=()):
+        data = tmp_path / "tiny.tsv"
+        data.write_text(tsv_text)
+        home = tmp_path / "home"
+        sets = [f"labeled.train=[{data}]", "labeled.test=[]", "labeled.split.validation=0.25", "labeled.split.test=0.25",
+                "finetune.train.max_steps=2", "finetune.train.checkpoint_every=2", *extra]
+        result = run_cli(["run", "configs/sst2-minilm.yaml", *sum((["--set", s] for s in sets), [])], home)
+        assert_refused(result, *needles)
+        assert registered_versions(home) == []
+
+    return check
+
+
+GOOD_TSV = "sentence\tlabel\n" + "".join(f"row number {i} is {'good' if i % 2 else 'bad'}\t{i % 2}\n" for i in range(40))
+
+
+def test_label_column_missing(refused_finetune):
+    refused_finetune(GOOD_TSV.replace("\tlabel\n", "\tpolarity\n", 1), "tiny.tsv", "'label'", "polarity", "labeled.label_column")
+
+
+def test_lora_target_the_model_lacks_lists_the_ones_it_has(refused_finetune):
+    refused_finetune(GOOD_TSV, "no module named 'qkv'", "query", "value", extra=["finetune.method=lora", "finetune.lora_targets=[qkv]"])
+
+
+def test_unknown_package(refused_finetune):
+    refused_finetune(GOOD_TSV, "package:bert-huge", "package:minilm", extra=["finetune.init=package:bert-huge"])
