@@ -1,6 +1,7 @@
 """Build, load and log models: from-scratch configs, registry versions, local folders, hf: ids."""
 
 import importlib.metadata
+import json
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Located:
     model: Path | str  # a folder, or a hub id for hf:
     tokenizer: Path | str
     gguf_file: str | None = None
+    adapter_base: str | None = None  # a LoRA adapter folder: the model URI it goes on top of
 
 
 class ModelSpec(Spec):
@@ -152,6 +154,9 @@ def locate(uri: str) -> Located:
             raise UserError(f"Model folder {root} does not exist: give a registry URI (models:/name/version), a local folder, package:<name> or hf:<id>.")
     if (root / "MLmodel").exists():  # an mlflow.transformers model: weights in model/, tokenizer in components/
         return Located(root / "model", root / "components" / "tokenizer")
+    if (root / "adapter_config.json").exists():
+        base = json.loads((root / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return Located(root, root, adapter_base=base)
     return Located(root, root)
 
 
@@ -193,6 +198,11 @@ def task_of(model: PreTrainedModel) -> str:
 def load(uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, **kwargs) -> tuple[PreTrainedModel, object]:
     """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code."""
     where = locate(uri)
+    if where.adapter_base:  # base first, then the adapter (never mlflow.transformers for a PeftModel)
+        from tasks.methods import load_with_adapter
+
+        base, _ = load(where.adapter_base, auto=auto, dtype=dtype, **kwargs)
+        return load_with_adapter(base, where.model), load_tokenizer(where.tokenizer)
     if isinstance(where.model, Path) and not where.gguf_file:
         _refuse_pickle(where.model)
     weights = {"gguf_file": where.gguf_file} if where.gguf_file else {"use_safetensors": True}

@@ -18,12 +18,20 @@ def find_version(name: str, key: str) -> str | None:
 
 
 def register(model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | None = None) -> str:
-    """Register a logged model as a version of `name` once per stage key; a retried stage gets the same version."""
+    """Register a logged model (`models:/m-…`) or a folder of files in the run's artifacts, once per stage key."""
     existing = find_version(name, ctx.key)
     if existing:
         return existing
-    version = mlflow.register_model(model_uri, name, tags={**ctx.lineage(), **(tags or {})})
+    tags = {**ctx.lineage(), **(tags or {})}
     client = MlflowClient()
+    if model_uri.startswith("models:/"):
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    else:  # plain files (a LoRA adapter): register_model only knows logged models
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException:  # it exists
+            pass
+        version = client.create_model_version(name, source=model_uri, run_id=ctx.run_id, tags=tags)
     # File and SQL stores answer READY at once; a server may take a moment to copy artifacts.
     deadline = time.monotonic() + 300
     while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:

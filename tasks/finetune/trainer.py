@@ -1,11 +1,14 @@
 """What classification and SFT share: a Trainer that scores validation at each checkpoint, stops early, and registers the best."""
 
+import tempfile
+
 import mlflow
+from peft import PeftModel
 from transformers import EarlyStoppingCallback, Trainer
 
 from tasks import methods, registry
 from tasks import model as models
-from tasks.tracking import StageRun, log_metrics
+from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
 
 
@@ -36,7 +39,15 @@ def train_best(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRu
 def register(spec, model, tokenizer, task: str, register_as: str, init: str, metrics: dict[str, float], ctx: StageRun, lineage: dict) -> str:
     """Log the (merged) model, register it once per stage key, put its metrics on the version, drop the scratch."""
     final = methods.finalize(model, spec)
-    logged = models.log(final, tokenizer, task=task)
+    if isinstance(final, PeftModel):  # merge_lora off: the adapter alone, pointing at its base version
+        base = _pinned(init)
+        with tempfile.TemporaryDirectory() as tmp:
+            methods.save_adapter(final, tmp, base_uri=base)
+            tokenizer.save_pretrained(tmp)
+            mlflow.log_artifacts(tmp, "adapter")
+        logged, lineage = mlflow.get_artifact_uri("adapter"), {**lineage, "multistep.adapter_base": base}
+    else:
+        logged = models.log(final, tokenizer, task=task)
     log_metrics(ctx.run_id, metrics)
     tags = {"multistep.parent_model": init, "multistep.method": spec.method, **lineage}
     version = registry.register(logged, register_as, ctx, tags)
@@ -44,3 +55,11 @@ def register(spec, model, tokenizer, task: str, register_as: str, init: str, met
     clean_up(ctx)
     print(f"finetune: registered {version}")
     return version
+
+
+def _pinned(uri: str) -> str:
+    """An alias resolved to its version: an adapter must name the exact base it was trained on."""
+    if uri.startswith("models:/") and "@" in uri:
+        version = resolve_version(uri)
+        return f"models:/{version.name}/{version.version}"
+    return uri

@@ -129,3 +129,24 @@ def test_objective_must_fit_the_architecture():
 
     with pytest.raises(UserError, match="pretrain.objective mlm does not fit pretrain.model.arch gpt2"):
         load("configs/default.yaml", ["pretrain.objective=mlm", "evaluate=null"])
+
+
+def test_lora_adapter_version_records_its_base_and_loads_on_top_of_it(home, corpus, pairs, tiny_overrides):
+    from peft import PeftModel
+
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
+        "labeled.task=sft", f"labeled.train=[{pairs}]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
+        "finetune.method=lora", "finetune.merge_lora=false", "finetune.lora_rank=4", "finetune.train.max_steps=4",
+        "finetune.train.batch_size=8", "finetune.train.checkpoint_every=2", "finetune.train.lr=0.05",
+        "finetune.max_length=32", "finetune.generation_rows=0",
+    ])
+    result = llm_pipeline(spec)
+    version = MlflowClient().get_model_version("tiny", "1")
+    assert version.tags["multistep.adapter_base"] == "models:/tiny-base/1"
+    root = Path(mlflow.artifacts.download_artifacts(result["model"]))
+    assert (root / "adapter_model.safetensors").exists() and not list(root.glob("model.safetensors"))
+    adapted, tok = models.load(result["model"])
+    base, _ = models.load("models:/tiny-base/1")
+    assert isinstance(adapted, PeftModel)
+    ids = torch.tensor([tok.encode("repeat cat 3")])
+    assert not torch.allclose(adapted(input_ids=ids).logits, base(input_ids=ids).logits)  # the adapter was trained
