@@ -115,11 +115,12 @@ def digest(uri: str) -> str:
         return model.package_digest(uri)
     path = Path(uri.removeprefix("file://"))
     if path.exists():
-        return _path_digest(path)
+        return content_digest(path)
     return uri  # hf: ids and the like: the id itself (revision pinning is the user's)
 
 
-def _path_digest(path: Path) -> str:
+def content_digest(path: Path) -> str:
+    """sha256 over a file's bytes, or a folder's relative paths and bytes: content, never mtimes."""
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:

@@ -1,6 +1,5 @@
 """The prepare stage: sources → validated rows → cleaned, deduplicated, split → tokenized, packed → artifacts + card."""
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -18,7 +17,7 @@ from tasks.data import clean, sources
 from tasks.data.prepared import SPLITS
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
-from tasks.tracking import DIGEST, StageRun, log_metrics
+from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 
 def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
@@ -53,7 +52,7 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
         tokenizer.save_pretrained(out / "tokenizer")
         for name in SPLITS:
             _write_split(out, name, splits[name], blocks[name])
-        card["digest"] = _digest(out)
+        card["digest"] = content_digest(out)
         (out / "card.json").write_text(json.dumps(card, indent=2))
         (out / "card.md").write_text(card_markdown(card))
         mlflow.log_artifacts(tmp, "dataset")
@@ -80,14 +79,6 @@ def _write_split(out: Path, name: str, rows: list[dict], blocks: np.ndarray) -> 
     column = pa.FixedSizeListArray.from_arrays(flat, blocks.shape[1]) if blocks.size else pa.array([], pa.list_(pa.int32(), blocks.shape[1]))
     pq.write_table(pa.table({"input_ids": column}), out / "blocks" / f"{name}.parquet")
 
-
-def _digest(out: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(out.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(out).as_posix().encode())
-            h.update(path.read_bytes())
-    return "sha256:" + h.hexdigest()
 
 
 def _log_lineage(ctx: StageRun, splits: dict[str, list[dict]], card: dict) -> None:

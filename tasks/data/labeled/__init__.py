@@ -3,33 +3,17 @@
 The stage body is `run`; later stages read its URI back with `load_rows` and `card`.
 """
 
-import functools
 import json
-from pathlib import Path
 
-import mlflow
 import pyarrow.parquet as pq
 
 from tasks.data.labeled.read import source_digests, source_names
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.data.labeled.stage import run
+from tasks.data.prepared import root
 from tasks.errors import UserError
 
 __all__ = ["SPLITS", "LabeledSpec", "card", "load_rows", "root", "run", "source_digests", "source_names"]
-
-
-@functools.lru_cache(maxsize=8)
-def root(uri: str) -> Path:
-    """A local folder holding the labeled dataset's files (downloaded once per process)."""
-    if uri.startswith(("runs:/", "s3://", "models:/", "mlflow-artifacts:")):
-        try:
-            return Path(mlflow.artifacts.download_artifacts(uri))
-        except mlflow.exceptions.MlflowException as exc:
-            raise UserError(f"Cannot fetch labeled data {uri} ({exc.message.splitlines()[0]}): pass the URI a labeled stage returned.") from None
-    path = Path(uri.removeprefix("file://"))
-    if not (path / "card.json").exists():
-        raise UserError(f"{uri} is not a labeled dataset (no card.json): pass the URI a labeled stage returned.")
-    return path
 
 
 def load_rows(uri: str, split: str) -> list[dict]:

@@ -1,6 +1,5 @@
 """The labeled-data stage body: read and check everything, then write Parquet splits and a card, and log lineage."""
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 
 from tasks.data.labeled import read, rows
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
-from tasks.tracking import DIGEST, StageRun, log_metrics
+from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 ARTIFACT = "labeled"
 
@@ -39,7 +38,7 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
         schema = pa.schema([(c, pa.string()) for c in columns])
         for name in SPLITS:
             pq.write_table(pa.Table.from_pylist(splits[name], schema=schema), out / f"{name}.parquet")
-        card["digest"] = _digest(out)
+        card["digest"] = content_digest(out)
         (out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False))
         (out / "card.md").write_text(card_markdown(card))
         mlflow.log_artifacts(tmp, ARTIFACT)
@@ -65,14 +64,6 @@ def _split_card(spec: LabeledSpec, split: list[dict]) -> dict:
         out["labels"] = {label: counts[label] for label in rows.label_order(counts)}
     return out
 
-
-def _digest(out: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(out.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(out).as_posix().encode())
-            h.update(path.read_bytes())
-    return "sha256:" + h.hexdigest()
 
 
 def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]], card: dict) -> None:
