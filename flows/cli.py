@@ -32,6 +32,8 @@ def _embedded_defaults() -> None:
     home = Path(os.environ.setdefault("MULTISTEP_HOME", ".multistep")).resolve()
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+        # The ephemeral server starts before anything else would create its folder, and cannot open its database without it.
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the embedded server has no network
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
