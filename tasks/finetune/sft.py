@@ -79,6 +79,20 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return out
 
 
+@torch.no_grad()
+def mean_loss(model, examples: list[dict], pad_id: int, batch_size: int = 8) -> float:
+    """Mean response-token loss of the model as it is (the "before" of a fine-tune), batched like the Trainer's eval."""
+    model.eval()
+    pad = collate(pad_id)
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(model.device) for k, v in pad(examples[start : start + batch_size]).items()}
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())  # positions the shifted loss counts
+        total += model(**batch).loss.item() * n
+        count += n
+    return total / max(count, 1)
+
+
 def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu) and exact match."""
     return {
@@ -101,10 +115,11 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     held_out = rows["test"][: spec.generation_rows]
     prompts, references = [r["prompt"] for r in held_out], [r["response"] for r in held_out]
     before = generate(model, tok, prompts, spec.max_new_tokens) if held_out else []
+    loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
     trainer = train_best(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, metric="eval_loss", greater=False)
-    metrics = {}
+    metrics = {} if loss_before is None else {"test_loss_before": loss_before}
     for split in ("validation", "test"):
         if encoded[split]:
             metrics[f"{split}_loss"] = trainer.evaluate(Examples(encoded[split]), metric_key_prefix=split)[f"{split}_loss"]

@@ -88,7 +88,7 @@ def test_lora_sft_merged_scores_generations_before_and_after(home, corpus, pairs
     ])
     result = llm_pipeline(spec)
     run = MlflowClient().get_run(MlflowClient().get_model_version("tiny", "1").run_id)
-    assert {"bleu", "bleu_before", "chrf", "chrf_before", "exact_match", "test_loss", "trainable_fraction"} <= set(run.data.metrics)
+    assert {"bleu", "bleu_before", "chrf", "chrf_before", "exact_match", "test_loss", "test_loss_before", "trainable_fraction"} <= set(run.data.metrics)
     assert 0 < run.data.metrics["trainable_fraction"] < 0.2
     table = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/generations.json")).read_text())
     assert set(table["columns"]) == {"prompt", "reference", "before", "after"}
