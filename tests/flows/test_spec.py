@@ -36,7 +36,7 @@ def test_spec_is_frozen():
     "overrides, needles",
     [
         (["data.sorces=[a]"], ["unknown key `data.sorces`", "did you mean `sources`"]),
-        (["pretrain.zzz=1"], ["unknown key `pretrain.zzz`", "valid keys here are init, model"]),
+        (["pretrain.zzz=1"], ["unknown key `pretrain.zzz`", "valid keys here are init, mlm_probability, model, objective"]),
         (["pretrain.train.lr=-1"], ["`pretrain.train.lr`", "greater than 0"]),
         (["data.tokenizer.kind=words"], ["`data.tokenizer.kind`", "'bpe', 'char' or 'model'"]),
         (["data.block_size=512"], ["data.block_size (512) is larger than pretrain.model.n_positions (128)"]),
