@@ -181,10 +181,14 @@ HEADS = (
 )
 
 
-def auto_class(uri: str):
+def saved_config(where: Located):
+    """The config a located model was saved with."""
+    return AutoConfig.from_pretrained(where.model, **({"gguf_file": where.gguf_file} if where.gguf_file else {}))
+
+
+def auto_class(where: Located):
     """The Auto class that reloads a model with the head it was saved with (a bare encoder gets AutoModel)."""
-    where = locate(uri)
-    config = AutoConfig.from_pretrained(where.model, **({"gguf_file": where.gguf_file} if where.gguf_file else {}))
+    config = saved_config(where)
     names = " ".join(config.architectures or [])
     return next((auto for suffix, auto, _ in HEADS if suffix in names), AutoModel)
 
@@ -195,9 +199,14 @@ def task_of(model: PreTrainedModel) -> str:
     return next((task for suffix, _, task in HEADS if suffix in name), "feature-extraction")
 
 
-def load(uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, **kwargs) -> tuple[PreTrainedModel, object]:
-    """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code."""
-    where = locate(uri)
+def load(
+    uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, where: Located | None = None, **kwargs
+) -> tuple[PreTrainedModel, object]:
+    """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code.
+
+    Pass `where` when the caller already located the files (registry URIs are downloaded by each `locate`).
+    """
+    where = where or locate(uri)
     if where.adapter_base:  # base first, then the adapter (never mlflow.transformers for a PeftModel)
         from tasks.methods import load_with_adapter
 

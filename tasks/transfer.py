@@ -260,7 +260,8 @@ def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
     if existing:
         return existing
     set_seed(spec.seed)
-    model, tokenizer = models.load(model_uri, auto=models.auto_class(model_uri))
+    where = models.locate(model_uri)
+    model, tokenizer = models.load(model_uri, auto=models.auto_class(where), where=where)
     before = model.num_parameters()
     model, tokenizer, operations = apply(spec, model, tokenizer)
     mlflow.log_dict(operations, "transfer/operations.json")

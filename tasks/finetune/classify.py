@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from tasks import methods, registry, transfer
 from tasks import model as models
@@ -27,10 +27,10 @@ class Encoded(torch.utils.data.Dataset):
 def load_classifier(uri: str, labels: list[str]):
     """The model at `uri` with a head for `labels`: kept when it already names exactly these labels, new otherwise."""
     where = models.locate(uri)
-    source = AutoConfig.from_pretrained(where.model, **({"gguf_file": where.gguf_file} if where.gguf_file else {}))
+    source = models.saved_config(where)
     kept = list(getattr(source, "id2label", {}).values()) == labels and any("ForSequenceClassification" in a for a in source.architectures or [])
     model, tok = models.load(
-        uri, auto=AutoModelForSequenceClassification, num_labels=len(labels),
+        uri, where=where, auto=AutoModelForSequenceClassification, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, ignore_mismatched_sizes=True,
     )
     if not kept and any("ForSequenceClassification" in a for a in source.architectures or []):
