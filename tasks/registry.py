@@ -5,7 +5,7 @@ import time
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import STAGE_KEY, StageRun
+from tasks.tracking import STAGE_KEY, StageRun, resolve_version
 
 
 def find_version(name: str, key: str) -> str | None:
@@ -46,3 +46,9 @@ def set_tags(version_uri: str, tags: dict[str, str | float]) -> None:
     client = MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
+
+
+def metric(version_uri: str, name: str) -> float | None:
+    """A metric the registering stage put on the version (`metric.<name>` tag), or None."""
+    value = resolve_version(version_uri).tags.get(f"metric.{name}")
+    return float(value) if value is not None else None

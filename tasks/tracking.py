@@ -26,6 +26,7 @@ OUTPUT = "multistep.output"
 DIGEST = "multistep.digest"
 PIPELINE = "multistep.pipeline"
 PREFECT_FLOW_RUN = "prefect.flow_run_id"
+ROUND = "multistep.round"
 
 
 def home() -> Path:
@@ -202,8 +203,12 @@ def run_stage(
     parent_run_id: str | None = None,
     digests: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
+    round: int | None = None,
 ) -> str:
-    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one."""
+    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one.
+
+    `round` (self-training) names the run `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
+    """
     experiment_id = configure(experiment)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params or {})
@@ -216,11 +221,11 @@ def run_stage(
         return output
 
     unfinished = _find(experiment_id, key, finished=False)
-    tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags()}
+    tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if unfinished is None:
-        run_id = MlflowClient().create_run(experiment_id, run_name=stage, tags=tags).info.run_id
+        run_id = MlflowClient().create_run(experiment_id, run_name=stage if round is None else f"{stage}-round{round}", tags=tags).info.run_id
     else:
         run_id = unfinished.info.run_id
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")

@@ -2,8 +2,10 @@
 
 from pydantic import Field
 
+from tasks.augment.attack import AttackSpec
 from tasks.data import labeled
 from tasks.finetune import classify, sft
+from tasks.finetune.adversarial import AdversarialSpec
 from tasks.methods import MethodSpec
 from tasks.tracking import StageRun
 from tasks.train import TrainSpec
@@ -23,6 +25,10 @@ class FinetuneSpec(MethodSpec):
     """SFT: held-out test rows generated and scored (BLEU, chrF, exact match) before and after training; 0 skips it."""
     max_new_tokens: int = Field(48, ge=1, le=4096)
     """SFT: longest generated response when scoring."""
+    adversarial: AdversarialSpec | None = None
+    """Adversarial training: each batch also trains on its word embeddings nudged against the model (FGM or PGD); empty trains on clean inputs only."""
+    attack: AttackSpec | None = None
+    """Classification: after training, attack test rows with word substitutions and report robust accuracy and the attack success rate beside clean accuracy; empty skips it."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
 

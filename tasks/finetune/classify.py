@@ -1,11 +1,15 @@
 """Sequence classification: text (and an optional text pair) → one of the dataset's labels."""
 
+import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from tasks import methods, registry, transfer
+from tasks.augment import attack, synonyms
+from tasks.augment.attack import AttackSpec
 from tasks import model as models
 from tasks.data import labeled
 from tasks.finetune.trainer import register, train_best
@@ -53,6 +57,18 @@ def scores(eval_pred) -> dict[str, float]:
     return {"accuracy": accuracy_score(labels, predicted), "macro_f1": f1_score(labels, predicted, average="macro")}
 
 
+def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec) -> dict[str, float]:
+    """Attack test rows: robust and clean accuracy on the attacked rows and the success rate, with the flipped rows as an MLflow table."""
+    model.eval()
+    outcomes = attack.attack(model, tok, rows, labels, spec, synonyms.source(spec.synonyms, lambda: (model, tok)), salt="robustness")
+    flipped = [{"text": o.row["text"], "adversarial": o.text, "label": o.row["label"], "predicted": labels[o.predicted], "edits": len(o.edits)} for o in outcomes if o.flipped]
+    if flipped:
+        mlflow.log_table(pd.DataFrame(flipped), "attack/test_flipped.json")
+    found = attack.summary(outcomes)
+    print(f"finetune: attack flipped {found['attack_success_rate']:.1%} of {found['attacked_rows']} test rows the model got right")
+    return {f"test_{k}": v for k, v in found.items()}
+
+
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     """Fine-tune a classifier, keep the best validation checkpoint, score test, register."""
     existing = registry.find_version(register_as, ctx.key)
@@ -74,5 +90,7 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
         if len(splits[split]):
             result = trainer.evaluate(splits[split], metric_key_prefix=split)
             metrics.update({k: v for k, v in result.items() if k.endswith(("accuracy", "macro_f1", "loss"))})
+    if spec.attack and len(splits["test"]):
+        metrics.update(robustness(trainer.model, tok, labeled.load_rows(data, "test"), labels, spec.attack))
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return register(spec, trainer.model, tok, "text-classification", register_as, init, metrics, ctx, {"multistep.labels": ",".join(labels)})

@@ -7,6 +7,7 @@ from peft import PeftModel
 from transformers import EarlyStoppingCallback, Trainer
 
 from tasks import methods, registry
+from tasks.finetune.adversarial import trainer_class
 from tasks import model as models
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
@@ -25,7 +26,7 @@ def train_best(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRu
         save_total_limit=2,  # the newest and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
-    trainer = Trainer(
+    trainer = trainer_class(spec.adversarial)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
     )

@@ -37,7 +37,7 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
         splits.update(_draw(spec, splits["train"], drawn))
     for name in SPLITS:
         cap = spec.max_train_rows if name == "train" else spec.max_eval_rows
-        capped = _cap(splits[name], cap, spec.split.salt, lambda r: _key(spec, r))
+        capped = subset(splits[name], cap, spec.split.salt, lambda r: _key(spec, r))
         counts["removed"]["over_max_rows"][name] = len(splits[name]) - len(capped)
         splits[name] = capped
     if spec.task == "classification":
@@ -117,7 +117,7 @@ def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> dict[str, l
     return {name: [p["row"] for p in parts[name]] for name in ["train", *drawn]}
 
 
-def _cap(rows: list[dict], limit: int | None, salt: str, key) -> list[dict]:
+def subset(rows: list[dict], limit: int | None, salt: str, key) -> list[dict]:
     """At most `limit` rows, the first by a salted hash of their key (so file order does not bias the choice), kept in file order."""
     if limit is None or len(rows) <= limit:
         return rows

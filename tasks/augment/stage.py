@@ -1,0 +1,125 @@
+"""The augment stage body: read the labeled dataset, add rows by each operation, write a new dataset with provenance."""
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import AutoModel
+
+from tasks import model as models
+from tasks.augment import attack, eda, pseudo, synonyms, teacher
+from tasks.data import labeled
+from tasks.data.labeled.stage import card_markdown
+from tasks.errors import UserError
+from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
+
+if TYPE_CHECKING:
+    from tasks.augment import AugmentSpec
+
+ARTIFACT = "augmented"
+PROVENANCE = [("source_row", pa.string()), ("operation", pa.string()), ("params", pa.string()), ("teacher", pa.string()), ("confidence", pa.float64())]
+
+
+def run(spec: "AugmentSpec", data: str, teacher_uri: str | None, synonym_model: str | None, ctx: StageRun) -> str:
+    """Augment the training split of `data`; returns `runs:/<run_id>/augmented`, a dataset the finetune stage reads like any other."""
+    card = labeled.card(data)
+    if card["task"] != "classification":
+        raise UserError(f"augment works on classification data, and {data} holds {card['task']} rows: set labeled.task to classification or drop augment")
+    labels = card["labels"]
+    splits = {s: labeled.load_rows(data, s) for s in labeled.SPLITS}
+    original = [{**r, "source_row": r["origin"], "operation": "original", "params": "", "teacher": "", "confidence": None} for r in splits["train"]]
+    added, report = [], {"parent": data, "operations": {}}
+
+    if spec.eda:
+        source = synonyms.source(spec.eda.synonyms, _loader(synonym_model))
+        rows = eda.augment(splits["train"], spec.eda, source)
+        added += rows
+        report["operations"]["eda"] = {"rows": len(rows), "synonyms": source.name}
+        log_metrics(ctx.run_id, {"eda_rows": len(rows)})
+    if spec.model_driven and teacher_uri is None:
+        if spec.pseudo:  # fail now, before a teacher is trained, if the pool is unusable
+            pseudo.read_pool(spec.pseudo, exclude={r["text"] for split in splits.values() for r in split})
+        print("augment: no teacher yet, so pseudo-labels and adversarial examples wait for a fine-tuned model")
+    elif spec.model_driven:
+        model, tok = teacher.load(teacher_uri, labels, "augment.teacher")
+        if spec.pseudo:
+            labeled_texts = {r["text"] for split in splits.values() for r in split}  # never pseudo-label an evaluation row
+            pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)
+            rows, stats = pseudo.label(model, tok, pool, labels, spec.pseudo, teacher_uri, spec.max_length)
+            added += rows
+            report["operations"]["pseudo"] = {"rows": len(rows), "teacher": teacher_uri, **counts, **stats}
+            log_metrics(ctx.run_id, {"pseudo_rows": len(rows), **counts, "pseudo_mean_confidence": stats["pseudo_mean_confidence"]})
+            missing = [l for l, n in stats["pseudo_confident"].items() if n == 0]
+            if missing and spec.pseudo.balance:
+                print(
+                    f"augment: the teacher gave no pool row the label {', '.join(missing)} with confidence ≥ {spec.pseudo.threshold}, and "
+                    "balance keeps as many rows per label as the rarest has, so none were added: lower augment.pseudo.threshold or set augment.pseudo.balance false"
+                )
+        if spec.adversarial:
+            source = synonyms.source(spec.adversarial.synonyms, lambda: (model, tok))
+            outcomes = attack.attack(model, tok, splits["train"], labels, spec.adversarial, source)
+            rows = attack.adversarial_rows(outcomes, teacher_uri, spec.adversarial, labels)
+            added += rows
+            measured = attack.summary(outcomes)
+            report["operations"]["adversarial"] = {"rows": len(rows), "teacher": teacher_uri, "synonyms": source.name, **measured}
+            log_metrics(ctx.run_id, {"adversarial_rows": len(rows), **{f"attack_{k}": v for k, v in measured.items()}})
+            print(f"augment: attack flipped {measured['attack_success_rate']:.1%} of the {measured['attacked_rows']} attacked training rows the teacher got right")
+
+    splits["train"] = original + added
+    uri = _write(ctx, card, splits, report)
+    print(f"augment: {len(original):,} training rows + {len(added):,} new ({_by_operation(added)}) → {uri}")
+    return uri
+
+
+def _loader(uri: str | None):
+    """Loads the model whose embeddings stand in for WordNet; only called when WordNet is missing."""
+    if uri is None:
+        return None
+    return lambda: models.load(uri, auto=AutoModel)  # the bare encoder: only its input embeddings are read
+
+
+def _by_operation(rows: list[dict]) -> str:
+    counts = {}
+    for r in rows:
+        op = r["operation"].split(".")[0]
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(f"{n:,} {op}" for op, n in counts.items()) or "none"
+
+
+def _write(ctx: StageRun, card: dict, splits: dict[str, list[dict]], report: dict) -> str:
+    """Parquet splits with the provenance columns, and the parent's card updated, logged as the stage's artifact."""
+    schema = pa.schema([(c, pa.string()) for c in card["columns"]] + PROVENANCE)
+    blank = {"source_row": "", "operation": "original", "params": "", "teacher": "", "confidence": None}
+    train_labels = {}
+    for r in splits["train"]:
+        train_labels[r["label"]] = train_labels.get(r["label"], 0) + 1
+    new_card = {
+        **card,
+        "columns": card["columns"] + [c for c, _ in PROVENANCE],
+        "splits": {**card["splits"], "train": {"rows": len(splits["train"]), "labels": {l: train_labels.get(l, 0) for l in card["labels"]}}},
+        "augment": report,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name, rows in splits.items():
+            rows = rows if name == "train" else [{**blank, **r, "source_row": r["origin"]} for r in rows]
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / f"{name}.parquet")
+        new_card["digest"] = content_digest(out)
+        (out / "card.json").write_text(json.dumps(new_card, indent=2, ensure_ascii=False))
+        (out / "card.md").write_text(card_markdown(new_card) + _report_markdown(report))
+        mlflow.log_artifacts(tmp, ARTIFACT)
+    mlflow.set_tag(DIGEST, new_card["digest"])
+    log_metrics(ctx.run_id, {"train_rows": len(splits["train"])})
+    return f"runs:/{ctx.run_id}/{ARTIFACT}"
+
+
+def _report_markdown(report: dict) -> str:
+    lines = ["", "## Augmentation", "", f"From `{report['parent']}`.", "", "| operation | rows added | details |", "|---|---:|---|"]
+    for op, info in report["operations"].items():
+        details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "rows")
+        lines.append(f"| {op} | {info['rows']:,} | {details} |")
+    return "\n".join(lines) + "\n"
