@@ -1,6 +1,7 @@
 """`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names)."""
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a pipeline preset end to end")
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
+    run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
     args = parser.parse_args(argv)
     _embedded_defaults()
     prefect_ready = _start_prefect_server()
@@ -77,6 +79,8 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     else:
         result = llm_pipeline(spec)
     print(pipeline_summary(result, time.perf_counter() - start))
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 

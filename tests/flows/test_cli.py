@@ -1,5 +1,6 @@
 """`multistep run` as a user runs it: bad input ends in one sentence, a non-zero exit, and nothing registered."""
 
+import json
 import socket
 
 import pytest
@@ -79,9 +80,10 @@ def test_missing_config_file(tmp_path, run_cli):
 def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_cli, registered_versions):
     home = tmp_path / "home"
     sets = sum((["--set", o] for o in tiny_overrides(corpus)), [])
-    ok = run_cli(["run", "configs/default.yaml", *sets], home)
+    ok = run_cli(["run", "configs/default.yaml", *sets, "--json"], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "registered: models:/tiny-base/1" in ok.stdout
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["model"] == "models:/tiny-base/1"  # --json: the result URIs last
     assert "validation  perplexity" in ok.stdout and "unigram baseline" in ok.stdout
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe")
