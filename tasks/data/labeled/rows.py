@@ -5,7 +5,7 @@ import json
 import re
 import reprlib
 
-from tasks.data import clean
+from tasks.data import clean, decontaminate
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.errors import UserError
 
@@ -35,7 +35,11 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
             )
     if drawn:
         splits.update(_draw(spec, splits["train"], drawn))
-    for name in SPLITS:
+    # Evaluation rows are capped first, so that the overlap is measured (and dropped) against what is evaluated.
+    for name in ("validation", "test", "train"):
+        if name == "train":
+            counts["contamination"], splits["train"] = _contamination(spec, splits)
+            counts["removed"]["contaminated"] = {"train": counts["contamination"]["dropped"], "validation": 0, "test": 0}
         cap = spec.max_train_rows if name == "train" else spec.max_eval_rows
         capped = subset(splits[name], cap, spec.split.salt, lambda r: _key(spec, r))
         counts["removed"]["over_max_rows"][name] = len(splits[name]) - len(capped)
@@ -45,6 +49,18 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
     else:
         splits = {n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows] for n, rows in splits.items()}
     return splits, counts
+
+
+def _contamination(spec: LabeledSpec, splits: dict[str, list[dict]]) -> tuple[dict, list[dict]]:
+    """Overlap of the training rows with validation and with test; the training rows, without the overlapping ones when asked."""
+    texts = lambda rows: [_key(spec, r) for r in rows]  # noqa: E731
+    report, hit = {"ngram": spec.contamination_ngram}, [False] * len(splits["train"])
+    for name in ("validation", "test"):
+        report[name], flags = decontaminate.overlap(texts(splits["train"]), texts(splits[name]), spec.contamination_ngram)
+        hit = [a or b for a, b in zip(hit, flags)]
+    kept = [r for r, h in zip(splits["train"], hit) if not h] if spec.decontaminate else splits["train"]
+    report["dropped"] = len(splits["train"]) - len(kept)
+    return report, kept
 
 
 def label_order(labels) -> list[str]:

@@ -43,6 +43,10 @@ class LabeledSpec(Spec):
     """Keep at most this many training rows (after validation and test are drawn), chosen by a salted content hash so that neither file order nor a rerun changes the choice; empty keeps all."""
     max_eval_rows: int | None = Field(None, ge=1)
     """Keep at most this many rows of validation and of test each, chosen the same way; empty keeps all."""
+    contamination_ngram: int = Field(8, ge=1, le=64)
+    """Word n-gram length for the train/eval overlap report on the data card (a text shorter than this counts as one n-gram)."""
+    decontaminate: bool = False
+    """Drop training rows that equal a validation or test text or share an n-gram with one; off only reports the overlap."""
     normalize: bool = True
     """Unicode NFC, no control characters, single spaces, stripped, on texts, pairs, prompts and responses (not labels); rows left empty are dropped and counted in the card."""
 

@@ -80,6 +80,8 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
     metrics = {f"{n}_rows": s["rows"] for n, s in card["splits"].items()}
     metrics.update({f"{n}_rows_read": v for n, v in card["rows_read"].items()})
     metrics.update({f"removed_{why}": sum(per.values()) for why, per in card["removed"].items()})
+    for n in ("validation", "test"):
+        metrics.update({f"contamination_{n}_{k}": v for k, v in card["contamination"][n].items()})
     if "labels" in card:
         metrics["num_labels"] = len(card["labels"])
     log_metrics(ctx.run_id, metrics)
@@ -88,13 +90,22 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
 def card_markdown(card: dict) -> str:
     """The data card as Markdown tables, for the MLflow and Prefect UIs."""
     removed = card["removed"]
-    lines = [f"# Labeled data card ({card['task']})", "", "| split | from | rows read | empty text | over max rows | rows |"]
-    lines.append("|---|---|---:|---:|---:|---:|")
+    lines = [f"# Labeled data card ({card['task']})", "", "| split | from | rows read | empty text | contaminated | over max rows | rows |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
     lines += [
         f"| {n} | {card['split_from'][n]} | {card['rows_read'][n]:,} | {removed['empty_text'][n]:,} | "
-        f"{removed['over_max_rows'][n]:,} | {card['splits'][n]['rows']:,} |"
+        f"{removed['contaminated'][n]:,} | {removed['over_max_rows'][n]:,} | {card['splits'][n]['rows']:,} |"
         for n in SPLITS
     ]
+    found = card["contamination"]
+    lines += [
+        "", f"Train/eval overlap ({found['ngram']}-gram of lowercased words; training rows before max_train_rows):", "",
+        "| eval split | train rows equal to an eval row | train rows sharing an n-gram | eval rows equal to a train row | eval rows sharing an n-gram |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for n in ("validation", "test"):
+        c = found[n]
+        lines.append(f"| {n} | {c['train_rows_exact']:,} | {c['train_rows_ngram']:,} | {c['eval_rows_exact']:,} of {c['eval_rows']:,} | {c['eval_rows_ngram']:,} of {c['eval_rows']:,} |")
     if "labels" in card:
         lines += ["", "| label | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
         for label in card["labels"]:

@@ -339,8 +339,21 @@ def test_run_round_trip_through_mlflow(home, tmp_path):
     assert run.data.metrics["train_rows"] == 30 and run.data.metrics["num_labels"] == 2
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"train", "validation", "test"}
     md = Path(mlflow.artifacts.download_artifacts(f"{uri}/card.md")).read_text()
-    assert "| validation | given | 3 | 1 | 0 | 2 |" in md
+    assert "| validation | given | 3 | 1 | 0 | 0 | 2 |" in md
     assert stage(spec) == uri  # unchanged inputs: the stage cache answers
+
+
+def test_train_rows_overlapping_evaluation_are_reported_and_dropped_when_asked(tmp_path):
+    train = write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"row {i} of the training data\t{i % 2}\n" for i in range(20))
+                  + "a gorgeous film about love .\t1\nwe saw a gorgeous film about love and war .\t1\n")
+    dev = write(tmp_path / "dev.tsv", "sentence\tlabel\nA gorgeous film about love\t1\nsomething else entirely\t0\n")
+    kw = dict(train=[train], test=[dev], text_column="sentence", split={"validation": 0, "test": 0}, contamination_ngram=5)
+    out, counts = built(**kw)
+    assert counts["contamination"]["test"] == {"train_rows_exact": 1, "train_rows_ngram": 2, "eval_rows_exact": 1, "eval_rows_ngram": 1, "eval_rows": 2}
+    assert len(out["train"]) == 22 and counts["removed"]["contaminated"]["train"] == 0  # reported only
+    out, counts = built(**kw, decontaminate=True)
+    assert len(out["train"]) == 20 and counts["removed"]["contaminated"]["train"] == counts["contamination"]["dropped"] == 2
+    assert not any("gorgeous" in r["text"] for r in out["train"])
 
 
 def test_run_sft_round_trip(home, tmp_path):

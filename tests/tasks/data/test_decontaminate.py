@@ -1,0 +1,17 @@
+"""Train/eval overlap: exact and n-gram matches counted on both sides, and the rows that would be dropped."""
+
+from tasks.data.decontaminate import ngrams, overlap
+
+
+def test_ngrams_lowercase_words_and_short_texts_count_whole():
+    assert ngrams("The cat, sat!", 2) == {("the", "cat"), ("cat", "sat")}
+    assert ngrams("Hi there", 8) == {("hi", "there")} and ngrams(" , ", 3) == set()
+
+
+def test_overlap_counts_exact_and_shared_ngrams_on_both_sides():
+    train = ["A great movie .", "the plot was thin and the acting worse", "nothing in common here", "great movie"]
+    evaluation = ["a GREAT movie", "honestly the plot was thin and the acting worse than ever", "unrelated words"]
+    counts, flags = overlap(train, evaluation, 4)
+    # exact: "A great movie ." = "a GREAT movie" (case and punctuation aside); the 8-word train row shares 4-grams with the eval row.
+    assert counts == {"train_rows_exact": 1, "train_rows_ngram": 2, "eval_rows_exact": 1, "eval_rows_ngram": 2, "eval_rows": 3}
+    assert flags == [True, True, False, False]  # "great movie" is shorter than 4 words: one gram, not in eval's grams
