@@ -26,6 +26,7 @@ PROVENANCE = [("source_row", pa.string()), ("operation", pa.string()), ("params"
 
 def run(spec: "AugmentSpec", data: str, teacher_uri: str | None, synonym_model: str | None, ctx: StageRun) -> str:
     """Augment the training split of `data`; returns `runs:/<run_id>/augmented`, a dataset the finetune stage reads like any other."""
+    mlflow.set_tag("multistep.hardware", spec.hardware)  # what a work pool would place it on
     card = labeled.card(data)
     if card["task"] != "classification":
         raise UserError(f"augment works on classification data, and {data} holds {card['task']} rows: set labeled.task to classification or drop augment")

@@ -58,6 +58,7 @@ def test_eda_then_a_self_training_round_that_keeps_the_better_model(home, sentim
     runs = stage_runs(result["pipeline_run"])
     assert {"prepare-labeled", "augment-round0", "finetune-round0", "augment-round1", "finetune-round1"} <= set(runs)
     assert "augment-round2" not in runs
+    assert runs["augment-round1"].data.tags["multistep.hardware"] == "gpu"  # a teacher runs in it
     teacher = "models:/mini/1"
     assert result["model"] == teacher  # the student did not gain min_gain, so the teacher stays
     student = MlflowClient().get_model_version("mini", "2")
