@@ -1,4 +1,7 @@
-"""`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names)."""
+"""`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names).
+
+`multistep lineage MODEL_URI [--json]`: print the stages, datasets and sources behind a registered model version.
+"""
 
 import argparse
 import json
@@ -17,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
     run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
+    lineage = sub.add_parser("lineage", help="print the ancestry of a model version: stages, datasets, sources")
+    lineage.add_argument("model", metavar="MODEL_URI", help="models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)")
+    lineage.add_argument("--json", action="store_true", help="print the tree as JSON instead of text")
     args = parser.parse_args(argv)
     _embedded_defaults()
+    if args.command == "lineage":
+        return _lineage(args)  # reads MLflow only: no Prefect server to start
     prefect_ready = _start_prefect_server()
     from tasks.errors import UserError  # after the environment is set: prefect reads it at import
 
@@ -81,6 +89,20 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     print(pipeline_summary(result, time.perf_counter() - start))
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def _lineage(args) -> int:
+    from tasks import lineage
+    from tasks.errors import UserError
+
+    try:
+        lineage.connect()
+        tree = lineage.ancestry(args.model)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(tree, indent=2) if args.json else lineage.render(tree))
     return 0
 
 

@@ -7,7 +7,7 @@ from prefect import flow
 from flows import dispatch
 from flows.spec import PipelineSpec
 from flows.stages import (
-    augment_stage, evaluate_stage, finetune_stage, prepare_labeled_stage, prepare_stage, pretrain_stage, transfer_stage,
+    augment_stage, evaluate_stage, finetune_stage, gate_stage, prepare_labeled_stage, prepare_stage, pretrain_stage, transfer_stage,
 )
 from tasks import registry
 from tasks.tracking import pipeline_run
@@ -15,7 +15,7 @@ from tasks.tracking import pipeline_run
 
 @flow(name="llm-pipeline", log_prints=True)
 def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
-    """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune: each stage optional, unchanged ones reused from MLflow."""
+    """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow."""
     out: dict[str, str] = {}
     with pipeline_run(spec.name, spec, spec.execution.experiment) as parent:
         run = partial(dispatch.call, retries=spec.execution.stage_retries, experiment=spec.execution.experiment, parent_run_id=parent)
@@ -34,6 +34,9 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
             model = out["finetuned"] = tune(teacher=teacher, round=1 if teacher else 0)
             if spec.augment and spec.augment.model_driven:
                 model = out["finetuned"] = self_train(tune, spec.augment, model, first_round=1 if teacher else 0)
+        if spec.gate:
+            max_length = spec.finetune.max_length if spec.finetune else 128
+            out["gate"] = run(gate_stage, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"], max_length=max_length)
     return {"pipeline_run": parent, "model": model, **out}
 
 

@@ -13,6 +13,7 @@ from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
 from tasks.evaluate import EvaluateSpec
 from tasks.finetune import FinetuneSpec
+from tasks.gate import GateSpec
 from tasks.pretrain import PretrainSpec
 from tasks.spec import Spec
 from tasks.transfer import TransferSpec
@@ -44,6 +45,8 @@ class PipelineSpec(Spec):
     """More training rows before fine-tuning: EDA edits, pseudo-labels from a teacher, adversarial examples; empty skips it."""
     finetune: FinetuneSpec | None = None
     """Fine-tuning for classification or instruction following, full, LoRA or head-only; empty skips it."""
+    gate: GateSpec | None = GateSpec()
+    """Champion/challenger: the final model and the current `@champion` are scored on the same test rows, and the alias moves only if the policy says so; empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
     """Where and how the stages run."""
 
@@ -61,6 +64,13 @@ class PipelineSpec(Spec):
             raise ValueError("augment works on classification data: set labeled.task to classification, or set augment to null")
         if self.finetune and self.finetune.attack and self.labeled.task != "classification":
             raise ValueError("finetune.attack measures a classifier's robust accuracy: set labeled.task to classification, or set finetune.attack to null")
+        if self.gate:
+            task = self.labeled.task if self.finetune else "lm"
+            allowed = {"classification": ("auto", "accuracy", "macro_f1"), "sft": ("auto", "exact_match", "chrf"), "lm": ("auto", "perplexity")}[task]
+            if self.gate.metric not in allowed:
+                raise ValueError(f"gate.metric {self.gate.metric} is not measured for {task} models: use one of {', '.join(allowed)}")
+            if not (self.finetune or (self.pretrain and self.pretrain.objective == "clm")):
+                raise ValueError("gate scores the final model on a test set, and this pipeline has none (no finetune, no causal-LM pretraining): set gate to null")
         if self.transfer and not (self.transfer.init or self.pretrain):
             raise ValueError("transfer needs a model: set transfer.init or pretrain")
         if self.finetune and not (self.finetune.init or self.transfer or self.pretrain):

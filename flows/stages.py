@@ -2,16 +2,17 @@
 
 from prefect import flow
 
-from tasks import augment, evaluate, finetune, pretrain, transfer
+from tasks import augment, evaluate, finetune, gate, pretrain, transfer
 from tasks.augment import AugmentSpec
 from tasks.data import labeled, prepare, sources
 from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.evaluate import EvaluateSpec
 from tasks.finetune import FinetuneSpec
+from tasks.gate import GateSpec
 from tasks.pretrain import PretrainSpec
 from tasks.transfer import TransferSpec
-from tasks.tracking import digest, run_stage
+from tasks.tracking import configure, digest, resolve_version, run_stage
 
 
 @flow(name="prepare", log_prints=True)
@@ -96,4 +97,21 @@ def finetune_stage(
     return run_stage(
         "finetune", spec, {"model": model, "dataset": dataset}, lambda ctx: finetune.run(spec, model, dataset, register_as, ctx),
         experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
+    )
+
+
+@flow(name="gate", log_prints=True)
+def gate_stage(spec: GateSpec, model: str, dataset: str, max_length: int = 128, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+    """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
+    inputs = {"model": model, "dataset": dataset}
+    configure(experiment)
+    version = resolve_version(model)
+    champion = gate.holder(version.name, spec.alias)
+    # Another holder is another decision, so it enters the stage key; a challenger that already holds the alias (a rerun
+    # after its promotion) keeps the key of the decision that promoted it, and the rerun is a cache hit.
+    if champion and champion != f"models:/{version.name}/{version.version}":
+        inputs["champion"] = champion
+    return run_stage(
+        "gate", spec, inputs, lambda ctx: gate.run(spec, model, dataset, ctx, max_length),
+        experiment=experiment, parent_run_id=parent_run_id,
     )

@@ -1,6 +1,7 @@
-"""The evaluate stage (language-model part): perplexity on validation and test next to a unigram baseline."""
+"""Evaluation: the LM evaluate stage (perplexity next to a unigram baseline), and `score`, any model on any dataset's test rows."""
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import mlflow
@@ -9,9 +10,14 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from tasks import metrics as metrics_
 from tasks import model as models
 from tasks import registry
-from tasks.data import prepared
+from tasks.augment import teacher
+from tasks.data import labeled, prepared
+from tasks.data.labeled.rows import subset
+from tasks.errors import UserError
+from tasks.finetune import sft
 from tasks.spec import Spec
 from tasks.tokenizer import unigram_perplexity
 from tasks.tracking import StageRun, log_metrics, resolve_version
@@ -67,3 +73,62 @@ def next_token_distribution(model, input_ids: torch.Tensor) -> torch.Tensor:
     """p(next token | input_ids) for each sequence: softmax of the last position's logits, [batch, vocab]."""
     model.eval()
     return torch.softmax(model(input_ids=input_ids).logits[:, -1, :].float(), dim=-1)
+
+
+@dataclass
+class Scored:
+    """A model scored on a dataset's test rows: metrics, per-example scores (higher is better) and predictions."""
+
+    task: str
+    metrics: dict[str, float]
+    per_example: dict[str, np.ndarray]  # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
+    predictions: list[dict]
+    report: dict | None = None  # classification: per-class scores and the confusion matrix
+
+
+def task_of(dataset: str) -> str:
+    """`classification` or `sft` for labeled datasets, `lm` for a packed corpus."""
+    card = prepared.card(dataset)
+    return card.get("task", "lm")
+
+
+def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | None = None, max_length: int = 128, max_new_tokens: int = 48) -> Scored:
+    """Score any model URI on a dataset URI's split with the metrics of the dataset's task."""
+    task = task_of(dataset)
+    if task == "lm":
+        blocks = prepared.load_blocks(dataset, split)[:max_rows]
+        model, _ = models.load(model_uri)
+        losses = block_losses(model, blocks)
+        metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
+        return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])
+    rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
+    if not rows:
+        raise UserError(f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})")
+    if task == "classification":
+        labels = labeled.card(dataset)["labels"]
+        model, tok = teacher.load(model_uri, labels, "the model")
+        probs = teacher.probabilities(model, tok, [r["text"] for r in rows], max_length=max_length, desc="score")
+        y = np.array([labels.index(r["label"]) for r in rows])
+        report = metrics_.classification(y, probs, labels)
+        preds = [{"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())} for r, p in zip(rows, probs)]
+        return Scored(task, metrics_.flat(report), {"accuracy": metrics_.correct(y, probs)}, preds, report)
+    model, tok = models.load(model_uri)
+    hyps = sft.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens)
+    refs = [r["response"] for r in rows]
+    found = metrics_.generation(hyps, refs)
+    per = {"exact_match": np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]), "chrf": metrics_.generation_per_example(hyps, refs)}
+    return Scored(task, found, per, [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)])
+
+
+@torch.no_grad()
+def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Mean next-token cross-entropy of each block [n]."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(blocks), batch_size):
+        batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
+        out.append(loss.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)

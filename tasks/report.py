@@ -4,7 +4,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.tracking import STAGE, tracking_uri
 
-STAGES = ("prepare", "pretrain", "evaluate", "transfer", "prepare-labeled", "finetune")
+STAGES = ("prepare", "pretrain", "evaluate", "transfer", "prepare-labeled", "augment", "finetune", "gate")
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
@@ -12,17 +12,18 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
     client = MlflowClient()
     parent = client.get_run(result["pipeline_run"])
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    ran = {r.data.tags.get(STAGE): r for r in children}
+    ran = {}
+    for r in sorted(children, key=lambda r: r.info.start_time):  # self-training rounds run a stage more than once
+        ran.setdefault(r.data.tags.get(STAGE), []).append(r)
     lines = [f"multistep: pipeline {parent.data.tags.get('multistep.pipeline')} finished in {wall_seconds:.1f} s", "stages:"]
     train_seconds = 0.0
     for stage in STAGES:
-        if stage in ran:
-            run = ran[stage]
+        for run in ran.get(stage, []):
             took = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-            lines.append(f"  {stage:<9} ran     {took:6.1f} s  MLflow run {run.info.run_id}")
+            lines.append(f"  {run.info.run_name:<15} ran     {took:6.1f} s  MLflow run {run.info.run_id}")
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
-        elif f"multistep.reused.{stage}" in parent.data.tags:
-            lines.append(f"  {stage:<9} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")
+        if stage not in ran and f"multistep.reused.{stage}" in parent.data.tags:
+            lines.append(f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")
     lines.append(f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}")
     lines.append(f"registered: {', '.join(result[k] for k in ('base', 'transferred', 'finetuned') if k in result)}")
     evaluation = client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics if "evaluation" in result else {}
@@ -37,6 +38,11 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
         tags = client.get_model_version(name, version).tags
         shown = [f"{k.removeprefix('metric.')} {float(v):.4g}" for k, v in sorted(tags.items()) if k.startswith("metric.") and "loss" not in k]
         lines.append(f"finetuned:  {', '.join(shown)}")
+    if "gate" in result:
+        name, version = result["model"].removeprefix("models:/").split("/")
+        tags = client.get_model_version(name, version).tags
+        if "gate.decision" in tags:
+            lines.append(f"gate:       {tags['gate.decision']} — {tags.get('gate.reason', '')}")
     if train_seconds:
         lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
     lines += [

@@ -38,7 +38,7 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
 
     # One nested MLflow run per stage, each linked both ways with its Prefect flow run.
     stages = stage_runs(result["pipeline_run"])
-    assert set(stages) == {"prepare", "pretrain", "evaluate"}
+    assert set(stages) == {"prepare", "pretrain", "evaluate", "gate"}
     from prefect import get_client
 
     with get_client(sync_client=True) as prefect:
@@ -88,9 +88,9 @@ def test_unchanged_rerun_reuses_every_stage(home, corpus, caplog, run):
     assert {k: second[k] for k in ("dataset", "model", "evaluation")} == {k: first[k] for k in ("dataset", "model", "evaluation")}
     assert stage_runs(second["pipeline_run"]) == {}  # nothing ran again
     said = caplog.text  # flows log their prints
-    assert all(f"{stage}: cache hit" in said for stage in ("prepare", "pretrain", "evaluate"))
+    assert all(f"{stage}: cache hit" in said for stage in ("prepare", "pretrain", "evaluate", "gate"))
     tags = MlflowClient().get_run(second["pipeline_run"]).data.tags
-    assert {"multistep.reused.prepare", "multistep.reused.pretrain", "multistep.reused.evaluate"} <= set(tags)
+    assert {"multistep.reused.prepare", "multistep.reused.pretrain", "multistep.reused.evaluate", "multistep.reused.gate"} <= set(tags)
     assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
 
 
@@ -99,7 +99,7 @@ def test_changed_file_under_the_same_path_misses_the_cache(home, corpus, run):
     corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about the data model and its objects.\n")
     second = run(corpus)
     assert second["dataset"] != first["dataset"]
-    assert set(stage_runs(second["pipeline_run"])) == {"prepare", "pretrain", "evaluate"}
+    assert set(stage_runs(second["pipeline_run"])) == {"prepare", "pretrain", "evaluate", "gate"}
     assert second["model"] == "models:/tiny-base/2"
 
 

@@ -1,0 +1,73 @@
+"""Every pipeline ends in a gate decision: recorded on the version, the gate run and the Prefect flow run."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.pipeline import llm_pipeline
+from flows.spec import load
+from tasks import evaluate
+from tests.flows.test_pipeline import stage_runs
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def pipeline(corpus, tiny_overrides, *extra):
+    return llm_pipeline(load("configs/default.yaml", tiny_overrides(corpus) + list(extra)))
+
+
+def test_first_model_is_promoted_then_new_data_is_gated_against_it(home, corpus, tiny_overrides, caplog):
+    first = pipeline(corpus, tiny_overrides)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("tiny-base", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny-base", "challenger").version) == "1"
+    tags = client.get_model_version("tiny-base", "1").tags
+    assert tags["gate.decision"] == "promoted" and tags["gate.champion"] == "" and "first challenger" in tags["gate.reason"]
+
+    corpus.write_text(corpus.read_text() + "\n\nA retraining run sees this new paragraph about the data model.\n")
+    second = pipeline(corpus, tiny_overrides, "pretrain.train.max_steps=12")
+    tags = client.get_model_version("tiny-base", "2").tags
+    assert tags["gate.champion"] == "models:/tiny-base/1" and tags["gate.metric"] == "perplexity"
+    assert float(tags["gate.low"]) <= float(tags["gate.delta"]) <= float(tags["gate.high"])
+    promoted = tags["gate.decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("tiny-base", "champion").version) == ("2" if promoted else "1")
+    assert str(client.get_model_version_by_alias("tiny-base", "challenger").version) == "2"
+
+    run = stage_runs(second["pipeline_run"])["gate"]
+    assert {"challenger_perplexity", "champion_perplexity", "delta", "ci_low", "ci_high", "promoted"} <= set(run.data.metrics)
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "gate")}
+    assert {"gate/decision.json", "gate/decision.md", "gate/challenger_predictions.json", "gate/champion_predictions.json"} <= files
+    from prefect import get_client
+
+    with get_client(sync_client=True) as prefect:
+        artifact = prefect.read_latest_artifacts(limit=20)
+        assert any(a.key == "gate-tiny-base" and "Gate:" in a.data for a in artifact)
+
+
+def test_a_deleted_champion_is_reported_and_the_threshold_decides(home, corpus, tiny_overrides, caplog):
+    pipeline(corpus, tiny_overrides)
+    MlflowClient().delete_model_version("tiny-base", "1")
+    corpus.write_text(corpus.read_text() + "\n\nAnother paragraph.\n")
+    pipeline(corpus, tiny_overrides, "gate.threshold=1.0")  # perplexity 1.0 is out of reach: not promoted
+    assert "no version of tiny-base holds @champion (never promoted, or its version was deleted)" in caplog.text
+    tags = MlflowClient().get_model_version("tiny-base", "2").tags
+    assert tags["gate.decision"] == "rejected" and "misses the threshold 1" in tags["gate.reason"]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient().get_model_version_by_alias("tiny-base", "champion")
+
+
+def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_overrides, monkeypatch):
+    real, calls = evaluate.score, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise ConnectionError("the scoring worker went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score", flaky)
+    result = pipeline(corpus, tiny_overrides, "execution.stage_retries=1")
+    assert len(calls) == 2 and MlflowClient().get_model_version("tiny-base", "1").tags["gate.decision"] == "promoted"
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'", output_format="list")
+    assert sorted(r.info.run_name for r in runs) == ["evaluate", "gate", "prepare", "pretrain"]  # trained once; the gate run resumed
+    assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1

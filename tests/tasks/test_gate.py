@@ -1,0 +1,110 @@
+"""The gate's policy on synthetic numbers, and compare-and-set promotion against a real MLflow registry."""
+
+import tempfile
+import threading
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks import gate
+from tasks.gate import Decision, GateSpec, decide, promote
+
+CH, CP = "models:/m/2", "models:/m/1"
+
+
+def interval(delta, low, high, p):
+    return {"delta": delta, "low": low, "high": high, "p_value": p}
+
+
+@pytest.mark.parametrize("values, ci, spec, promoted, says", [
+    ({"accuracy": 0.80}, interval(-0.05, -0.08, -0.02, 0.001), GateSpec(), False, "not above min_delta"),               # worse
+    ({"accuracy": 0.85}, interval(0.0, -0.02, 0.02, 1.0), GateSpec(), False, "not above min_delta"),                    # equal
+    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(require_significance=True), False, "not significant"),
+    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(), True, "gain +0.0100"),                           # better, significance not asked
+    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(min_delta=0.02), False, "not above min_delta 0.02"),
+    ({"accuracy": 0.90}, interval(0.05, 0.02, 0.08, 0.001), GateSpec(require_significance=True), True, "CI +0.0200 to +0.0800"),
+])
+def test_policy_on_synthetic_metrics(values, ci, spec, promoted, says):
+    found = decide(spec, "accuracy", CH, CP, {CH: values, CP: {"accuracy": 0.85}}, ci)
+    assert found.promote is promoted and says in found.reason
+    tags = found.tags()
+    assert tags["gate.decision"] == ("promoted" if promoted else "rejected") and tags["gate.champion"] == CP
+
+
+def test_metrics_that_must_not_regress_and_lower_is_better():
+    spec = GateSpec(must_not_regress=["macro_f1"], regress_tolerance=0.01)
+    values = {CH: {"accuracy": 0.90, "macro_f1": 0.70}, CP: {"accuracy": 0.85, "macro_f1": 0.80}}
+    found = decide(spec, "accuracy", CH, CP, values, interval(0.05, 0.02, 0.08, 0.001))
+    assert not found.promote and "macro_f1 -0.1000 regress" in found.reason
+    # Perplexity: lower wins; without an interval the sign is taken from the direction.
+    assert decide(GateSpec(), "perplexity", CH, CP, {CH: {"perplexity": 40.0}, CP: {"perplexity": 50.0}}, None).promote
+    assert not decide(GateSpec(), "perplexity", CH, CP, {CH: {"perplexity": 60.0}, CP: {"perplexity": 50.0}}, None).promote
+
+
+def test_without_a_champion_the_threshold_decides():
+    assert decide(GateSpec(), "accuracy", CH, None, {CH: {"accuracy": 0.1}}, None).promote  # no threshold: the first one wins
+    assert decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.82}}, None).promote
+    low = decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.79}}, None)
+    assert not low.promote and "misses the threshold 0.8" in low.reason
+    assert not decide(GateSpec(threshold=30), "perplexity", CH, None, {CH: {"perplexity": 31.0}}, None).promote
+
+
+def test_the_alias_challenger_is_reserved():
+    with pytest.raises(ValueError, match="cannot be `challenger`"):
+        GateSpec(alias="challenger")
+
+
+@pytest.fixture
+def registry(home):
+    """Model `m` with versions 1..3 (plain files), `@champion` on 1."""
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    client = MlflowClient()
+    client.create_registered_model("m")
+    with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
+        open(f"{tmp}/weights.txt", "w").write("w")
+        mlflow.log_artifacts(tmp, "model")
+        for _ in range(3):
+            client.create_model_version("m", mlflow.get_artifact_uri("model"), mlflow.active_run().info.run_id)
+    client.set_registered_model_alias("m", "champion", "1")
+    return client
+
+
+def test_two_concurrent_promotions_have_exactly_one_winner(registry):
+    # Both challengers beat v1 and neither beats the other; both decide against v1 before either takes the lock.
+    both_judged = threading.Barrier(2)
+    results = {}
+
+    def contender(uri, rival):
+        def judge(holder):
+            if holder == CP:
+                both_judged.wait(timeout=30)
+                return Decision(True, "beats v1", "accuracy", uri, holder, 0.9)
+            return Decision(False, f"does not beat {holder}", "accuracy", uri, holder, 0.9)
+        results[uri] = promote("m", "champion", uri, judge)
+
+    threads = [threading.Thread(target=contender, args=(uri, rival)) for uri, rival in (("models:/m/2", "models:/m/3"), ("models:/m/3", "models:/m/2"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [uri for uri, d in results.items() if d.promote]
+    assert len(winners) == 1
+    loser = next(uri for uri in results if uri not in winners)
+    assert results[loser].reason == f"does not beat {winners[0]}"  # it decided again, against the new holder
+    assert gate.holder("m", "champion") == winners[0]
+    assert [m.name for m in registry.search_registered_models()] == ["m"]  # the lock is gone
+
+
+def test_a_deleted_champion_version_means_no_champion(registry):
+    registry.delete_model_version("m", "1")
+    assert gate.holder("m", "champion") is None
+    seen = []
+    decision = promote("m", "champion", "models:/m/2", lambda holder: seen.append(holder) or Decision(True, "first", "accuracy", "models:/m/2", holder, 0.9))
+    assert seen == [None] and decision.promote and gate.holder("m", "champion") == "models:/m/2"
+
+
+def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
+    registry.create_registered_model("m.promotion-lock", tags={"multistep.lock_time": "0"})
+    with gate.promotion_lock("m"):
+        assert registry.get_registered_model("m.promotion-lock").tags["multistep.lock_time"] != "0"
