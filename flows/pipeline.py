@@ -35,8 +35,8 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
             if spec.augment and spec.augment.model_driven:
                 model = out["finetuned"] = self_train(tune, spec.augment, model, first_round=1 if teacher else 0)
         if spec.gate:
-            max_length = spec.finetune.max_length if spec.finetune else 128
-            out["gate"] = run(gate_stage, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"], max_length=max_length)
+            lengths = {"max_length": spec.finetune.max_length, "max_new_tokens": spec.finetune.max_new_tokens} if spec.finetune else {}
+            out["gate"] = run(gate_stage, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"], **lengths)
     return {"pipeline_run": parent, "model": model, **out}
 
 

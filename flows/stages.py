@@ -101,7 +101,9 @@ def finetune_stage(
 
 
 @flow(name="gate", log_prints=True)
-def gate_stage(spec: GateSpec, model: str, dataset: str, max_length: int = 128, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def gate_stage(
+    spec: GateSpec, model: str, dataset: str, max_length: int = 128, max_new_tokens: int = 48, experiment: str = "multistep", parent_run_id: str | None = None,
+) -> str:
     """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
     inputs = {"model": model, "dataset": dataset}
     configure(experiment)
@@ -112,6 +114,6 @@ def gate_stage(spec: GateSpec, model: str, dataset: str, max_length: int = 128, 
     if champion and champion != f"models:/{version.name}/{version.version}":
         inputs["champion"] = champion
     return run_stage(
-        "gate", spec, inputs, lambda ctx: gate.run(spec, model, dataset, ctx, max_length),
+        "gate", spec, inputs, lambda ctx: gate.run(spec, model, dataset, ctx, max_length, max_new_tokens),
         experiment=experiment, parent_run_id=parent_run_id,
     )

@@ -93,7 +93,7 @@ def task_of(dataset: str) -> str:
 
 
 def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | None = None, max_length: int = 128, max_new_tokens: int = 48) -> Scored:
-    """Score any model URI on a dataset URI's split with the metrics of the dataset's task."""
+    """Score any model URI on a dataset URI's split with the metrics of the dataset's task (at most 200 generated rows for SFT unless max_rows says)."""
     task = task_of(dataset)
     if task == "lm":
         blocks = prepared.load_blocks(dataset, split)[:max_rows]
@@ -101,6 +101,8 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
         return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])
+    if task == "sft" and max_rows is None:
+        max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
     rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
     if not rows:
         raise UserError(f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})")

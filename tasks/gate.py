@@ -167,7 +167,7 @@ def promote(name: str, alias: str, challenger: str, judge: Callable[[str | None]
     raise RuntimeError(f"@{alias} of {name} kept moving during {attempts} decisions; run the gate again")
 
 
-def run(spec: GateSpec, challenger: str, dataset: str, ctx, max_length: int = 128) -> str:
+def run(spec: GateSpec, challenger: str, dataset: str, ctx, max_length: int = 128, max_new_tokens: int = 48) -> str:
     """Mark the challenger, score it and the champion on the same test rows, decide, promote; returns the decision's URI."""
     from tasks import evaluate, metrics, registry  # local: these pull in torch and transformers
     from tasks.tracking import resolve_version
@@ -179,7 +179,7 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx, max_length: int = 12
 
     def scores(uri: str) -> evaluate.Scored:
         if uri not in scored:
-            scored[uri] = evaluate.score(uri, dataset, max_rows=spec.max_rows, max_length=max_length)
+            scored[uri] = evaluate.score(uri, dataset, max_rows=spec.max_rows, max_length=max_length, max_new_tokens=max_new_tokens)
         return scored[uri]
 
     def judge(champion: str | None) -> Decision:

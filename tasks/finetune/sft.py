@@ -65,14 +65,18 @@ def collate(pad_id: int):
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy responses, batched with left padding so every prompt ends where generation starts."""
     model.eval()
+    limit = models.max_positions(model.config)  # prompt + response must fit the model's positions
     out = []
     for start in range(0, len(prompts), batch_size):
         encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        if limit:  # keep each prompt's end (where the question is) and room for at least one new token
+            encoded = [e[-(limit - 1):] for e in encoded]
         longest = max(map(len, encoded))
+        budget = min(max_new_tokens, limit - longest) if limit else max_new_tokens
         ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(e)) + e for e in encoded])
         mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded])
         new = model.generate(
-            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens,
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget,
             do_sample=False, pad_token_id=tokenizer.pad_token_id,
         )[:, longest:]
         out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
