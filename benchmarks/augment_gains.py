@@ -48,6 +48,16 @@ def metrics(version_uri: str, home: Path) -> dict[str, float]:
     return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
 
 
+def student(pipeline_run: str, home: Path) -> str | None:
+    """The last self-training student, kept or not (the pipeline returns it only when it beat its teacher)."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{pipeline_run}'", output_format="list")
+    rounds = sorted((r for r in runs if r.info.run_name.startswith("finetune-round") and r.info.run_name != "finetune-round0"), key=lambda r: r.info.run_name)
+    return rounds[-1].data.tags.get("multistep.output") if rounds else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
@@ -60,19 +70,25 @@ def main() -> None:
         for condition in args.conditions:
             out = run(condition, seed, args.home)
             found = metrics(out["model"], args.home)
+            last = student(out["pipeline_run"], args.home)
+            if last:
+                found["student_test_accuracy"] = metrics(last, args.home)["test_accuracy"]
             results.setdefault(condition, []).append(found)
             print(f"{condition:>22} seed {seed}: dev accuracy {found['test_accuracy']:.4f}, robust {found.get('test_robust_accuracy', float('nan')):.4f}, "
-                  f"attack success {found.get('test_attack_success_rate', float('nan')):.3f} ({out['model']})", flush=True)
+                  f"attack success {found.get('test_attack_success_rate', float('nan')):.3f} ({out['model']})"
+                  + (f"; student {found['student_test_accuracy']:.4f} ({last})" if last else ""), flush=True)
     base = statistics.mean(m["test_accuracy"] for m in results.get("none", [])) if "none" in results else None
-    print(f"\n| condition | dev accuracy (mean ± std, {len(args.seeds)} seeds) | vs none | robust accuracy | attack success rate |")
-    print("|---|---|---:|---:|---:|")
+    print(f"\n| condition | dev accuracy (mean ± std, {len(args.seeds)} seeds) | vs none | robust accuracy | attack success rate | student before the stop rule |")
+    print("|---|---|---:|---:|---:|---|")
     for condition, runs in results.items():
         acc = [m["test_accuracy"] for m in runs]
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
         delta = f"{100 * (statistics.mean(acc) - base):+.1f} pt" if base is not None else "n/a"
         robust = statistics.mean(m.get("test_robust_accuracy", float("nan")) for m in runs)
         success = statistics.mean(m.get("test_attack_success_rate", float("nan")) for m in runs)
-        print(f"| {condition} | {statistics.mean(acc):.4f} ± {std:.4f} | {delta} | {robust:.4f} | {success:.3f} |")
+        students = [m["student_test_accuracy"] for m in runs if "student_test_accuracy" in m]
+        shown = f"{statistics.mean(students):.4f}" if students else "—"
+        print(f"| {condition} | {statistics.mean(acc):.4f} ± {std:.4f} | {delta} | {robust:.4f} | {success:.3f} | {shown} |")
 
 
 if __name__ == "__main__":

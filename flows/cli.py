@@ -20,11 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
     run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
+    evaluate = sub.add_parser("evaluate", help="score registered model versions on a prepared dataset, side by side")
+    evaluate.add_argument("models", nargs="+", metavar="MODEL_URI", help="models:/<name>/<version>, models:/<name>@champion, a folder, package:minilm …; the first is the reference for the intervals")
+    evaluate.add_argument("data", metavar="DATASET_URI", help="a dataset a prepare stage returned: runs:/<run_id>/labeled (or /dataset, /augmented)")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default test)")
+    evaluate.add_argument("--max-rows", type=int, default=None, help="score at most this many rows, chosen by content hash")
+    evaluate.add_argument("--json", action="store_true", help="end with one line of JSON: the metrics per model")
     lineage = sub.add_parser("lineage", help="print the ancestry of a model version: stages, datasets, sources")
     lineage.add_argument("model", metavar="MODEL_URI", help="models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)")
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON instead of text")
     args = parser.parse_args(argv)
     _embedded_defaults()
+    if args.command == "evaluate":
+        return _evaluate(args, _start_prefect_server())
     if args.command == "lineage":
         return _lineage(args)  # reads MLflow only: no Prefect server to start
     prefect_ready = _start_prefect_server()
@@ -116,6 +124,25 @@ def _hide_tracebacks_of_user_errors() -> None:
         return True
 
     logging.getLogger("prefect.flow_runs").addFilter(strip)
+
+
+
+def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
+    from tasks.errors import UserError
+
+    try:
+        from flows.evaluation import evaluate_pipeline
+
+        _hide_tracebacks_of_user_errors()
+        if prefect_ready:
+            prefect_ready.join()
+        result = evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result["results"], default=float))
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from typing import Literal
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from tqdm.auto import tqdm
@@ -134,3 +135,27 @@ def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
         out.append(loss.cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_rows: int | None = None, parent_run_id: str | None = None) -> dict[str, dict]:
+    """Score each model in its own MLflow run (metrics, predictions, confusion matrix); paired intervals against the first model."""
+    if not model_uris:
+        raise UserError("Name at least one model to evaluate, e.g. models:/sst2-minilm@champion.")
+    found: dict[str, Scored] = {}
+    out = {}
+    for uri in model_uris:
+        scored = found[uri] = score(uri, dataset, split=split, max_rows=max_rows)
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        with mlflow.start_run(run_name="evaluate", nested=True, tags={**tags, "multistep.stage": "evaluate", "multistep.input.model": uri, "multistep.input.dataset": dataset}):
+            mlflow.log_metrics({f"{split}_{k}": v for k, v in scored.metrics.items()})
+            mlflow.log_table(pd.DataFrame(scored.predictions), f"evaluation/{split}_predictions.json")
+            if scored.report:
+                mlflow.log_figure(metrics_.confusion_figure(scored.report["confusion"], list(scored.report["per_class"]), uri), f"evaluation/{split}_confusion.png")
+                mlflow.log_dict(scored.report, f"evaluation/{split}_report.json")
+        out[uri] = {"task": scored.task, "rows": len(scored.predictions), "metrics": scored.metrics}
+        if uri != model_uris[0]:
+            reference = found[model_uris[0]]
+            out[uri]["vs_first"] = {m: metrics_.paired_bootstrap(scored.per_example[m], reference.per_example[m]) for m in scored.per_example}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in scored.metrics.items() if "_" not in k or k in ("macro_f1", "exact_match"))
+        print(f"evaluate: {uri} on {split} ({len(scored.predictions)} rows): {shown}")
+    return out

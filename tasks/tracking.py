@@ -250,12 +250,13 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
-def pipeline_run(name: str, spec: BaseModel, experiment: str) -> Iterator[str]:
+def pipeline_run(name: str, spec: BaseModel | None, experiment: str) -> Iterator[str]:
     """The pipeline's own MLflow run, the parent of every stage run; yields its id."""
     experiment_id = configure(experiment)
     tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run:
-        mlflow.log_dict(public(spec), "spec.json")
+        if spec is not None:
+            mlflow.log_dict(public(spec), "spec.json")
         _tag_prefect_flow_run(run.info.run_id)
         yield run.info.run_id
 

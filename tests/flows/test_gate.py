@@ -1,5 +1,7 @@
 """Every pipeline ends in a gate decision: recorded on the version, the gate run and the Prefect flow run."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -71,3 +73,18 @@ def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_ov
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'", output_format="list")
     assert sorted(r.info.run_name for r in runs) == ["evaluate", "gate", "prepare", "pretrain"]  # trained once; the gate run resumed
     assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
+
+
+def test_evaluate_scores_any_versions_side_by_side_from_the_cli(home, corpus, tiny_overrides, run_cli):
+    result = pipeline(corpus, tiny_overrides)
+    done = run_cli(["evaluate", "models:/tiny-base/1", "models:/tiny-base@champion", result["dataset"], "--json"], home, MLFLOW_TRACKING_URI="")
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    first, second = found["models:/tiny-base/1"], found["models:/tiny-base@champion"]
+    assert first["task"] == "lm" and first["metrics"]["perplexity"] == pytest.approx(second["metrics"]["perplexity"])
+    assert second["vs_first"]["perplexity"]["delta"] == 0  # the same version twice
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`multistep.stage` = 'evaluate' and attributes.run_name = 'evaluate'", output_format="list")
+    assert sum("test_perplexity" in r.data.metrics for r in runs) >= 2
+
+    missing = run_cli(["evaluate", "models:/nope/1", result["dataset"]], home, MLFLOW_TRACKING_URI="")
+    assert missing.returncode == 2 and "error: Cannot fetch model models:/nope/1" in missing.stderr and "Traceback" not in missing.stderr
