@@ -8,6 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from tasks import methods, registry, transfer
+from tasks import metrics as metrics_
 from tasks.augment import attack, synonyms
 from tasks.augment.attack import AttackSpec
 from tasks import model as models
@@ -57,6 +58,39 @@ def scores(eval_pred) -> dict[str, float]:
     return {"accuracy": accuracy_score(labels, predicted), "macro_f1": f1_score(labels, predicted, average="macro")}
 
 
+def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> dict[str, float]:
+    """The test split in full: calibration and per-class metrics, predictions table, confusion, calibration and loss figures, a Prefect artifact."""
+    logits = trainer.predict(encoded, metric_key_prefix="test").predictions
+    probs = torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
+    y = np.array(encoded.labels)
+    found = metrics_.classification(y, probs, labels)
+    mlflow.log_table(pd.DataFrame([
+        {"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())} for r, p in zip(rows, probs)
+    ]), "evaluation/test_predictions.json")
+    mlflow.log_figure(metrics_.confusion_figure(found["confusion"], labels, "test"), "evaluation/test_confusion.png")
+    mlflow.log_figure(metrics_.calibration_figure(y, probs), "evaluation/test_calibration.png")
+    history = trainer.state.log_history
+    curves = {
+        "train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
+        "validation loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
+    }
+    mlflow.log_figure(metrics_.curves_figure(curves, "loss"), "evaluation/loss_curves.png")
+    mlflow.log_dict(found, "evaluation/test_report.json")
+    _prefect_table(found, labels)
+    return {f"test_{k}": v for k, v in metrics_.flat(found).items() if k not in ("accuracy", "macro_f1")}
+
+
+def _prefect_table(found: dict, labels: list[str]) -> None:
+    """Per-class test scores as a table artifact on the Prefect flow run."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        rows = [{"label": l, **{k: round(float(v), 4) for k, v in found["per_class"][l].items()}} for l in labels]
+        rows.append({"label": "all", "precision": None, "recall": None, "f1": round(found["macro_f1"], 4), "support": sum(r["support"] for r in rows)})
+        create_table_artifact(rows, description=f"Test accuracy {found['accuracy']:.4f}, macro-F1 {found['macro_f1']:.4f}, ECE {found['ece']:.4f}")
+
+
 def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec) -> dict[str, float]:
     """Attack test rows: robust and clean accuracy on the attacked rows and the success rate, with the flipped rows as an MLflow table."""
     model.eval()
@@ -90,6 +124,8 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
         if len(splits[split]):
             result = trainer.evaluate(splits[split], metric_key_prefix=split)
             metrics.update({k: v for k, v in result.items() if k.endswith(("accuracy", "macro_f1", "loss"))})
+    if len(splits["test"]):
+        metrics.update(report(trainer, splits["test"], labeled.load_rows(data, "test"), labels))
     if spec.attack and len(splits["test"]):
         metrics.update(robustness(trainer.model, tok, labeled.load_rows(data, "test"), labels, spec.attack))
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))

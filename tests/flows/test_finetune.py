@@ -59,6 +59,13 @@ def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_
     assert version.tags["multistep.parent_model"] == "models:/tiny-base/1"
     assert version.tags["multistep.labels"] == "0,1" and version.tags["multistep.method"] == "full"
     assert 0.0 <= float(version.tags["metric.test_accuracy"]) <= 1.0 and "metric.validation_macro_f1" in version.tags
+    assert {"metric.test_ece", "metric.test_nll", "metric.test_precision_0", "metric.test_recall_1"} <= set(version.tags)
+    files = {f.path for f in MlflowClient().list_artifacts(version.run_id, "evaluation")}
+    assert {"evaluation/test_confusion.png", "evaluation/test_calibration.png", "evaluation/loss_curves.png",
+            "evaluation/test_predictions.json", "evaluation/test_report.json"} <= files
+    # The pipeline ends in a gate decision: the first classifier of its name is promoted.
+    assert version.tags["gate.decision"] == "promoted" and version.tags["gate.metric"] == "accuracy"
+    assert str(MlflowClient().get_model_version_by_alias("tiny", "champion").version) == "1"
     root = Path(mlflow.artifacts.download_artifacts(result["model"]))
     model = AutoModelForSequenceClassification.from_pretrained(root / "model", use_safetensors=True)
     assert model.config.id2label == {0: "0", 1: "1"}
