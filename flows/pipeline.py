@@ -9,7 +9,7 @@ from flows.spec import PipelineSpec
 from flows.stages import (
     augment_stage, evaluate_stage, finetune_stage, gate_stage, prepare_labeled_stage, prepare_stage, pretrain_stage, transfer_stage,
 )
-from tasks import registry
+from tasks import registry, rounds, tracking
 from tasks.tracking import pipeline_run
 
 
@@ -29,11 +29,14 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
             model = out["transferred"] = run(transfer_stage, spec=spec.transfer, model=spec.transfer.init or model, name=spec.name)
         if spec.finetune:
             out["labeled"] = run(prepare_labeled_stage, spec=spec.labeled)
-            tune = partial(augment_and_finetune, run, spec, spec.finetune.init or model, out["labeled"])
-            teacher = spec.augment.teacher if spec.augment else None
-            model = out["finetuned"] = tune(teacher=teacher, round=1 if teacher else 0)
-            if spec.augment and spec.augment.model_driven:
-                model = out["finetuned"] = self_train(tune, spec.augment, model, first_round=1 if teacher else 0)
+            init, teacher = spec.finetune.init or model, spec.augment.teacher if spec.augment else None
+            if spec.rounds:
+                model = out["finetuned"] = adjust_and_retry(run, spec, init, out["labeled"], parent)
+            else:
+                tune = partial(augment_and_finetune, run, spec, init, out["labeled"])
+                model = out["finetuned"] = tune(teacher=teacher, round=1 if teacher else 0)
+                if spec.augment and spec.augment.model_driven:
+                    model = out["finetuned"] = self_train(tune, spec.augment, model, first_round=1 if teacher else 0)
         if spec.gate:
             lengths = {"max_length": spec.finetune.max_length, "max_new_tokens": spec.finetune.max_new_tokens} if spec.finetune else {}
             out["gate"] = run(gate_stage, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"], **lengths)
@@ -46,6 +49,28 @@ def augment_and_finetune(run, spec: PipelineSpec, init: str, labeled: str, *, te
     if spec.augment:  # without a teacher only EDA has work to do, but the pool is checked before anything trains
         data = run(augment_stage, spec=spec.augment, dataset=labeled, teacher=teacher, synonym_model=spec.augment.synonym_model or init, round=round)
     return run(finetune_stage, spec=spec.finetune, model=init, dataset=data, name=spec.name, round=round)
+
+
+def adjust_and_retry(run, spec: PipelineSpec, init: str, labeled: str, parent: str) -> str:
+    """Rounds of fine-tuning, each under the next strategy; stop after `patience` rounds without a better validation score."""
+    metric, sign = rounds.validation_metric(spec.labeled.task)
+    best, best_score, stale = None, None, 0
+    for r in range(1, spec.rounds.max_rounds + 1):
+        strategy = spec.rounds.strategy(r)
+        adjusted = rounds.apply(spec, strategy)
+        teacher = best if strategy.pseudo_refresh else (adjusted.augment.teacher if adjusted.augment else None)
+        model = augment_and_finetune(run, adjusted, init, labeled, teacher=teacher, round=r)
+        score = registry.metric(model, metric)
+        tracking.log_round(parent, r, metric, score, strategy.describe(), model)
+        print(f"round {r} ({strategy.describe()}): {metric} {score:.4f} → {model}")
+        if best is None or sign * (score - best_score) > spec.rounds.min_delta:
+            best, best_score, stale = model, score, 0
+        else:
+            stale += 1
+            if stale >= spec.rounds.patience:
+                print(f"rounds: {stale} round(s) without a better {metric} than {best_score:.4f}; stopping, {best} is the challenger")
+                break
+    return best
 
 
 def self_train(tune, augment, teacher: str, first_round: int) -> str:

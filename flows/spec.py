@@ -15,6 +15,7 @@ from tasks.evaluate import EvaluateSpec
 from tasks.finetune import FinetuneSpec
 from tasks.gate import GateSpec
 from tasks.pretrain import PretrainSpec
+from tasks.rounds import RoundsSpec
 from tasks.spec import Spec
 from tasks.transfer import TransferSpec
 
@@ -45,6 +46,8 @@ class PipelineSpec(Spec):
     """More training rows before fine-tuning: EDA edits, pseudo-labels from a teacher, adversarial examples; empty skips it."""
     finetune: FinetuneSpec | None = None
     """Fine-tuning for classification or instruction following, full, LoRA or head-only; empty skips it."""
+    rounds: RoundsSpec | None = None
+    """Evaluate, adjust and retry: fine-tune up to max_rounds times, each round changing the strategy, keeping the best validation score; empty fine-tunes once."""
     gate: GateSpec | None = GateSpec()
     """Champion/challenger: the final model and the current `@champion` are scored on the same test rows, and the alias moves only if the policy says so; empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
@@ -64,6 +67,15 @@ class PipelineSpec(Spec):
             raise ValueError("augment works on classification data: set labeled.task to classification, or set augment to null")
         if self.finetune and self.finetune.attack and self.labeled.task != "classification":
             raise ValueError("finetune.attack measures a classifier's robust accuracy: set labeled.task to classification, or set finetune.attack to null")
+        if self.rounds:
+            if not self.finetune:
+                raise ValueError("rounds repeats fine-tuning: set finetune and labeled, or set rounds to null")
+            if self.augment and self.augment.rounds > 1:
+                raise ValueError("rounds and augment.rounds are two loops: set augment.rounds to 1 and use a rounds strategy with pseudo_refresh")
+            if any(s.pseudo_refresh for s in self.rounds.strategies) and not (self.augment and self.augment.pseudo):
+                raise ValueError("a rounds strategy asks for pseudo_refresh but augment.pseudo is not set: set it (its pool), or drop pseudo_refresh")
+            if any(s.augment or s.eda_copies for s in self.rounds.strategies) and not self.augment:
+                raise ValueError("a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings")
         if self.gate:
             task = self.labeled.task if self.finetune else "lm"
             allowed = {"classification": ("auto", "accuracy", "macro_f1"), "sft": ("auto", "exact_match", "chrf"), "lm": ("auto", "perplexity")}[task]

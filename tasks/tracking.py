@@ -285,3 +285,9 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     MlflowClient().log_batch(
         run_id, metrics=[mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
     )
+
+
+def log_round(parent_run_id: str, round: int, metric: str, value: float, strategy: str, model: str) -> None:
+    """One point of the loop's progression on the pipeline run: the round's validation score and what it tried."""
+    log_metrics(parent_run_id, {f"round_{metric}": value}, step=round)
+    MlflowClient().set_tag(parent_run_id, f"multistep.round.{round}", f"{strategy} → {model}")

@@ -138,3 +138,29 @@ def test_an_empty_pool_exits_non_zero_before_training(home, sentiment, tmp_path,
 def test_bad_augment_settings_name_the_key(sentiment, setting, message):
     with pytest.raises(UserError, match=message):
         load("configs/sst2-augment.yaml", overrides(sentiment, setting))
+
+
+def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
+    spec = load("configs/sst2-augment.yaml", overrides(
+        sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
+        "rounds={max_rounds: 4, patience: 1, min_delta: 1.0, strategies: [{lr_factor: 0.5, pseudo_refresh: true}]}",
+    ))
+    result = llm_pipeline(spec)
+    runs = stage_runs(result["pipeline_run"])
+    assert {"finetune-round1", "finetune-round2"} <= set(runs) and "finetune-round3" not in runs  # no gain of 1.0: patience 1 stops it
+    assert result["model"] == result["finetuned"] == "models:/mini/1"  # round 1 stays the best, so it is the challenger
+    assert float(runs["finetune-round2"].data.params["train.lr"]) == pytest.approx(0.005)  # lr ×0.5
+    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/1"  # pseudo-labels from the best so far
+    assert "teacher" not in " ".join(runs["augment-round1"].data.tags)  # round 1 has no teacher yet
+    pipeline = MlflowClient().get_run(result["pipeline_run"])
+    history = MlflowClient().get_metric_history(result["pipeline_run"], "round_validation_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert pipeline.data.tags["multistep.round.2"].startswith("lr ×0.5, pseudo-label refresh → models:/mini/2")
+    assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "1"
+
+
+def test_rounds_settings_that_do_not_fit_name_the_fix(sentiment):
+    with pytest.raises(UserError, match="pseudo_refresh but augment.pseudo is not set"):
+        load("configs/sst2-augment.yaml", overrides(sentiment, "augment.pseudo=null", "rounds={strategies: [{pseudo_refresh: true}]}"))
+    with pytest.raises(UserError, match="two loops"):
+        load("configs/sst2-augment.yaml", overrides(sentiment, "augment.rounds=2", "rounds={}"))

@@ -1,0 +1,59 @@
+"""The evaluate–adjust–retry loop's settings: how many rounds, when to stop, and what each round changes."""
+
+from pydantic import BaseModel, Field, model_validator
+
+from tasks.spec import Spec
+
+
+class StrategySpec(Spec):
+    lr_factor: float = Field(1.0, gt=0, le=100)
+    """Multiply finetune.train.lr by this in the round (relative to the preset's rate, not compounding)."""
+    augment: bool | None = None
+    """Turn the augment stage on (with the preset's settings) or off for the round; empty keeps the preset's choice."""
+    eda_copies: int | None = Field(None, ge=1, le=64)
+    """EDA strength for the round: augmented copies per training row; empty keeps augment.eda.copies."""
+    pseudo_refresh: bool = False
+    """Pseudo-label the pool again with the best model so far as the teacher (needs augment.pseudo)."""
+    seed_offset: int = 0
+    """Add this to finetune.train.seed (and the EDA seed) for the round, to try another initialisation of the head and data order."""
+
+    def describe(self) -> str:
+        parts = [f"lr ×{self.lr_factor:g}"] if self.lr_factor != 1 else []
+        parts += [f"augment {'on' if self.augment else 'off'}"] if self.augment is not None else []
+        parts += [f"EDA copies {self.eda_copies}"] if self.eda_copies else []
+        parts += ["pseudo-label refresh"] if self.pseudo_refresh else []
+        parts += [f"seed +{self.seed_offset}"] if self.seed_offset else []
+        return ", ".join(parts) or "as configured"
+
+
+class RoundsSpec(Spec):
+    max_rounds: int = Field(3, ge=1, le=20)
+    """Fine-tuning rounds at most; round 1 trains as the preset says, later rounds apply the strategies."""
+    patience: int = Field(1, ge=1)
+    """Stop after this many rounds in a row without a better validation score."""
+    min_delta: float = Field(0.0, ge=0)
+    """A round counts as better only when it improves the validation score by more than this."""
+    strategies: list[StrategySpec] = Field(default_factory=lambda: [StrategySpec(lr_factor=0.5), StrategySpec(lr_factor=2.0)], min_length=1)
+    """What rounds 2, 3, … change, in order (the list repeats when there are more rounds than strategies)."""
+
+    def strategy(self, round: int) -> StrategySpec:
+        """Round 1 is the preset itself; round r ≥ 2 uses strategies[r - 2], cycling."""
+        return StrategySpec() if round == 1 else self.strategies[(round - 2) % len(self.strategies)]
+
+
+def apply(spec: BaseModel, strategy: StrategySpec) -> BaseModel:
+    """The pipeline spec with one round's adjustments (`spec` is a PipelineSpec; frozen models are copied, not changed)."""
+    train = spec.finetune.train
+    finetune = spec.finetune.model_copy(update={"train": train.model_copy(update={"lr": train.lr * strategy.lr_factor, "seed": train.seed + strategy.seed_offset})})
+    augment = spec.augment
+    if strategy.augment is False:
+        augment = None
+    if augment is not None and augment.eda is not None and (strategy.eda_copies or strategy.seed_offset):
+        eda = augment.eda.model_copy(update={"copies": strategy.eda_copies or augment.eda.copies, "seed": augment.eda.seed + strategy.seed_offset})
+        augment = augment.model_copy(update={"eda": eda})
+    return spec.model_copy(update={"finetune": finetune, "augment": augment})
+
+
+def validation_metric(task: str) -> tuple[str, int]:
+    """The version metric a round is judged by, and +1 when higher is better."""
+    return ("validation_accuracy", 1) if task == "classification" else ("validation_loss", -1)
