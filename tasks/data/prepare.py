@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from tasks import model as models
 from tasks import tokenizer as tokenizers
-from tasks.data import clean, sources
+from tasks.data import clean, decontaminate, sources
 from tasks.data.prepared import SPLITS
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
@@ -25,6 +25,10 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
     rows = sources.read_sources(spec)
     rows, filters = clean.clean(rows, spec.clean)
     splits = clean.split(rows, spec.split)
+    contamination = _contamination(spec, splits)
+    if spec.clean.decontaminate:
+        splits["train"] = [r for r, hit in zip(splits["train"], contamination.pop("hits")) if not hit]
+    contamination.pop("hits", None)
     texts = {name: [r["text"] for r in splits[name]] for name in SPLITS}
     tokenizer = _tokenizer(spec, tokenizer_from, texts["train"])
     blocks = {}
@@ -46,6 +50,7 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
         "splits": {n: {"rows": len(splits[n]), "tokens": tokens[n], "blocks": int(len(blocks[n]))} for n in SPLITS},
         "tokenizer": {"kind": spec.tokenizer.kind, "vocab_size": len(tokenizer), "from": tokenizer_from},
         "block_size": spec.block_size,
+        "contamination": contamination,
     }
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -69,6 +74,18 @@ def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[
         where = models.locate(tokenizer_from)
         return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
     return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
+
+
+def _contamination(spec: PrepareSpec, splits: dict[str, list[dict]]) -> dict:
+    """Train/eval overlap per eval split, the rows dropped, and (under `hits`) which training rows overlap either."""
+    train = [r["text"] for r in splits["train"]]
+    report, hits = {"ngram": spec.clean.contamination_ngram}, [False] * len(train)
+    for name in ("validation", "test"):
+        report[name], flags = decontaminate.overlap(train, [r["text"] for r in splits[name]], spec.clean.contamination_ngram)
+        hits = [a or b for a, b in zip(hits, flags)]
+    report["dropped"] = sum(hits) if spec.clean.decontaminate else 0
+    report["hits"] = hits
+    return report
 
 
 def _write_split(out: Path, name: str, rows: list[dict], blocks: np.ndarray) -> None:
@@ -105,5 +122,9 @@ def card_markdown(card: dict) -> str:
     lines += ["", f"Rows in: {f['rows_in']:,}; out: {f['rows_out']:,}.", "", "| filter | rows removed |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in f["removed"].items()]
     lines += ["", f"Tokenizer: {card['tokenizer']['kind']}, {card['tokenizer']['vocab_size']:,} tokens; block size {card['block_size']}.", ""]
+    c = card["contamination"]
+    lines += [f"Train/eval overlap ({c['ngram']}-grams; {c['dropped']:,} training rows dropped):", "",
+              "| eval split | train rows sharing an n-gram | eval rows sharing an n-gram | eval rows |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {c[n]['train_rows_ngram']:,} | {c[n]['eval_rows_ngram']:,} | {c[n]['eval_rows']:,} |" for n in ("validation", "test")] + [""]
     lines += ["| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,10 @@ class CleanSpec(Spec):
     """Words per shingle for near-duplicate detection."""
     minhash_permutations: int = Field(128, ge=16, le=1024)
     """MinHash permutations: more is more accurate and slower."""
+    contamination_ngram: int = Field(13, ge=1, le=64)
+    """Word n-gram length of the train/eval overlap report on the data card (13, as GPT-3's decontamination used)."""
+    decontaminate: bool = False
+    """Drop training rows that share an n-gram with a validation or test row; off only reports the overlap."""
 
 
 class SplitSpec(Spec):

@@ -50,6 +50,7 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
     card = prepared.card(result["dataset"])
     assert card["filters"]["rows_in"] >= card["filters"]["rows_out"] > 0
     assert all(card["splits"][s]["blocks"] > 0 for s in ("train", "validation", "test"))
+    assert card["contamination"]["ngram"] == 13 and card["contamination"]["test"]["eval_rows"] == card["splits"]["test"]["rows"]
     assert prepared.load_blocks(result["dataset"], "train").shape[1] == 32
     assert any(i.dataset.name == "prepare-train" for i in stages["prepare"].inputs.dataset_inputs)
 
