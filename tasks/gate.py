@@ -224,6 +224,7 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
                 mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
     values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
     values["promoted"] = float(decision.promote)
+    mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
     log_metrics(ctx.run_id, values)
     mlflow.log_dict(asdict(decision), "gate/decision.json")
     markdown = _markdown(decision, spec)
@@ -234,6 +235,30 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
     if flow_run.id:
         key = "gate-" + re.sub(r"[^a-z0-9-]+", "-", decision.challenger.split("/")[1].lower())  # Prefect keys: a-z, 0-9, dashes
         create_markdown_artifact(markdown, key=key[:100], description=f"Champion/challenger decision for {decision.challenger}")
+
+
+def _figure(d: Decision, spec: GateSpec):
+    """The two values side by side, and the difference with its interval: the decision at a glance."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3))
+    left, right = fig.subplots(1, 2)
+    names = ["challenger"] + (["champion"] if d.champion_value is not None else [])
+    left.bar(names, [d.challenger_value] + ([d.champion_value] if d.champion_value is not None else []), color=["tab:blue", "tab:gray"][: len(names)])
+    left.set_title(d.metric)
+    if d.delta is not None:
+        err = [[d.delta - d.low], [d.high - d.delta]] if d.low is not None else None
+        right.errorbar([0], [d.delta], yerr=err, fmt="o", capsize=8)
+        right.axhline(0, color="gray", lw=1)
+        right.axhline(spec.min_delta, color="tab:red", lw=1, ls="--", label=f"min_delta {spec.min_delta:g}")
+        right.set_xticks([])
+        right.set_title(f"difference ({spec.confidence:.0%} CI)")
+        right.legend(loc="best", fontsize=8)
+    else:
+        right.axis("off")
+    fig.suptitle(("promoted: " if d.promote else "not promoted: ") + d.challenger, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _markdown(d: Decision, spec: GateSpec) -> str:

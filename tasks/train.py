@@ -165,7 +165,22 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     steps = trainer.state.global_step - start_step
     stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}
     log_metrics(ctx.run_id, stats, step=trainer.state.global_step)
+    _log_curves(trainer.state.log_history, ctx)
     return stats
+
+
+def _log_curves(history: list[dict], ctx: StageRun) -> None:
+    """Training (and validation) loss against steps as a PNG on the stage run, beside the metric charts MLflow draws."""
+    import mlflow
+
+    from tasks.metrics import curves_figure  # local: matplotlib is only needed here
+
+    curves = {
+        "train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
+        "validation loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
+    }
+    if curves["train loss"]:
+        mlflow.log_figure(curves_figure(curves, f"{ctx.stage} loss"), "loss_curves.png")
 
 
 def _tokens_per_example(trainer: Trainer) -> float:

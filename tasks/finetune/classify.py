@@ -59,7 +59,7 @@ def scores(eval_pred) -> dict[str, float]:
 
 
 def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> dict[str, float]:
-    """The test split in full: calibration and per-class metrics, predictions table, confusion, calibration and loss figures, a Prefect artifact."""
+    """The test split in full: calibration and per-class metrics, predictions table, confusion and calibration figures, a Prefect artifact."""
     logits = trainer.predict(encoded, metric_key_prefix="test").predictions
     probs = torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
     y = np.array(encoded.labels)
@@ -69,12 +69,6 @@ def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> di
     ]), "evaluation/test_predictions.json")
     mlflow.log_figure(metrics_.confusion_figure(found["confusion"], labels, "test"), "evaluation/test_confusion.png")
     mlflow.log_figure(metrics_.calibration_figure(y, probs), "evaluation/test_calibration.png")
-    history = trainer.state.log_history
-    curves = {
-        "train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
-        "validation loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
-    }
-    mlflow.log_figure(metrics_.curves_figure(curves, "loss"), "evaluation/loss_curves.png")
     mlflow.log_dict(found, "evaluation/test_report.json")
     _prefect_table(found, labels)
     return {f"test_{k}": v for k, v in metrics_.flat(found).items() if k not in ("accuracy", "macro_f1")}

@@ -38,7 +38,7 @@ def test_first_model_is_promoted_then_new_data_is_gated_against_it(home, corpus,
     run = stage_runs(second["pipeline_run"])["gate"]
     assert {"challenger_perplexity", "champion_perplexity", "delta", "ci_low", "ci_high", "promoted"} <= set(run.data.metrics)
     files = {f.path for f in client.list_artifacts(run.info.run_id, "gate")}
-    assert {"gate/decision.json", "gate/decision.md", "gate/challenger_predictions.json", "gate/champion_predictions.json"} <= files
+    assert {"gate/decision.json", "gate/decision.md", "gate/decision.png", "gate/challenger_predictions.json", "gate/champion_predictions.json"} <= files
     from prefect import get_client
 
     with get_client(sync_client=True) as prefect:
