@@ -19,6 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import Field, model_validator
 
+from tasks.errors import UserError
 from tasks.spec import Spec
 
 LOWER_IS_BETTER = {"perplexity", "loss", "ece", "nll"}
@@ -193,7 +194,11 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx, max_length: int = 12
             print(f"gate: no version of {name} holds @{spec.alias} (never promoted, or its version was deleted); "
                   + (f"the challenger must reach gate.threshold {spec.threshold}" if spec.threshold is not None else "the challenger is promoted"))
             return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
-        theirs = scores(champion)
+        try:
+            theirs = scores(champion)
+        except UserError as exc:  # e.g. a champion trained on another label set: the test rows cannot score it
+            print(f"gate: the champion {champion} cannot be scored on these test rows ({exc}); judging the challenger on its own")
+            return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
         per = "accuracy" if metric == "macro_f1" else metric  # macro-F1 has no per-example score: its interval is accuracy's
         interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
         return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
