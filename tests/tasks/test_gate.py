@@ -108,3 +108,24 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
     registry.create_registered_model("m.promotion-lock", tags={"multistep.lock_time": "0"})
     with gate.promotion_lock("m"):
         assert registry.get_registered_model("m.promotion-lock").tags["multistep.lock_time"] != "0"
+
+
+def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
+    import numpy as np
+
+    from tasks import evaluate, tracking
+    from tasks.errors import UserError
+
+    def score(uri, dataset, **kw):
+        if uri == "models:/m/1":
+            raise UserError("models:/m/1 predicts the labels ['x', 'y'] but the data's labels are ['0', '1']")
+        return evaluate.Scored("classification", {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+
+    monkeypatch.setattr(evaluate, "score", score)
+    spec = GateSpec(threshold=0.8)
+    tracking.run_stage("gate", spec, {"model": "models:/m/2", "dataset": "d"}, lambda ctx: gate.run(spec, "models:/m/2", "d", ctx),
+                       experiment="t", digests={"model": "m2", "dataset": "d"})
+    assert "cannot be scored on these test rows" in capsys.readouterr().out
+    tags = registry.get_model_version("m", "2").tags
+    assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]
+    assert gate.holder("m", "champion") == "models:/m/2" and gate.holder("m", "challenger") == "models:/m/2"
