@@ -61,7 +61,7 @@ def run(spec: "AugmentSpec", data: str, teacher_uri: str | None, synonym_model: 
                     "balance keeps as many rows per label as the rarest has, so none were added: lower augment.pseudo.threshold or set augment.pseudo.balance false"
                 )
         if spec.adversarial:
-            source = synonyms.source(spec.adversarial.synonyms, lambda: (model, tok))
+            source = synonyms.source(spec.adversarial.synonyms, lambda: (model, tok), setting="augment.adversarial.synonyms")
             outcomes = attack.attack(model, tok, splits["train"], labels, spec.adversarial, source)
             rows = attack.adversarial_rows(outcomes, teacher_uri, spec.adversarial, labels)
             added += rows

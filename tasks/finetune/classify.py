@@ -88,7 +88,7 @@ def _prefect_table(found: dict, labels: list[str]) -> None:
 def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec) -> dict[str, float]:
     """Attack test rows: robust and clean accuracy on the attacked rows and the success rate, with the flipped rows as an MLflow table."""
     model.eval()
-    outcomes = attack.attack(model, tok, rows, labels, spec, synonyms.source(spec.synonyms, lambda: (model, tok)), salt="robustness")
+    outcomes = attack.attack(model, tok, rows, labels, spec, synonyms.source(spec.synonyms, lambda: (model, tok), setting="finetune.attack.synonyms"), salt="robustness")
     flipped = [{"text": o.row["text"], "adversarial": o.text, "label": o.row["label"], "predicted": labels[o.predicted], "edits": len(o.edits)} for o in outcomes if o.flipped]
     if flipped:
         mlflow.log_table(pd.DataFrame(flipped), "attack/test_flipped.json")
