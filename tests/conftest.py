@@ -243,7 +243,10 @@ def run_cli():
 
 
 def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "MULTISTEP_HOME": str(home), **env}
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an in-process test that ran before would point the child
+    # at its own store; the child finds its store through MULTISTEP_HOME unless the test passes a URI itself.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**inherited, "MULTISTEP_HOME": str(home), **env}
     home.mkdir(parents=True, exist_ok=True)
     # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding the pipes open.
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
