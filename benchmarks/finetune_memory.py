@@ -21,11 +21,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child import run as run_child  # benchmarks/child.py: one measurement in a fresh process
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTI30K = (ROOT / ".." / "shared" / "data" / "multi30k").resolve()
@@ -142,12 +143,7 @@ def measure(variant: str, args) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.synthetic:
         cmd += ["--synthetic"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.exit(f"{variant} child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return run_child(variant, cmd)
 
 
 def main() -> None:
