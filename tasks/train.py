@@ -144,7 +144,7 @@ def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArgument
 
 def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, float]:
     """Train, resuming from the newest complete checkpoint in the stage's artifact store; returns timing stats."""
-    dest = f"{ctx.artifact_uri}/checkpoints"
+    dest = checkpoints(ctx)
     complete = storage.list_complete(dest)
     resume = None
     if complete:
@@ -190,6 +190,11 @@ def _tokens_per_example(trainer: Trainer) -> float:
     return sum(sample) / max(1, len(sample))
 
 
+def checkpoints(ctx: StageRun) -> str:
+    """Where the stage's checkpoints live: beside its MLflow artifacts, written directly (S3 through boto3 or a local folder)."""
+    return storage.direct(ctx.artifact_uri) + "/checkpoints"
+
+
 def work_dir(ctx: StageRun) -> str:
     """Local scratch for the Trainer's own files; the durable copies live in the artifact store."""
     path = home() / "work" / ctx.run_id
@@ -200,5 +205,5 @@ def work_dir(ctx: StageRun) -> str:
 def clean_up(ctx: StageRun) -> None:
     """Drop local scratch and stored checkpoints once the stage's result is registered."""
     shutil.rmtree(home() / "work" / ctx.run_id, ignore_errors=True)
-    for ckpt in storage.list_complete(f"{ctx.artifact_uri}/checkpoints"):
+    for ckpt in storage.list_complete(checkpoints(ctx)):
         storage.remove_dir(ckpt)
