@@ -159,6 +159,8 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     n_params = trainer.model.num_parameters(exclude_embeddings=True)
     trainer.floating_point_ops = lambda inputs: 6 * inputs["input_ids"].numel() * n_params
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    if resume:  # on the run's charts: where a crash cut training and the resumed attempt picked it up
+        log_metrics(ctx.run_id, {"resumed_from_step": start_step}, step=start_step)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
