@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     lineage = sub.add_parser("lineage", help="print the ancestry of a model version: stages, datasets, sources")
     lineage.add_argument("model", metavar="MODEL_URI", help="models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)")
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON instead of text")
+    stack = sub.add_parser("stack", help="start (up) or stop (down) the team stack on this machine: Prefect, MLflow, S3, a cpu and a gpu worker")
+    stack.add_argument("action", choices=["up", "down"])
+    deploy = sub.add_parser("deploy", help="make the work pools, the crash detection and the bucket, and register deployments/prefect.yaml (PREFECT_API_URL)")
+    deploy.add_argument("--gpus", type=int, default=1, help="GPU stages that may run at once on the gpu pool: one per card (default 1)")
+    deploy.add_argument("--crash-after", type=int, default=90, metavar="SECONDS", help="mark a flow run Crashed after this long without a heartbeat (default 90; workers beat every 30 s)")
+    deploy.add_argument("--prefect-file", default="deployments/prefect.yaml")
     args = parser.parse_args(argv)
+    if args.command in ("stack", "deploy"):
+        return _operate(args)
     _embedded_defaults()
     if args.command == "evaluate":
         return _evaluate(args, _start_prefect_server())
@@ -40,6 +48,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(args, prefect_ready)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _operate(args) -> int:
+    """`stack` and `deploy`: setting up servers, not running pipelines."""
+    from tasks.errors import UserError
+
+    if args.command == "deploy" and (args.gpus < 1 or args.crash_after < 10):
+        print("error: --gpus must be at least 1 and --crash-after at least 10 seconds", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "stack":
+            from flows import stack
+
+            return stack.main([args.action])
+        from flows import deploy
+
+        deploy.deploy(gpus=args.gpus, crash_after_s=args.crash_after, prefect_file=args.prefect_file)
+        return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,19 +1,158 @@
-"""How the pipeline runs a stage flow: here, in-process with bounded re-runs (a resumed stage picks up its checkpoint)."""
+"""How the pipeline runs a stage flow: in-process (`local`), or as a deployment on the stage's work pool (`pools`).
+
+Either way a stage that failed for an unexpected reason, or whose process died, runs again a bounded number of times and
+resumes from its checkpoint in the artifact store; an input error (UserError) is final.
+"""
+
+import os
+import time
 
 from prefect import Flow
+from pydantic import BaseModel
 
 from tasks.errors import UserError
+from tasks.storage import SECRET_ENV
+
+# The pool each stage flow needs (DESIGN §4): data work on CPUs, anything that runs a model on a GPU. augment asks for
+# itself (`hardware`): EDA alone is CPU work, a teacher or an attack is GPU work.
+HARDWARE = {
+    "prepare": "cpu", "prepare-labeled": "cpu",
+    "pretrain": "gpu", "evaluate": "gpu", "transfer": "gpu", "finetune": "gpu", "gate": "gpu",
+}  # fmt: skip
+OUTPUT_KEY = "multistep-output"  # the Prefect artifact in which a stage flow run leaves its result URI
+POLL_S = 1.0  # run_deployment's own wait polls every 5 s, which would add 2.5 s to every stage on average
 
 
-def call(stage: Flow, retries: int, **params) -> str:
-    """Run a stage subflow; run it again after an unexpected failure, never after an input error."""
-    for attempt in range(retries + 1):
+def call(stage: Flow, execution, **params) -> str:
+    """Run a stage flow where `execution` (the spec's ExecutionSpec) says; again after an unexpected failure, never after an input error."""
+    for attempt in range(execution.stage_retries + 1):
         try:
-            return stage(**params)
+            if execution.mode == "local":
+                return stage(**params)
+            return _remote(stage, execution, params)
         except UserError:
             raise
         except Exception as exc:
-            if attempt == retries:
+            if attempt == execution.stage_retries:
                 raise
             print(f"{stage.name}: attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); running it again")
     raise AssertionError("unreachable")
+
+
+class StageCrashed(RuntimeError):
+    """A dispatched stage run ended Crashed, Failed or timed out: worth dispatching again."""
+
+
+def pool_of(stage: str, params: dict) -> str:
+    """`cpu` or `gpu`: the hardware a stage flow call needs."""
+    if stage == "augment":
+        return params["spec"].hardware
+    return HARDWARE[stage]
+
+
+def deployment_name(stage: str, pool: str) -> str:
+    """Stage deployments are named by their pool: `pretrain/gpu`, `augment/cpu`, ..."""
+    return f"{stage}/{pool}"
+
+
+def _remote(stage: Flow, execution, params: dict) -> str:
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    pool = getattr(execution.pools, pool_of(stage.name, params))
+    name = deployment_name(stage.name, pool)
+    timeout = execution.stage_timeouts.get(stage.name, execution.stage_timeout_s)
+    # The Secret block's name travels as the flow run's environment, never its value and never a flow parameter.
+    env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
+    parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
+    run = run_deployment(name, parameters=parameters, timeout=0, job_variables={"env": env} if env else None)
+    print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
+    with get_client(sync_client=True) as client:
+        run = _wait(client, run, pool, execution.start_timeout_s, timeout)
+        state = run.state
+        if state.is_completed():
+            return _output(client, run.id, stage.name)
+        message = state.message or state.name
+        if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
+            raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
+        raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
+
+
+def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
+    """Poll the flow run until it is final; cancel it when no worker took it or it ran past its timeout."""
+    created = time.monotonic()
+    started = None
+    while True:
+        run = client.read_flow_run(run.id)
+        state = run.state
+        if state.is_final():
+            return run
+        now = time.monotonic()
+        if started is None and (state.is_running() or state.name == "Cancelling"):
+            started = now
+        if started is None and now - created > start_timeout_s:
+            _cancel(client, run.id)
+            raise UserError(
+                f"no worker of work pool {pool!r} took flow run {run.name} within {start_timeout_s:.0f} s: start one "
+                f"(`make stack`, or `prefect worker start --pool {pool}`), or raise execution.start_timeout_s"
+            )
+        if started is not None and now - started > timeout_s:
+            _cancel(client, run.id)
+            raise StageCrashed(f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled")
+        time.sleep(POLL_S)
+
+
+def _cancel(client, flow_run_id) -> None:
+    from prefect.states import Cancelling
+
+    client.set_flow_run_state(flow_run_id, Cancelling(message="multistep: timed out"), force=True)
+
+
+def _output(client, flow_run_id, stage: str) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[OUTPUT_KEY])),
+    )
+    if not found:
+        raise StageCrashed(f"{stage} flow run {flow_run_id} completed without recording its output (artifact {OUTPUT_KEY})")
+    return found[0].data.strip().strip("`")
+
+
+def record_output(output: str) -> str:
+    """Leave a stage flow run's result URI where the dispatcher (and the Prefect UI) can read it; returns it."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        create_markdown_artifact(f"`{output}`", key=OUTPUT_KEY, description="The URI this stage returned")
+    return output
+
+
+def prepare(stages: list[tuple[str, str]], execution) -> None:
+    """Before anything runs: S3 credentials for this process, and in pools mode every (stage, hardware)'s pool and deployment."""
+    if execution.s3_secret:  # local stages read it here; dispatched ones get it in their flow run's environment
+        os.environ[SECRET_ENV] = execution.s3_secret
+    if execution.mode != "pools":
+        return
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("execution.mode pools dispatches to workers through a Prefect server: set PREFECT_API_URL (`make stack` prints it)")
+    with get_client(sync_client=True) as client:
+        for stage, hardware in stages:
+            pool = getattr(execution.pools, hardware)
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                raise UserError(
+                    f"work pool {pool!r} (execution.pools.{hardware}) does not exist on {os.environ['PREFECT_API_URL']}: "
+                    f"create it and its deployments with `make deploy`, or set execution.pools.{hardware} to an existing pool"
+                ) from None
+            try:
+                client.read_deployment_by_name(deployment_name(stage, pool))
+            except ObjectNotFound:
+                raise UserError(
+                    f"deployment {deployment_name(stage, pool)} is not registered: run `make deploy` (deployments/prefect.yaml)"
+                ) from None

@@ -16,9 +16,15 @@ from tasks.tracking import pipeline_run
 @flow(name="llm-pipeline", log_prints=True)
 def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
     """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow."""
+    return run_pipeline(spec)
+
+
+def run_pipeline(spec: PipelineSpec, retrain: bool = False) -> dict[str, str]:
+    """The DAG; with `retrain`, fine-tuning starts from the gate's champion (see registry.retraining_start)."""
     out: dict[str, str] = {}
+    dispatch.prepare(planned(spec), spec.execution)
     with pipeline_run(spec.name, spec, spec.execution.experiment) as parent:
-        run = partial(dispatch.call, retries=spec.execution.stage_retries, experiment=spec.execution.experiment, parent_run_id=parent)
+        run = partial(dispatch.call, execution=spec.execution, experiment=spec.execution.experiment, parent_run_id=parent)
         model = None
         if spec.pretrain:
             out["dataset"] = run(prepare_stage, spec=spec.data, tokenizer_from=spec.pretrain.init)
@@ -30,6 +36,8 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
         if spec.finetune:
             out["labeled"] = run(prepare_labeled_stage, spec=spec.labeled)
             init, teacher = spec.finetune.init or model, spec.augment.teacher if spec.augment else None
+            if retrain:
+                init = registry.retraining_start(spec.name + spec.finetune.register_suffix, spec.gate.alias, out["labeled"], fallback=init)
             if spec.rounds:
                 model = out["finetuned"] = adjust_and_retry(run, spec, init, out["labeled"], parent)
             else:
@@ -41,6 +49,18 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
             lengths = {"max_length": spec.finetune.max_length, "max_new_tokens": spec.finetune.max_new_tokens} if spec.finetune else {}
             out["gate"] = run(gate_stage, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"], **lengths)
     return {"pipeline_run": parent, "model": model, **out}
+
+
+def planned(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """(stage, hardware) for every stage flow the spec will run, so that pools mode can check them all before the first."""
+    stages = [("prepare", "cpu"), ("pretrain", "gpu")] if spec.pretrain else []
+    stages += [("evaluate", "gpu")] if spec.evaluate else []
+    stages += [("transfer", "gpu")] if spec.transfer else []
+    stages += [("prepare-labeled", "cpu")] if spec.finetune else []
+    stages += [("augment", spec.augment.hardware)] if spec.augment else []
+    stages += [("finetune", "gpu")] if spec.finetune else []
+    stages += [("gate", "gpu")] if spec.gate else []
+    return stages
 
 
 def augment_and_finetune(run, spec: PipelineSpec, init: str, labeled: str, *, teacher: str | None, round: int) -> str:

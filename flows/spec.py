@@ -20,13 +20,42 @@ from tasks.spec import Spec
 from tasks.transfer import TransferSpec
 
 
+class PoolsSpec(Spec):
+    cpu: str = Field("cpu", min_length=1)
+    """Work pool for data preparation and EDA augmentation (stage deployments `<stage>/<pool>`)."""
+    gpu: str = Field("gpu", min_length=1)
+    """Work pool for stages that run a model: pretraining, transfer, fine-tuning, evaluation, the gate, model-driven augmentation."""
+
+
+STAGES = ("prepare", "prepare-labeled", "pretrain", "evaluate", "transfer", "augment", "finetune", "gate")
+
+
 class ExecutionSpec(Spec):
-    mode: Literal["local"] = "local"
-    """`local`: every stage runs in this process as a Prefect subflow."""
+    mode: Literal["local", "pools"] = "local"
+    """`local`: every stage runs in this process as a Prefect subflow. `pools`: each stage runs as a deployment on its work pool (needs `make stack` and `make deploy`, or a team stack)."""
     experiment: str = Field("multistep", min_length=1)
     """MLflow experiment that holds the pipeline's runs."""
     stage_retries: int = Field(1, ge=0, le=10)
-    """Times a stage that failed with an unexpected error is run again (it resumes from its checkpoint); input errors are not retried."""
+    """Times a stage that failed with an unexpected error, crashed or timed out is run again (it resumes from its checkpoint); input errors are not retried."""
+    pools: PoolsSpec = PoolsSpec()
+    """pools mode: which work pool takes CPU stages and which GPU stages."""
+    stage_timeout_s: int = Field(24 * 3600, ge=10)
+    """pools mode: seconds a dispatched stage may run before it is cancelled and dispatched again."""
+    stage_timeouts: dict[str, int] = {}
+    """pools mode: per-stage overrides of stage_timeout_s, e.g. {pretrain: 172800, prepare: 3600}."""
+    start_timeout_s: int = Field(600, ge=5)
+    """pools mode: seconds a dispatched stage may wait for a worker of its pool before the pipeline stops with an error."""
+    s3_secret: str | None = Field(None, min_length=1)
+    """Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional endpoint_url); empty: the workers' environment."""
+
+    @model_validator(mode="after")
+    def _known_stages(self):
+        unknown = sorted(set(self.stage_timeouts) - set(STAGES))
+        if unknown:
+            raise ValueError(f"stage_timeouts names unknown stages {unknown}: use {', '.join(STAGES)}")
+        if any(v < 10 for v in self.stage_timeouts.values()):
+            raise ValueError("stage_timeouts values are seconds, at least 10")
+        return self
 
 
 class PipelineSpec(Spec):

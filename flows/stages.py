@@ -2,6 +2,8 @@
 
 from prefect import flow
 
+from flows.dispatch import record_output
+
 from tasks import augment, evaluate, finetune, gate, pretrain, transfer
 from tasks.augment import AugmentSpec
 from tasks.data import labeled, prepare, sources
@@ -23,10 +25,10 @@ def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experime
     digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}
     if tokenizer_from:
         inputs["tokenizer_from"], digests["tokenizer_from"] = tokenizer_from, digest(tokenizer_from)
-    return run_stage(
+    return record_output(run_stage(
         "prepare", spec, inputs, lambda ctx: prepare.run(spec, tokenizer_from, ctx),
         experiment=experiment, parent_run_id=parent_run_id, digests=digests,
-    )
+    ))
 
 
 @flow(name="pretrain", log_prints=True)
@@ -34,29 +36,29 @@ def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str 
     """Pretrain a causal LM on a dataset URI and register it as `<name>-base`; returns the model version URI."""
     register_as = name + spec.register_suffix
     inputs = {"dataset": dataset, **({"init": spec.init} if spec.init else {})}
-    return run_stage(
+    return record_output(run_stage(
         "pretrain", spec, inputs, lambda ctx: pretrain.run(spec, dataset, register_as, ctx),
         experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
-    )
+    ))
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Score a model URI on a dataset URI; returns the evaluation report URI."""
-    return run_stage(
+    return record_output(run_stage(
         "evaluate", spec, {"model": model, "dataset": dataset}, lambda ctx: evaluate.run(spec, model, dataset, ctx),
         experiment=experiment, parent_run_id=parent_run_id,
-    )
+    ))
 
 
 @flow(name="transfer", log_prints=True)
 def transfer_stage(spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Structure surgery on a model URI (drop/insert blocks, add tokens, new head); returns the new version's URI."""
     register_as = name + spec.register_suffix
-    return run_stage(
+    return record_output(run_stage(
         "transfer", spec, {"model": model}, lambda ctx: transfer.run(spec, model, register_as, ctx),
         experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
-    )
+    ))
 
 
 @flow(name="prepare-labeled", log_prints=True)
@@ -64,10 +66,10 @@ def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", pare
     """Read, validate and split labeled data for fine-tuning; returns a dataset URI."""
     digests = labeled.source_digests(spec)  # validates that every source exists before any run is opened
     inputs = {name: uri for name, uri in labeled.source_names(spec).items()}
-    return run_stage(
+    return record_output(run_stage(
         "prepare-labeled", spec, inputs, lambda ctx: labeled.run(spec, ctx),
         experiment=experiment, parent_run_id=parent_run_id, digests=digests,
-    )
+    ))
 
 
 @flow(name="augment", log_prints=True)
@@ -81,10 +83,10 @@ def augment_stage(
     if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
         for i, src in enumerate(spec.pseudo.pool):
             inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
-    return run_stage(
+    return record_output(run_stage(
         "augment", spec, inputs, lambda ctx: augment.run(spec, dataset, teacher, synonym_model, ctx),
         experiment=experiment, parent_run_id=parent_run_id, digests=digests, params={"hardware": spec.hardware}, round=round,
-    )
+    ))
 
 
 @flow(name="finetune", log_prints=True)
@@ -94,10 +96,10 @@ def finetune_stage(
 ) -> str:
     """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
     register_as = name + spec.register_suffix
-    return run_stage(
+    return record_output(run_stage(
         "finetune", spec, {"model": model, "dataset": dataset}, lambda ctx: finetune.run(spec, model, dataset, register_as, ctx),
         experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
-    )
+    ))
 
 
 @flow(name="gate", log_prints=True)
@@ -113,7 +115,7 @@ def gate_stage(
     # after its promotion) keeps the key of the decision that promoted it, and the rerun is a cache hit.
     if champion and champion != f"models:/{version.name}/{version.version}":
         inputs["champion"] = champion
-    return run_stage(
+    return record_output(run_stage(
         "gate", spec, inputs, lambda ctx: gate.run(spec, model, dataset, ctx, max_length, max_new_tokens),
         experiment=experiment, parent_run_id=parent_run_id,
-    )
+    ))

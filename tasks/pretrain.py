@@ -6,8 +6,8 @@ from typing import Literal
 from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
+from tasks import distributed, registry
 from tasks import model as models
-from tasks import registry
 from tasks.data import prepared
 from tasks.errors import UserError
 from tasks.spec import Spec
@@ -43,6 +43,26 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
     if existing:  # a crash after registration: the work is done
         print(f"pretrain: {existing} was already registered by this stage")
         return existing
+    distributed.check(spec.train, ctx.stage)
+    model, tokenizer, blocks = setup(spec, dataset)
+    mlflow.log_params({"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]})
+
+    if spec.train.max_steps and spec.train.devices > 1:
+        distributed.launch(spec, {"dataset": dataset}, ctx, model)
+    elif spec.train.max_steps:
+        single = build(spec, model, tokenizer, blocks, ctx)
+        fit(single, ctx, spec.train.keep_checkpoints)
+        model = single.model
+    mlm = spec.objective == "mlm"
+    logged = models.log(model, tokenizer, task="fill-mask" if mlm else "text-generation")
+    version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective})
+    clean_up(ctx)
+    print(f"pretrain: registered {version}")
+    return version
+
+
+def setup(spec: PretrainSpec, dataset: str):
+    """The model to train (seeded, so every torchrun rank starts alike), its tokenizer and the train blocks [n, block_size]."""
     blocks = prepared.load_blocks(dataset, "train")
     tokenizer = prepared.load_tokenizer(dataset)
     set_seed(spec.train.seed)
@@ -54,22 +74,22 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
     else:
         model = models.build(spec.model, tokenizer)
     _check_fits(model, tokenizer, blocks.shape[1], spec)
-    mlflow.log_params({"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]})
+    return model, tokenizer, blocks
 
-    if spec.train.max_steps:
-        # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
-        trainer = Trainer(
-            model=model, args=arguments(spec.train, work_dir(ctx)), train_dataset=BlockDataset(blocks, labels=not mlm),
-            data_collator=collator,
-        )
-        fit(trainer, ctx, spec.train.keep_checkpoints)
-        model = trainer.model
-    logged = models.log(model, tokenizer, task="fill-mask" if mlm else "text-generation")
-    version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective})
-    clean_up(ctx)
-    print(f"pretrain: registered {version}")
-    return version
+
+def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Trainer:
+    """The stage's Trainer over packed blocks."""
+    mlm = spec.objective == "mlm"
+    # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
+    # Every weight of a language model takes part in its loss: DDP need not search each step's graph for unused ones.
+    args = arguments(spec.train, work_dir(ctx), ddp_find_unused_parameters=False)
+    return Trainer(model=model, args=args, train_dataset=BlockDataset(blocks, labels=not mlm), data_collator=collator)
+
+
+def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> Trainer:
+    """What each torchrun rank trains: the Trainer the single-process path builds."""
+    return build(spec, *setup(spec, dataset), ctx)
 
 
 def _check_fits(model, tokenizer, block_size: int, spec: PretrainSpec) -> None:

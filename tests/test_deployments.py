@@ -1,15 +1,54 @@
-"""Deployment parameters are real specs: a deployment that the UI would refuse fails here first."""
+"""deployments/prefect.yaml: parameters are real specs, presets match configs/, every stage has a deployment on its pool."""
 
+import importlib
 from pathlib import Path
 
+import pytest
 import yaml
+from prefect import Flow
 
-from flows.spec import PipelineSpec
+from flows import dispatch
+from flows.spec import STAGES, PipelineSpec
+
+CONFIG = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
+DEPLOYMENTS = CONFIG["deployments"]
 
 
-def test_every_deployment_parameter_set_is_a_valid_spec():
-    config = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
-    assert config["deployments"]
-    for deployment in config["deployments"]:
-        assert deployment["entrypoint"] == "flows/pipeline.py:llm_pipeline"
-        PipelineSpec.model_validate(deployment["parameters"]["spec"])
+def flow_of(entrypoint: str) -> Flow:
+    module, name = entrypoint.split(":")
+    return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+
+
+@pytest.mark.parametrize("deployment", [d for d in DEPLOYMENTS if "parameters" in d], ids=lambda d: d["name"])
+def test_every_deployment_parameter_set_is_a_valid_spec(deployment):
+    spec = PipelineSpec.model_validate(deployment["parameters"]["spec"])
+    assert spec.execution.mode == "pools"
+    # The form Prefect builds takes exactly the flow's parameters.
+    assert set(deployment["parameters"]) <= set(flow_of(deployment["entrypoint"]).parameters.properties)
+
+
+def test_preset_deployments_equal_their_config_files():
+    presets = CONFIG["definitions"]["presets"]
+    for name, spec in presets.items():
+        assert spec == yaml.safe_load(Path(f"configs/{name}.yaml").read_text()), f"deployments/prefect.yaml preset {name} drifted from configs/{name}.yaml"
+
+
+def test_each_stage_flow_has_a_deployment_on_the_pool_of_its_hardware():
+    stages = {}
+    for d in DEPLOYMENTS:
+        if d["entrypoint"].startswith("flows/stages.py:"):
+            flow = flow_of(d["entrypoint"])
+            assert d["name"] == d["work_pool"]["name"], "stage deployments are named by their pool: <stage>/<pool>"
+            stages.setdefault(flow.name, set()).add(d["work_pool"]["name"])
+    assert set(stages) == set(STAGES)
+    for stage, pools in stages.items():
+        expected = {"cpu", "gpu"} if stage == "augment" else {dispatch.HARDWARE[stage]}
+        assert pools == expected, stage
+
+
+def test_retraining_deployment_runs_on_a_cron_schedule_with_a_timezone():
+    (retrain,) = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/retrain.py:retrain"]
+    (schedule,) = retrain["schedules"]
+    assert len(schedule["cron"].split()) == 5 and schedule["timezone"] and schedule["active"]
+    spec = PipelineSpec.model_validate(retrain["parameters"]["spec"])
+    assert spec.finetune and spec.gate and not spec.pretrain

@@ -17,7 +17,7 @@ from tasks.data import clean, decontaminate, sources
 from tasks.data.prepared import SPLITS
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
-from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
+from tasks.tracking import DIGEST, StageRun, content_digest, dataset_source, log_metrics
 
 
 def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
@@ -102,7 +102,7 @@ def _log_lineage(ctx: StageRun, splits: dict[str, list[dict]], card: dict) -> No
     """Datasets as MLflow inputs (the lineage view), the digest as a tag, counts as metrics."""
     for name in SPLITS:
         frame = pd.DataFrame(splits[name], columns=["text", "origin"])
-        source = mlflow.get_artifact_uri(f"dataset/text/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
+        source = dataset_source(f"dataset/text/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
         with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, name=f"{ctx.stage}-{name}")

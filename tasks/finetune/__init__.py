@@ -1,6 +1,7 @@
 """The finetune stage: classification or instruction SFT from any model URI, fully, with LoRA, or head-only."""
 
 from pydantic import Field
+from transformers import Trainer
 
 from tasks.augment.attack import AttackSpec
 from tasks.data import labeled
@@ -38,4 +39,10 @@ def run(spec: FinetuneSpec, init: str, data: str, register_as: str, ctx: StageRu
     task = labeled.card(data)["task"]
     train = classify.run if task == "classification" else sft.run
     return train(spec, init, data, register_as, ctx)
+
+
+def trainer(spec: FinetuneSpec, init: str, data: str, ctx: StageRun) -> Trainer:
+    """What each torchrun rank trains: the classification or SFT Trainer of the single-process path."""
+    task = labeled.card(data)["task"]
+    return (classify.trainer if task == "classification" else sft.trainer)(spec, init, data, ctx)
 

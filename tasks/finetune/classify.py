@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from tasks import methods, registry, transfer
+from tasks import distributed, methods, registry, transfer
 from tasks import metrics as metrics_
 from tasks.augment import attack, synonyms
 from tasks.augment.attack import AttackSpec
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import register, train_best
+from tasks.finetune.trainer import build, register, train_best
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -97,22 +97,36 @@ def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec
     return {f"test_{k}": v for k, v in found.items()}
 
 
-def run(spec, init: str, data: str, register_as: str, ctx) -> str:
-    """Fine-tune a classifier, keep the best validation checkpoint, score test, register."""
-    existing = registry.find_version(register_as, ctx.key)
-    if existing:
-        print(f"finetune: {existing} was already registered by this stage")
-        return existing
+def setup(spec, init: str, data: str):
+    """The model to train (seeded, so every torchrun rank starts alike), its tokenizer, the encoded splits and the labels."""
     labels = labeled.card(data)["labels"]
     set_seed(spec.train.seed)
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
     label2id = {l: i for i, l in enumerate(labels)}
     splits = {s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")}
-    trainer = train_best(
-        spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx,
-        metric="accuracy", greater=True, compute_metrics=scores,
-    )
+    return model, tok, splits, labels
+
+
+def build_trainer(spec, model, tok, splits: dict[str, Encoded], ctx) -> Trainer:
+    return build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, metric="accuracy", greater=True, compute_metrics=scores)
+
+
+def trainer(spec, init: str, data: str, ctx) -> Trainer:
+    """What each torchrun rank trains: the Trainer the single-process path builds."""
+    model, tok, splits, _ = setup(spec, init, data)
+    return build_trainer(spec, model, tok, splits, ctx)
+
+
+def run(spec, init: str, data: str, register_as: str, ctx) -> str:
+    """Fine-tune a classifier, keep the best validation checkpoint, score test, register."""
+    existing = registry.find_version(register_as, ctx.key)
+    if existing:
+        print(f"finetune: {existing} was already registered by this stage")
+        return existing
+    distributed.check(spec.train, ctx.stage)
+    model, tok, splits, labels = setup(spec, init, data)
+    trainer = train_best(spec, model, lambda: build_trainer(spec, model, tok, splits, ctx), {"init": init, "data": data}, ctx)
     metrics = {}
     for split in ("validation", "test"):
         if len(splits[split]):

@@ -5,12 +5,12 @@ from collections.abc import Mapping
 import mlflow
 import sacrebleu
 import torch
-from transformers import set_seed
+from transformers import Trainer, set_seed
 
-from tasks import methods, registry
+from tasks import distributed, methods, registry
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import register, train_best
+from tasks.finetune.trainer import build, register, train_best
 from tasks.tracking import log_metrics
 
 IGNORE = -100  # label id the loss skips
@@ -106,23 +106,40 @@ def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str,
     }
 
 
+def setup(spec, init: str, data: str):
+    """The model as loaded (seeded, so every torchrun rank starts alike), its tokenizer, the rows and their encodings by split."""
+    set_seed(spec.train.seed)
+    model, tok = models.load(init)
+    rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
+    encoded = {s: [e for e in (encode(tok, r, spec.max_length) for r in rows[s]) if e] for s in rows}
+    return model, tok, rows, encoded
+
+
+def build_trainer(spec, model, tok, encoded: dict[str, list[dict]], ctx) -> Trainer:
+    return build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, metric="eval_loss", greater=False)
+
+
+def trainer(spec, init: str, data: str, ctx) -> Trainer:
+    """What each torchrun rank trains: the Trainer the single-process path builds."""
+    model, tok, _, encoded = setup(spec, init, data)
+    return build_trainer(spec, methods.prepare(model, spec, "causal_lm"), tok, encoded, ctx)
+
+
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     """Fine-tune for instruction following; score generations before and after; register the best checkpoint."""
     existing = registry.find_version(register_as, ctx.key)
     if existing:
         print(f"finetune: {existing} was already registered by this stage")
         return existing
-    set_seed(spec.train.seed)
-    model, tok = models.load(init)
-    rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
-    encoded = {s: [e for e in (encode(tok, r, spec.max_length) for r in rows[s]) if e] for s in rows}
+    distributed.check(spec.train, ctx.stage)
+    model, tok, rows, encoded = setup(spec, init, data)
     held_out = rows["test"][: spec.generation_rows]
     prompts, references = [r["prompt"] for r in held_out], [r["response"] for r in held_out]
     before = generate(model, tok, prompts, spec.max_new_tokens) if held_out else []
     loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
-    trainer = train_best(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, metric="eval_loss", greater=False)
+    trainer = train_best(spec, model, lambda: build_trainer(spec, model, tok, encoded, ctx), {"init": init, "data": data}, ctx)
     metrics = {} if loss_before is None else {"test_loss_before": loss_before}
     for split in ("validation", "test"):
         if encoded[split]:

@@ -1,20 +1,21 @@
 """What classification and SFT share: a Trainer that scores validation at each checkpoint, stops early, and registers the best."""
 
 import tempfile
+from collections.abc import Callable
 
 import mlflow
 from peft import PeftModel
 from transformers import EarlyStoppingCallback, Trainer
 
-from tasks import methods, registry
+from tasks import distributed, methods, registry
 from tasks.finetune.adversarial import trainer_class
 from tasks import model as models
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
 
 
-def train_best(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *, metric: str, greater: bool, compute_metrics=None) -> Trainer:
-    """Train with validation at every checkpoint; the best checkpoint's weights are loaded at the end."""
+def build(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *, metric: str, greater: bool, compute_metrics=None) -> Trainer:
+    """A Trainer that scores validation at every checkpoint, stops early, and loads the best checkpoint's weights at the end."""
     args = arguments(
         spec.train,
         work_dir(ctx),
@@ -26,13 +27,24 @@ def train_best(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRu
         save_total_limit=2,  # the newest and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
-    trainer = trainer_class(spec.adversarial)(
+    return trainer_class(spec.adversarial)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
     )
+
+
+def train_best(spec, model, make: Callable[[], Trainer], inputs: dict[str, str], ctx: StageRun) -> Trainer:
+    """Train `model` with the Trainer `make` builds, here or on `spec.train.devices` torchrun ranks; returns a Trainer holding the best weights.
+
+    `inputs` are the keyword arguments with which each rank rebuilds the same Trainer (the stage module's `trainer`).
+    """
     trainable, total = methods.trainable_fraction(model)
     mlflow.log_params({"trainable_parameters": trainable, "parameters": total})
     log_metrics(ctx.run_id, {"trainable_fraction": trainable / total})
+    if spec.train.devices > 1:
+        distributed.launch(spec, inputs, ctx, model)
+        return make()  # not trained here: it scores the weights the ranks trained
+    trainer = make()
     fit(trainer, ctx, spec.train.keep_checkpoints)
     return trainer
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from tasks.data.labeled import read, rows
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
-from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
+from tasks.tracking import DIGEST, StageRun, content_digest, dataset_source, log_metrics
 
 ARTIFACT = "labeled"
 
@@ -70,7 +70,7 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
     """Splits as MLflow inputs (the lineage view), the digest as a tag, counts as metrics."""
     for name in SPLITS:
         frame = pd.DataFrame(splits[name], columns=card["columns"])
-        source = mlflow.get_artifact_uri(f"{ARTIFACT}/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
+        source = dataset_source(f"{ARTIFACT}/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
         targets = "label" if spec.task == "classification" else "response"
         with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
             warnings.simplefilter("ignore", UserWarning)

@@ -1,0 +1,351 @@
+"""`make stack` / `make stack-down`: the team topology of docker/compose.yaml on one machine, on 127.0.0.1, without Docker.
+
+Prefect server, MLflow server (artifacts proxied to S3), SeaweedFS's S3 (`weed mini`), a cpu worker and a gpu worker.
+Each runs in its own process group; `down` stops exactly the groups `up` recorded in <root>/pids.json.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks.errors import UserError
+from tasks.tracking import PACKAGE_ROOT
+
+BUCKET = "multistep"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Ports:
+    prefect: int = 4200
+    mlflow: int = 5000
+    s3: int = 8333
+    # weed mini's other servers; the admin's built-in worker dials admin + 10000, so that one must be free too.
+    weed: dict[str, int] = field(default_factory=lambda: {
+        "master": 9333, "master_grpc": 19333, "volume": 8080, "volume_grpc": 18080, "filer": 8888, "filer_grpc": 18888,
+        "s3_grpc": 18333, "admin": 23646,
+    })  # fmt: skip
+
+
+def free_ports() -> Ports:
+    """Ports free on 127.0.0.1 now (tests run a stack beside whatever else the machine runs)."""
+    socks = []
+
+    def pick(offset: int = 0) -> int:
+        for _ in range(200):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if offset:
+                if port + offset > 65535:
+                    s.close()
+                    continue
+                try:
+                    t = socket.socket()
+                    t.bind(("127.0.0.1", port + offset))
+                    socks.append(t)
+                except OSError:
+                    s.close()
+                    continue
+            socks.append(s)
+            return port
+        raise RuntimeError("no free port on 127.0.0.1")
+
+    try:
+        weed = {name: pick() for name in ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")}
+        weed["admin"] = pick(offset=10000)
+        return Ports(prefect=pick(), mlflow=pick(), s3=pick(), weed=weed)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def weed_command(data: Path, s3_config: Path, s3_port: int, ports: dict[str, int]) -> list[str]:
+    """`weed mini` on 127.0.0.1 with every port given, no telemetry, and S3 identities from s3_config."""
+    admin = ports["admin"]
+    return [
+        str(BIN / "weed"), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.preStopSeconds=0",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}", f"-filer.localSocket={data}/filer.sock",
+        f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.localSocket={data}/s3.sock",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={s3_config}",
+        "-webdav=false", "-admin.ui=false", f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
+    ]  # fmt: skip
+
+
+def s3_identity(path: Path, access_key: str, secret_key: str) -> None:
+    """An S3 config with one identity: SeaweedFS then refuses anonymous and wrong credentials."""
+    identity = {"name": "multistep", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+    path.write_text(json.dumps({"identities": [identity]}))
+    path.chmod(0o600)
+
+
+@dataclass
+class Stack:
+    root: Path
+    ports: Ports
+    access_key: str
+    secret_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client or worker of this stack needs in its environment."""
+        return {
+            "PREFECT_API_URL": f"http://127.0.0.1:{self.ports.prefect}/api",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
+            "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow",
+            "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{self.ports.s3}",
+            "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.ports.s3}",
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start one service in its own process group, log to <root>/logs/<name>.log, record its pid."""
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        full = {**_quiet_env(), **os.environ, **self.env, **(env or {})}
+        with open(self.root / "logs" / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full, cwd=PACKAGE_ROOT, start_new_session=True)
+        pids = _read_pids(self.root)
+        pids[name] = proc.pid
+        (self.root / "pids.json").write_text(json.dumps(pids))
+        return proc
+
+    def start_worker(self, pool: str, limit: int, name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A process worker for `pool`; its flow runs send heartbeats, so a run that dies with it is marked Crashed."""
+        name = name or f"worker-{pool}"
+        env = {
+            **(env or {}),
+            "MULTISTEP_HOME": str(self.root / name),  # scratch; checkpoints live in S3, not here
+            "MULTISTEP_ROOT": str(PACKAGE_ROOT),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # the default 10 s poll adds ~5 s to every dispatched stage
+        }
+        cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
+               "--name", name, "--no-create-pool-if-not-found", "--install-policy", "never"]  # fmt: skip
+        return self.start(name, cmd, env)
+
+
+def _quiet_env() -> dict[str, str]:
+    return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+
+
+def up(root: Path, ports: Ports | None = None, workers: bool = True, crash_after_s: int = 90, timeout_s: float = 180) -> Stack:
+    """Start S3, MLflow and Prefect servers, make the pools and the crash automation, then the workers; returns the stack."""
+    root = Path(root).resolve()
+    if any(_alive(pid) for pid in _read_pids(root).values()):
+        raise UserError(f"a stack is already running from {root}: stop it with `make stack-down` first")
+    ports = ports or Ports()
+    busy = [p for p in (ports.prefect, ports.mlflow, ports.s3) if _in_use(p)]
+    if busy:
+        raise UserError(f"ports {busy} on 127.0.0.1 are taken: stop what listens there (another stack? `make stack-down`)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pids.json").write_text("{}")
+    stack = Stack(root, ports, "multistep", secrets.token_hex(16))
+    (root / "s3").mkdir(exist_ok=True)
+    s3_identity(root / "s3.json", stack.access_key, stack.secret_key)
+    try:
+        stack.start("s3", weed_command(root / "s3", root / "s3.json", ports.s3, ports.weed))
+        stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
+                    {"PREFECT_HOME": str(root / "prefect")})  # fmt: skip
+        _wait_s3(stack, timeout_s)
+        _ensure_bucket(stack)
+        stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                               "--artifacts-destination", stack.env["MLFLOW_ARTIFACTS_DESTINATION"]])  # fmt: skip
+        _wait_http(f"http://127.0.0.1:{ports.prefect}/api/health", "prefect-server", stack, timeout_s)
+        _wait_http(f"http://127.0.0.1:{ports.mlflow}/health", "mlflow", stack, timeout_s)
+        _write_env(stack)
+        with _environ(stack.env):
+            from flows import deploy
+
+            deploy.ensure_pools()
+            deploy.ensure_crash_detection(crash_after_s)
+        if workers:
+            stack.start_worker("cpu", limit=4)
+            stack.start_worker("gpu", limit=1)
+    except BaseException:
+        down(root)
+        raise
+    return stack
+
+
+def down(root: Path) -> list[str]:
+    """SIGTERM every process group `up` started (SIGKILL what lingers); returns the names stopped."""
+    import psutil
+
+    root = Path(root).resolve()
+    pids = _read_pids(root)
+    # Flow runs a worker started live in sessions of their own: stop them with their worker.
+    children = []
+    for pid in pids.values():
+        try:
+            children += psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    for pid in pids.values():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids.values():
+        _signal(pid, signal.SIGKILL)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if (root / "pids.json").exists():
+        (root / "pids.json").write_text("{}")
+    return sorted(pids)
+
+
+def kill(stack: Stack, name: str) -> None:
+    """SIGKILL one service and every process it started, as a machine dying would (tests use it on a worker)."""
+    import psutil
+
+    pid = _read_pids(stack.root)[name]
+    # A process worker starts each flow run in a session of its own, so the process group alone would miss it.
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _read_pids(root: Path) -> dict[str, int]:
+    path = Path(root) / "pids.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _log_tail(stack: Stack, name: str) -> str:
+    path = stack.root / "logs" / f"{name}.log"
+    return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def _wait_http(url: str, name: str, stack: Stack, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if not _alive(_read_pids(stack.root)[name]):
+                raise RuntimeError(f"{name} exited while starting:\n{_log_tail(stack, name)}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{_log_tail(stack, name)}") from None
+            time.sleep(0.3)  # poll interval, bounded by the deadline
+
+
+def _s3(stack: Stack):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=stack.access_key,
+                        aws_secret_access_key=stack.secret_key, region_name="us-east-1",
+                        config=Config(connect_timeout=2, retries={"max_attempts": 1}))  # fmt: skip
+
+
+def _wait_s3(stack: Stack, timeout_s: float) -> None:
+    client = _s3(stack)
+    deadline = time.monotonic() + timeout_s
+    while True:  # the S3 port opens before the filer behind it is ready: wait for a signed request to succeed
+        try:
+            client.list_buckets()
+            return
+        except Exception:
+            if not _alive(_read_pids(stack.root)["s3"]):
+                raise RuntimeError(f"weed mini exited while starting:\n{_log_tail(stack, 's3')}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"weed mini not ready after {timeout_s:.0f} s:\n{_log_tail(stack, 's3')}") from None
+            time.sleep(0.2)
+
+
+def _ensure_bucket(stack: Stack) -> None:
+    client = _s3(stack)
+    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=BUCKET)
+
+
+def _write_env(stack: Stack) -> None:
+    """<root>/env: `set -a; . .multistep/stack/env` points a shell at the stack (it holds the S3 key: mode 0600)."""
+    path = stack.root / "env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
+    path.chmod(0o600)
+    (stack.root / "stack.json").write_text(json.dumps({"ports": asdict(stack.ports)}))
+
+
+class _environ:
+    def __init__(self, env: dict[str, str]):
+        self.env, self.saved = env, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def main(argv: list[str]) -> int:
+    from tasks.tracking import home
+
+    root = home() / "stack"
+    if argv[:1] == ["down"]:
+        stopped = down(root)
+        print(f"stack: stopped {', '.join(stopped) or 'nothing (no stack recorded in ' + str(root) + ')'}")
+        return 0
+    stack = up(root)
+    print(
+        f"stack: up from {root} (logs in {root / 'logs'})\n"
+        f"  Prefect UI  http://127.0.0.1:{stack.ports.prefect}\n"
+        f"  MLflow UI   http://127.0.0.1:{stack.ports.mlflow}\n"
+        f"  S3          http://127.0.0.1:{stack.ports.s3} (bucket {BUCKET}; key in {root / 'env'})\n"
+        f"  workers     cpu (4 at once), gpu (1 at once)\n"
+        f"next: make deploy, then `set -a; . {root / 'env'}; set +a` and\n"
+        f"      multistep run configs/default.yaml --set execution.mode=pools   (or trigger llm-pipeline/default in the Prefect UI)"
+    )
+    return 0
+

@@ -1,0 +1,236 @@
+"""execution.mode pools on a real team stack on 127.0.0.1: Prefect server, MLflow server proxying to SeaweedFS's S3,
+a cpu and a gpu process worker, deployments/prefect.yaml registered by `multistep deploy`."""
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows import deploy, stack
+
+CRASH_AFTER_S = 45  # heartbeats come every 30 s (Prefect's minimum); silence this long marks a run Crashed
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """The stack `make stack` starts, with free ports and its own state, and the project's deployments registered."""
+    root = tmp_path_factory.mktemp("stack")
+    s = stack.up(root, stack.free_ports(), workers=False, crash_after_s=CRASH_AFTER_S)
+    try:
+        with _prefect(s):
+            deploy.register()
+        s.start_worker("cpu", limit=4)
+        s.start_worker("gpu", limit=1)
+        yield s
+    finally:
+        stack.down(root)
+
+
+class _prefect:
+    """Point this process's Prefect client at the stack (Prefect reads its settings once, so env alone is not enough)."""
+
+    def __init__(self, s):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.ctx = temporary_settings(updates={PREFECT_API_URL: s.env["PREFECT_API_URL"]})
+        self.env = stack._environ(s.env)
+
+    def __enter__(self):
+        self.env.__enter__()
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+        self.env.__exit__(*exc)
+
+
+def tiny_pools(corpus: Path, tiny_overrides, *extra: str) -> list[str]:
+    overrides = tiny_overrides(corpus) + ["execution.mode=pools", "execution.start_timeout_s=120", *extra]
+    return ["run", "configs/default.yaml", *sum((["--set", o] for o in overrides), [])]
+
+
+def cli(team, args, home: Path, run_cli, **env):
+    return run_cli(args, home, timeout=600, **team.env, **env)
+
+
+def stage_runs(team, pipeline_flow_run_id: str) -> list:
+    """The flow runs the pipeline dispatched (run_deployment links each to the pipeline as a subflow)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with _prefect(team), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run_id])))
+        flows = {f.id: f.name for f in client.read_flows()}
+    return [(flows[r.flow_id], r) for r in runs]
+
+
+def bucket_keys(team) -> list[str]:
+    client = stack._s3(team)
+    return [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET) for o in page.get("Contents", [])]
+
+
+def pipeline_runs(mlflow, name: str) -> list:
+    experiments = [e.experiment_id for e in mlflow.search_experiments()]
+    return mlflow.search_runs(experiments, f"tags.`multistep.pipeline` = '{name}'", order_by=["attributes.start_time ASC"])
+
+
+def stage_run(mlflow, parent, stage: str):
+    (run,) = mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`multistep.stage` = '{stage}'")
+    return run
+
+
+def test_each_stage_runs_on_its_pool_and_leaves_its_files_in_s3(team, tmp_path, corpus, tiny_overrides, run_cli):
+    done = cli(team, tiny_pools(corpus, tiny_overrides, "name=pooled"), tmp_path / "client", run_cli)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-4000:]
+
+    mlflow = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    (parent,) = pipeline_runs(mlflow, "pooled")
+    runs = stage_runs(team, parent.data.tags["prefect.flow_run_id"])
+    pools = {}
+    for flow, run in runs:
+        assert run.state.is_completed(), (flow, run.state)
+        pools.setdefault(flow, set()).add(run.work_pool_name)
+    assert pools == {"prepare": {"cpu"}, "pretrain": {"gpu"}, "evaluate": {"gpu"}, "gate": {"gpu"}}
+
+    keys = bucket_keys(team)
+    prepared = stage_run(mlflow, parent, "prepare").info.run_id
+    assert any(k.endswith(f"{prepared}/artifacts/dataset/blocks/train.parquet") for k in keys)
+    version = mlflow.get_model_version_by_alias("pooled-base", "champion")
+    assert version.version in ("1", 1)
+    model_files = [k for k in keys if k.endswith("model.safetensors")]
+    assert model_files and all(k.startswith("mlflow/") for k in model_files)
+
+
+def test_a_killed_gpu_worker_is_replaced_and_training_resumes_from_its_s3_checkpoint(team, tmp_path, corpus, tiny_overrides, run_cli):
+    stack.kill(team, "worker-gpu")
+    team.start_worker("gpu", limit=1, name="worker-gpu-doomed", env={"MULTISTEP_FAULT_HOLD_AT_STEP": "3"})
+    args = tiny_pools(corpus, tiny_overrides, "name=killed", "evaluate=null", "gate=null", "pretrain.train.max_steps=9", "pretrain.train.checkpoint_every=3")
+    home = tmp_path / "client"
+    home.mkdir()
+    env = {**os.environ, **team.env, "MULTISTEP_HOME": str(home)}
+    with open(home / "out", "w+") as out:
+        pipeline = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=stack.PACKAGE_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            marker = _wait_for_checkpoint(team, "checkpoint-3", pipeline, deadline_s=300)
+            stack.kill(team, "worker-gpu-doomed")  # the worker and the flow run it started: the machine died
+            team.start_worker("gpu", limit=1, name="worker-gpu")
+            rc = pipeline.wait(timeout=480)
+        finally:
+            stack._signal(pipeline.pid, 9)
+        out.seek(0)
+        said = out.read()
+    assert rc == 0, said[-4000:]
+    assert "pretrain: attempt 1 failed (StageCrashed" in said
+
+    mlflow = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    assert len(mlflow.search_model_versions("name = 'killed-base'")) == 1
+    run_id = marker.split("/")[2]
+    history = mlflow.get_metric_history(run_id, "resumed_from_step")
+    assert [m.value for m in history] == [3.0]
+    (parent,) = pipeline_runs(mlflow, "killed")
+    attempts = [run for flow, run in stage_runs(team, parent.data.tags["prefect.flow_run_id"]) if flow == "pretrain"]
+    assert sorted(r.state.name for r in attempts) == ["Completed", "Crashed"]
+    assert {r.work_pool_name for r in attempts} == {"gpu"}
+
+
+def _wait_for_checkpoint(team, name: str, pipeline: subprocess.Popen, deadline_s: float) -> str:
+    """The S3 key of a checkpoint's completion marker, once the worker has published it."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = [k for k in bucket_keys(team) if k.endswith(f"/checkpoints/{name}/_COMPLETE")]
+        if found:
+            return found[0]
+        assert pipeline.poll() is None, "the pipeline ended before the checkpoint appeared"
+        time.sleep(0.5)  # poll interval, bounded by the deadline
+    raise AssertionError(f"no {name} in the bucket after {deadline_s} s")
+
+
+def test_retraining_twice_on_unchanged_data_reuses_every_stage_and_new_data_goes_through_the_gate(team, tmp_path):
+    from flows.spec import load
+
+    data = tmp_path / "reviews.tsv"
+    data.write_text(_reviews(160))
+    overrides = [
+        "name=retrained", "data=null", "pretrain=null", "evaluate=null",
+        "labeled.task=classification", f"labeled.train=[{data}]", "labeled.text_column=sentence",
+        "labeled.split.validation=0.2", "labeled.split.test=0.2",
+        "finetune.init=package:minilm", "finetune.max_length=16", "finetune.train.max_steps=3", "finetune.train.batch_size=8",
+        "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=3", "finetune.patience=null",
+        "execution.mode=pools",
+    ]  # fmt: skip
+    spec = load("configs/default.yaml", overrides).model_dump(mode="json")
+    mlflow = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+
+    first = _retrain(team, spec)
+    assert [v.version for v in mlflow.search_model_versions("name = 'retrained'")] in (["1"], [1])
+    assert mlflow.get_model_version_by_alias("retrained", "champion").version in ("1", 1)
+
+    second = _retrain(team, spec)
+    reused = {k.removeprefix("multistep.reused."): v for k, v in mlflow.get_run(second).data.tags.items() if k.startswith("multistep.reused.")}
+    assert set(reused) == {"prepare-labeled", "finetune", "gate"}
+    assert len(mlflow.search_model_versions("name = 'retrained'")) == 1
+    assert first != second
+
+    data.write_text(_reviews(200))  # new rows arrived
+    third = _retrain(team, spec)
+    assert not any(k.startswith("multistep.reused.") for k in mlflow.get_run(third).data.tags)
+    new = mlflow.get_model_version("retrained", "2")
+    assert new.tags["multistep.input.model"] == "models:/retrained/1"  # fine-tuned from the champion
+    assert new.tags["gate.decision"] in ("promoted", "rejected")
+
+
+def _retrain(team, spec: dict) -> str:
+    """Run the scheduled retraining deployment now, as its schedule would; returns the pipeline's MLflow run id."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    with _prefect(team):
+        run = run_deployment("retrain/sst2-minilm-weekly", parameters={"spec": spec}, timeout=480, poll_interval=1, as_subflow=False)
+        assert run.state.is_completed(), run.state
+        with get_client(sync_client=True) as client:
+            tags = client.read_flow_run(run.id).tags
+    (mlflow_run,) = [t.removeprefix("mlflow-run:") for t in tags if t.startswith("mlflow-run:")]
+    return mlflow_run
+
+
+def _reviews(n: int) -> str:
+    rng = random.Random(n)
+    good, bad = ["great", "lovely", "superb"], ["awful", "dull", "poor"]
+    rows = ["sentence\tlabel"]
+    for i in range(n):
+        label = i % 2
+        rows.append(f"{rng.choice(good if label else bad)} film number {i}\t{label}")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("problem", ["missing pool", "unreachable endpoint", "wrong credentials"])
+def test_bad_configuration_ends_in_one_sentence_and_registers_nothing(problem, team, tmp_path, corpus, tiny_overrides, run_cli):
+    from prefect.blocks.system import Secret
+
+    extra = {"missing pool": ["execution.pools.gpu=nope"]}.get(problem, ["execution.s3_secret=broken-s3"])
+    if problem != "missing pool":
+        keys = {"aws_access_key_id": team.access_key, "aws_secret_access_key": team.secret_key}
+        if problem == "unreachable endpoint":
+            keys["endpoint_url"] = f"http://127.0.0.1:{stack.free_ports().s3}"
+        else:
+            keys["aws_secret_access_key"] = "not-the-secret"
+        with _prefect(team):
+            Secret(value=keys).save("broken-s3", overwrite=True)
+    name = "bad-" + problem.replace(" ", "-")
+    done = cli(team, tiny_pools(corpus, tiny_overrides, f"name={name}", *extra), tmp_path / "client", run_cli)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    expected = {
+        "missing pool": "work pool 'nope' (execution.pools.gpu) does not exist",
+        "unreachable endpoint": "cannot reach the S3 endpoint",
+        "wrong credentials": "S3 refused the credentials",
+    }[problem]
+    assert error.startswith("error: ") and expected in error, error
+    assert "not-the-secret" not in done.stdout + done.stderr and team.secret_key not in done.stdout + done.stderr
+    assert MlflowClient(team.env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{name}-base'") == []
