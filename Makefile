@@ -20,7 +20,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test install ui clean
+.PHONY: demo test install ui stack stack-down deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,22 @@ ui: install
 	PREFECT_HOME=$(CURDIR)/.multistep/prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/.multistep/mlflow.db \
 		--default-artifact-root $(CURDIR)/.multistep/artifacts; kill %1
+
+# The team topology on 127.0.0.1 without Docker (docker/compose.yaml is the same with containers): Prefect server,
+# MLflow server with artifacts in S3, SeaweedFS, a cpu and a gpu worker. State and logs under .multistep/stack/.
+STACK := $(CURDIR)/.multistep/stack
+stack: install
+	$(BIN)/multistep stack up
+
+# Stops exactly the processes `make stack` recorded in .multistep/stack/pids.json.
+stack-down:
+	$(BIN)/multistep stack down
+
+# Work pools, crash detection, the bucket and deployments/prefect.yaml, against the stack `make stack` started
+# (or whatever PREFECT_API_URL, MLFLOW_* and AWS_* already name).
+deploy: install
+	@if [ -z "$$PREFECT_API_URL" ] && [ -f $(STACK)/env ]; then set -a; . $(STACK)/env; set +a; fi; \
+	$(BIN)/multistep deploy
 
 clean:
 	rm -rf .multistep

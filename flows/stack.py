@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def up(root: Path, ports: Ports | None = None, workers: bool = True, crash_after
         _wait_http(f"http://127.0.0.1:{ports.prefect}/api/health", "prefect-server", stack, timeout_s)
         _wait_http(f"http://127.0.0.1:{ports.mlflow}/health", "mlflow", stack, timeout_s)
         _write_env(stack)
-        with _environ(stack.env):
+        with environ(stack.env):
             from flows import deploy
 
             deploy.ensure_pools()
@@ -313,16 +314,19 @@ def _write_env(stack: Stack) -> None:
     (stack.root / "stack.json").write_text(json.dumps({"ports": asdict(stack.ports)}))
 
 
-class _environ:
-    def __init__(self, env: dict[str, str]):
-        self.env, self.saved = env, {}
+@contextmanager
+def environ(env: dict[str, str]):
+    """This process pointed at a stack: its variables set, and Prefect's client too (Prefect reads its settings once,
+    so a changed PREFECT_API_URL alone would not reach a client in a process that already used Prefect)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield
+    finally:
+        for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:

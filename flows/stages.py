@@ -1,4 +1,8 @@
-"""Stage flows: each wraps one stage function in its own MLflow run (cache hit, resume, lineage)."""
+"""Stage flows: each wraps one stage function in its own MLflow run (cache hit, resume, lineage).
+
+A worker runs each stage flow in a fresh process that first imports this module, so only light modules are imported
+here: a stage module loads torch and transformers inside the functions that run the stage (tests/flows/test_imports.py).
+"""
 
 from prefect import flow
 
@@ -6,7 +10,7 @@ from flows.dispatch import record_output
 
 from tasks import augment, evaluate, finetune, gate, pretrain, transfer
 from tasks.augment import AugmentSpec
-from tasks.data import labeled, prepare, sources
+from tasks.data import labeled, sources
 from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.evaluate import EvaluateSpec
@@ -20,6 +24,8 @@ from tasks.tracking import configure, digest, resolve_version, run_stage
 @flow(name="prepare", log_prints=True)
 def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
+    from tasks.data import prepare  # here: unlike the stage modules above, this is the body itself, and imports transformers
+
     found = sources.source_digests(spec)  # validates every source before any run is opened
     inputs = {f"source{i}": uri for i, uri in enumerate(spec.sources)}
     digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}

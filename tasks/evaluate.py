@@ -2,26 +2,26 @@
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from tasks import metrics as metrics_
-from tasks import model as models
 from tasks import registry
-from tasks.augment import teacher
 from tasks.data import labeled, prepared
-from tasks.data.labeled.rows import subset
 from tasks.errors import UserError
-from tasks.finetune import sft
 from tasks.spec import Spec
-from tasks.tokenizer import unigram_perplexity
 from tasks.tracking import StageRun, log_metrics, resolve_version
+
+if TYPE_CHECKING:
+    import torch
+
+# The functions below import torch, transformers and the modules built on them (models, metrics, SFT generation) where
+# they need them: flows and every stage process a worker starts import this module for EvaluateSpec alone, and those
+# imports take seconds.
 
 
 class EvaluateSpec(Spec):
@@ -35,6 +35,9 @@ class EvaluateSpec(Spec):
 
 def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     """Score the model on the dataset's splits; metrics go to the run and onto the model version's tags."""
+    from tasks import model as models
+    from tasks.tokenizer import unigram_perplexity
+
     model, _ = models.load(model_uri)
     vocab = len(prepared.load_tokenizer(dataset))
     train = prepared.load_blocks(dataset, "train")
@@ -55,25 +58,29 @@ def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     return f"runs:/{ctx.run_id}/evaluation"
 
 
-@torch.no_grad()
 def mean_loss(model, blocks: np.ndarray, batch_size: int, desc: str = "eval") -> float:
     """Mean next-token cross-entropy over every predicted position of the blocks [n, block_size]."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=len(blocks) <= 4 * batch_size):
-        batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
-        n = batch.shape[0] * (batch.shape[1] - 1)  # the first token of a block has no context
-        total += model(input_ids=batch, labels=batch).loss.item() * n
-        count += n
+    with torch.no_grad():
+        for start in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=len(blocks) <= 4 * batch_size):
+            batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
+            n = batch.shape[0] * (batch.shape[1] - 1)  # the first token of a block has no context
+            total += model(input_ids=batch, labels=batch).loss.item() * n
+            count += n
     return total / count
 
 
-@torch.no_grad()
-def next_token_distribution(model, input_ids: torch.Tensor) -> torch.Tensor:
+def next_token_distribution(model, input_ids: "torch.Tensor") -> "torch.Tensor":
     """p(next token | input_ids) for each sequence: softmax of the last position's logits, [batch, vocab]."""
+    import torch
+
     model.eval()
-    return torch.softmax(model(input_ids=input_ids).logits[:, -1, :].float(), dim=-1)
+    with torch.no_grad():
+        return torch.softmax(model(input_ids=input_ids).logits[:, -1, :].float(), dim=-1)
 
 
 @dataclass
@@ -95,6 +102,12 @@ def task_of(dataset: str) -> str:
 
 def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | None = None, max_length: int = 128, max_new_tokens: int = 48) -> Scored:
     """Score any model URI on a dataset URI's split with the metrics of the dataset's task (at most 200 generated rows for SFT unless max_rows says)."""
+    from tasks import metrics as metrics_
+    from tasks import model as models
+    from tasks.augment import teacher
+    from tasks.data.labeled.rows import subset
+    from tasks.finetune import sft
+
     task = task_of(dataset)
     if task == "lm":
         blocks = prepared.load_blocks(dataset, split)[:max_rows]
@@ -123,22 +136,26 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
     return Scored(task, found, per, [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)])
 
 
-@torch.no_grad()
 def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Mean next-token cross-entropy of each block [n]."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(blocks), batch_size):
-        batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
-        out.append(loss.cpu().numpy())
+    with torch.no_grad():
+        for start in range(0, len(blocks), batch_size):
+            batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
+            out.append(loss.cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_rows: int | None = None, parent_run_id: str | None = None) -> dict[str, dict]:
     """Score each model in its own MLflow run (metrics, predictions, confusion matrix); paired intervals against the first model."""
+    from tasks import metrics as metrics_
+
     if not model_uris:
         raise UserError("Name at least one model to evaluate, e.g. models:/sst2-minilm@champion.")
     found: dict[str, Scored] = {}

@@ -6,12 +6,11 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.spec import MethodSpec  # kept there, away from torch; still exported here
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -26,34 +25,6 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn", "attn.c_proj"],
     "bert": ["query", "key", "value"],
 }
-
-
-class MethodSpec(Spec):
-    method: Literal["full", "lora", "head"] = "full"
-    """What trains: every weight (full), low-rank adapters beside frozen weights (lora), or only the task head (head)."""
-    freeze_layers: int = Field(0, ge=0)
-    """With method full: freeze the embeddings and this many of the lowest transformer blocks (0 trains them all)."""
-    lora_rank: int = Field(8, ge=1, le=1024)
-    """LoRA: rank of each adapter (its trainable size grows linearly with it)."""
-    lora_alpha: int = Field(16, ge=1)
-    """LoRA: scale of the adapters' output; the update is multiplied by lora_alpha / lora_rank."""
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    """LoRA: dropout on the adapters' input during training."""
-    lora_targets: list[str] | None = None
-    """LoRA: names of the linear layers to adapt (e.g. q_proj, v_proj); unset means the architecture's attention projections."""
-    merge_lora: bool = True
-    """LoRA: register the model with the adapters merged into its weights; off registers the adapter alone, pointing at its base."""
-
-    def model_post_init(self, _context) -> None:
-        if self.freeze_layers and self.method != "full":
-            raise ValueError(
-                f"finetune.freeze_layers ({self.freeze_layers}) only applies to method full ({self.method} already freezes "
-                "the whole base model): set finetune.freeze_layers to 0 or finetune.method to full"
-            )
-        if self.lora_targets is not None and not all(t.strip() for t in self.lora_targets):
-            raise ValueError("finetune.lora_targets has an empty name: give module names such as q_proj, or leave it unset")
-        if self.lora_targets == []:
-            raise ValueError("finetune.lora_targets is an empty list: name at least one module, or leave it unset for the default")
 
 
 def prepare(model: PreTrainedModel, spec: MethodSpec, task: Literal["causal_lm", "classification"]) -> torch.nn.Module:

@@ -6,11 +6,9 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 import torch
-from pydantic import Field
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -25,7 +23,8 @@ from transformers import (
 )
 
 from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.spec import ModelSpec  # kept there, away from torch; still exported here
+
 
 @dataclass(frozen=True)
 class Package:
@@ -52,27 +51,6 @@ class Located:
     tokenizer: Path | str
     gguf_file: str | None = None
     adapter_base: str | None = None  # a LoRA adapter folder: the model URI it goes on top of
-
-
-class ModelSpec(Spec):
-    arch: Literal["gpt2", "llama", "bert"] = "gpt2"
-    """Architecture of a model trained from scratch: gpt2 or llama (causal LM), bert (an encoder, for pretrain.objective mlm)."""
-    n_layer: int = Field(4, ge=1, le=128)
-    """Transformer blocks."""
-    n_head: int = Field(4, ge=1, le=128)
-    """Attention heads per block; must divide n_embd."""
-    n_embd: int = Field(128, ge=8, le=16384)
-    """Width of the residual stream."""
-    n_positions: int = Field(256, ge=2, le=131072)
-    """Longest sequence the model accepts; data.block_size must not exceed it."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on embeddings, attention and residual paths (0 is usual for short pretraining)."""
-    mlp_ratio: float = Field(4.0, gt=0, le=16)
-    """Width of the feed-forward layer as a multiple of n_embd."""
-
-    def model_post_init(self, _context) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})")
 
 
 def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:

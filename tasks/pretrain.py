@@ -1,24 +1,26 @@
 """The pretrain stage: a causal LM from scratch or from a model URI, trained on packed blocks with HF Trainer."""
 
+from typing import TYPE_CHECKING, Literal
+
 import mlflow
-from typing import Literal
-
 from pydantic import Field
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
-from tasks import distributed, registry
-from tasks import model as models
-from tasks.data import prepared
+from tasks import registry
 from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.spec import ModelSpec, Spec, TrainSpec
 from tasks.tracking import StageRun
-from tasks.train import BlockDataset, TrainSpec, arguments, clean_up, fit, work_dir
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+# The functions below import torch, transformers and the modules built on them where they need them: flows and every
+# stage process a worker starts import this module for PretrainSpec alone, and those imports take seconds.
 
 
 class PretrainSpec(Spec):
     init: str | None = None
     """Continue pretraining this model (models:/name/version, models:/name@alias, a local folder, hf:<id>); empty trains `model` from scratch."""
-    model: models.ModelSpec = models.ModelSpec()
+    model: ModelSpec = ModelSpec()
     """Architecture and size of a model trained from scratch (ignored when `init` is set)."""
     train: TrainSpec = TrainSpec()
     """Optimisation, logging and checkpointing."""
@@ -39,6 +41,10 @@ class PretrainSpec(Spec):
 
 def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> str:
     """Train on the dataset's train blocks and register the result; returns `models:/<register_as>/<version>`."""
+    from tasks import distributed
+    from tasks import model as models
+    from tasks.train import clean_up, fit
+
     existing = registry.find_version(register_as, ctx.key)
     if existing:  # a crash after registration: the work is done
         print(f"pretrain: {existing} was already registered by this stage")
@@ -63,6 +69,11 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
 
 def setup(spec: PretrainSpec, dataset: str):
     """The model to train (seeded, so every torchrun rank starts alike), its tokenizer and the train blocks [n, block_size]."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
+
+    from tasks import model as models
+    from tasks.data import prepared
+
     blocks = prepared.load_blocks(dataset, "train")
     tokenizer = prepared.load_tokenizer(dataset)
     set_seed(spec.train.seed)
@@ -77,8 +88,12 @@ def setup(spec: PretrainSpec, dataset: str):
     return model, tokenizer, blocks
 
 
-def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Trainer:
+def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> "Trainer":
     """The stage's Trainer over packed blocks."""
+    from transformers import DataCollatorForLanguageModeling, Trainer
+
+    from tasks.train import BlockDataset, arguments, work_dir
+
     mlm = spec.objective == "mlm"
     # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
@@ -87,12 +102,14 @@ def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Traine
     return Trainer(model=model, args=args, train_dataset=BlockDataset(blocks, labels=not mlm), data_collator=collator)
 
 
-def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> Trainer:
+def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> "Trainer":
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     return build(spec, *setup(spec, dataset), ctx)
 
 
 def _check_fits(model, tokenizer, block_size: int, spec: PretrainSpec) -> None:
+    from tasks import model as models
+
     positions = models.max_positions(model.config)
     if positions and block_size > positions:
         source = spec.init or "pretrain.model.n_positions"

@@ -1,5 +1,7 @@
 """The end-of-run summary: what ran, what was reused, where results are, how to browse them."""
 
+import os
+
 from mlflow.tracking import MlflowClient
 
 from tasks.tracking import STAGE, tracking_uri
@@ -46,7 +48,15 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
     if train_seconds:
         lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
     lines += [
-        "browse:     make ui   → Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000",
+        _browse(),
         f"            python -c \"import mlflow; print(mlflow.transformers.load_model('{result['model']}'))\"",
     ]
     return "\n".join(lines)
+
+
+def _browse() -> str:
+    """Where to look: the servers this run used, or `make ui` for the embedded stores."""
+    prefect, mlflow_uri = os.environ.get("PREFECT_API_URL"), os.environ.get("MLFLOW_TRACKING_URI", "")
+    if prefect and mlflow_uri.startswith("http"):
+        return f"browse:     Prefect {prefect.removesuffix('/api')} and MLflow {mlflow_uri}"
+    return "browse:     make ui   → Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000"

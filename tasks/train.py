@@ -5,17 +5,15 @@ import shutil
 import signal
 import threading
 import time
-from typing import Literal
 
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
-from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import storage
-from tasks.spec import Spec
+from tasks.spec import TrainSpec  # kept there, away from torch; still exported here
 from tasks.tracking import StageRun, home, log_metrics
 
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
@@ -25,43 +23,6 @@ HOLD_ENV = "MULTISTEP_FAULT_HOLD_AT_STEP"
 # TrainSpec.sharding fsdp: FSDP2, each transformer block (the classes a model lists as `_no_split_modules`) its own
 # unit, resharded after forward (FULL_SHARD); checkpoints and the final model hold the full weights, gathered on rank 0.
 FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT"}
-
-
-class TrainSpec(Spec):
-    max_steps: int = Field(200, ge=0)
-    """Optimizer steps to train for; 0 registers the initial weights untrained (a from-scratch baseline for comparisons)."""
-    batch_size: int = Field(16, ge=1)
-    """Sequences per optimizer step on each device (before gradient accumulation)."""
-    grad_accum: int = Field(1, ge=1)
-    """Micro-batches accumulated into one optimizer step."""
-    lr: float = Field(1e-3, gt=0, le=1)
-    """Peak learning rate."""
-    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    """Learning-rate schedule after warmup."""
-    warmup_steps: int = Field(20, ge=0)
-    """Steps of linear warmup from 0 to the peak learning rate."""
-    weight_decay: float = Field(0.1, ge=0, le=1)
-    """AdamW weight decay."""
-    max_grad_norm: float = Field(1.0, ge=0)
-    """Gradient clipping norm (0 to disable)."""
-    log_every: int = Field(10, ge=1)
-    """Log loss, learning rate and tokens/s to MLflow every this many steps."""
-    checkpoint_every: int = Field(100, ge=1)
-    """Save a resumable checkpoint (model, optimizer, scheduler, RNG, data position) every this many steps."""
-    keep_checkpoints: int = Field(2, ge=1)
-    """Newest checkpoints kept in the artifact store; older ones are deleted."""
-    seed: int = 42
-    """Seed for initialisation, data order and dropout."""
-    deterministic: bool = False
-    """Deterministic kernels (slower): a resumed run then ends with exactly the weights of an uninterrupted one."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision; bf16/fp16 use autocast on a GPU (fp32 is fastest for small models on CPU)."""
-    compile: bool = False
-    """torch.compile the model (faster steps after a compile warm-up)."""
-    devices: int = Field(1, ge=1, le=64)
-    """Processes (GPUs) that train together with DDP on this worker; more than 1 launches torchrun. On a machine without CUDA they run on the CPU with the gloo backend (for tests)."""
-    sharding: Literal["ddp", "fsdp"] = "ddp"
-    """With devices above 1: `ddp` gives each device a whole copy of the model; `fsdp` (CUDA only) shards parameters, gradients and optimizer state across the devices (FULL_SHARD), for models that do not fit one card."""
 
 
 class BlockDataset(torch.utils.data.Dataset):

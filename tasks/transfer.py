@@ -1,16 +1,23 @@
 """Structure surgery for transfer learning: drop or insert transformer blocks, add tokens, put on a classification head."""
 
+from __future__ import annotations  # the annotations name torch and transformers types, imported only when checking types
+
 import copy
 from functools import reduce
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
-from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from tasks.errors import UserError
 from tasks.spec import Spec
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
+# The functions below import torch and transformers where they need them: flows and every stage process a worker starts
+# import this module for TransferSpec alone, and those imports take seconds.
 
 # model_type → path of the block ModuleList under `model.base_model` (GPT2Model, LlamaModel, BertModel).
 BLOCKS = {"gpt2": "h", "llama": "layers", "bert": "encoder.layer"}
@@ -74,6 +81,8 @@ def _blocks(model: PreTrainedModel) -> nn.ModuleList:
 
 def _restack(model: PreTrainedModel, blocks: list[nn.Module], sources: list[int]) -> None:
     """Install `blocks` as the stack; `sources[i]` is the old index block i was taken or copied from."""
+    from torch import nn
+
     config = model.config
     if getattr(config, "is_heterogeneous", False):
         raise UserError(
@@ -159,6 +168,8 @@ def insert_identity_blocks(model: PreTrainedModel, positions: list[int]) -> list
 
 
 def _identity_copy(block: nn.Module, kind: str) -> nn.Module:
+    import torch
+
     copy_ = copy.deepcopy(block)
     with torch.no_grad():
         for path in RESIDUAL_WRITERS[kind]:
@@ -173,6 +184,8 @@ def _identity_copy(block: nn.Module, kind: str) -> nn.Module:
 
 def resize_embeddings(model: PreTrainedModel, tokenizer, new_tokens: list[str]) -> int:
     """Add the tokens the tokenizer lacks and embed them at the mean of the existing rows; returns how many were added."""
+    import torch
+
     vocab = tokenizer.get_vocab()
     fresh = [t for t in dict.fromkeys(new_tokens) if t not in vocab]
     if not fresh:
@@ -195,6 +208,8 @@ def resize_embeddings(model: PreTrainedModel, tokenizer, new_tokens: list[str]) 
 
 def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, labels: list[str]) -> PreTrainedModel:
     """The model's body under a freshly initialised sequence-classification head for `labels`."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise UserError(f"transfer.labels {labels}: a classifier needs at least 2 distinct labels.")
     if isinstance(model_or_dir, PreTrainedModel):

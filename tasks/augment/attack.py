@@ -7,37 +7,16 @@ flips or the edit budget is spent. Used to make adversarial training rows and to
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
+from tasks.augment.spec import AttackSpec  # kept there, away from torch; still exported here
 from tasks.augment.synonyms import Synonyms
 from tasks.augment.teacher import probabilities
 from tasks.data.labeled.rows import subset
-from tasks.spec import Spec
-
-
-class AttackSpec(Spec):
-    importance: Literal["deletion", "gradient"] = "deletion"
-    """How words are ranked: `deletion` (drop in the true label's probability when the word is removed; one batch per example) or `gradient` (norm of the loss gradient at the word's token embeddings; one backward pass)."""
-    max_edits: int = Field(3, ge=1, le=50)
-    """Words substituted at most per example."""
-    max_edit_fraction: float = Field(0.25, gt=0, le=1)
-    """And at most this fraction of an example's words (at least one), so short texts keep their meaning."""
-    candidates: int = Field(8, ge=1, le=64)
-    """Synonyms tried for each word, best first."""
-    rows: int | None = Field(300, ge=1)
-    """Examples attacked, chosen by content hash; empty attacks them all (each costs about one forward batch per word)."""
-    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
-    """Where substitutes come from: WordNet when installed (`auto`), else nearest neighbours in the attacked model's input embeddings."""
-    protected: list[str] = []
-    """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
-    max_length: int = Field(128, ge=8, le=4096)
-    """Longest tokenized example the model sees."""
 
 
 @dataclass

@@ -1,39 +1,14 @@
 """Pseudo-labels: a teacher labels an unlabeled pool; confident rows, balanced per class, join the training data."""
 
 import json
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
+from tasks.augment.spec import PseudoLabelSpec  # kept there, away from torch; still exported here
 from tasks.augment.teacher import probabilities
 from tasks.data import clean, formats, sources
 from tasks.data.labeled.rows import subset
 from tasks.errors import UserError
-from tasks.spec import Spec
-
-
-class PseudoLabelSpec(Spec):
-    pool: list[str] = Field(min_length=1)
-    """Unlabeled texts: local files or folders (.jsonl .csv .tsv .parquet), `save_to_disk` folders, `s3://` or `hf:` ids; a label column, if any, is ignored."""
-    text_column: str = "text"
-    """The column (or JSON key) of the pool that holds the text."""
-    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow"] = "auto"
-    """File format of the pool; `auto` goes by extension."""
-    encoding: str | None = None
-    """Text encoding of the pool files; empty means strict UTF-8."""
-    max_pool_rows: int | None = Field(20000, ge=1)
-    """Pool rows the teacher labels, chosen by content hash; empty labels them all."""
-    threshold: float = Field(0.9, ge=0, le=1)
-    """Keep a row only when the teacher's probability for its predicted label is at least this."""
-    per_class: int | None = Field(1000, ge=1)
-    """At most this many rows per predicted label (the most confident first); empty sets no cap."""
-    balance: bool = True
-    """Keep the same number of rows for every label (the smallest label's count, under the cap), so the teacher's bias toward a class is not amplified."""
-
-    def setting(self, field: str) -> str:
-        """How error messages name a setting (the shared readers ask)."""
-        return "augment.pseudo.pool" if field == "sources" else f"augment.pseudo.{field}"
 
 
 def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dict[str, int]]:

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.errors import UserError
-from tasks.model import load_tokenizer as _load_tokenizer
 
 SPLITS = ("train", "validation", "test")
 
@@ -37,7 +36,11 @@ def load_blocks(uri: str, split: str) -> np.ndarray:
 
 def load_tokenizer(uri: str):
     """The tokenizer the dataset was encoded with."""
-    return _load_tokenizer(root(uri) / "tokenizer")
+    # Imported here: tasks.model pulls in torch and transformers, and tasks.data.labeled (whose spec every flow imports)
+    # needs only `root` from this module.
+    from tasks.model import load_tokenizer
+
+    return load_tokenizer(root(uri) / "tokenizer")
 
 
 def card(uri: str) -> dict:

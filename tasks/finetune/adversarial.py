@@ -1,27 +1,12 @@
 """Adversarial training on the input embeddings (FGM, PGD): a Trainer whose loss adds the loss under a worst-case nudge."""
 
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
-from pydantic import Field
 from transformers import Trainer
 
 from tasks.errors import UserError
-from tasks.spec import Spec
-
-
-class AdversarialSpec(Spec):
-    method: Literal["fgm", "pgd"] = "fgm"
-    """fgm: one step of size epsilon up the normalised loss gradient (Miyato et al. 2017); pgd: `steps` steps of size alpha, each projected into the epsilon ball (Madry et al. 2018)."""
-    epsilon: float = Field(1.0, gt=0)
-    """Radius of the perturbation: the L2 norm of each example's whole [seq, hidden] block of word embeddings (padding excluded), not of each token."""
-    alpha: float = Field(0.3, gt=0)
-    """PGD: L2 size of each step (per example); ignored by fgm."""
-    steps: int = Field(3, ge=1, le=20)
-    """PGD: steps per batch, each one more forward and backward pass; ignored by fgm."""
-    weight: float = Field(1.0, ge=0)
-    """The loss trained on is clean + weight × adversarial; logged as `loss` = `clean_loss` + weight × `adv_loss`."""
+from tasks.finetune.spec import AdversarialSpec  # kept there, away from torch; still exported here
 
 
 def trainer_class(spec: AdversarialSpec | None, base: type[Trainer] = Trainer) -> type[Trainer]:

@@ -22,31 +22,13 @@ def team(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     s = stack.up(root, stack.free_ports(), workers=False, crash_after_s=CRASH_AFTER_S)
     try:
-        with _prefect(s):
+        with stack.environ(s.env):
             deploy.register()
         s.start_worker("cpu", limit=4)
         s.start_worker("gpu", limit=1)
         yield s
     finally:
         stack.down(root)
-
-
-class _prefect:
-    """Point this process's Prefect client at the stack (Prefect reads its settings once, so env alone is not enough)."""
-
-    def __init__(self, s):
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        self.ctx = temporary_settings(updates={PREFECT_API_URL: s.env["PREFECT_API_URL"]})
-        self.env = stack._environ(s.env)
-
-    def __enter__(self):
-        self.env.__enter__()
-        self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
-        self.env.__exit__(*exc)
 
 
 def tiny_pools(corpus: Path, tiny_overrides, *extra: str) -> list[str]:
@@ -63,7 +45,7 @@ def stage_runs(team, pipeline_flow_run_id: str) -> list:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    with _prefect(team), get_client(sync_client=True) as client:
+    with stack.environ(team.env), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run_id])))
         flows = {f.id: f.name for f in client.read_flows()}
     return [(flows[r.flow_id], r) for r in runs]
@@ -97,6 +79,10 @@ def test_each_stage_runs_on_its_pool_and_leaves_its_files_in_s3(team, tmp_path, 
         assert run.state.is_completed(), (flow, run.state)
         pools.setdefault(flow, set()).add(run.work_pool_name)
     assert pools == {"prepare": {"cpu"}, "pretrain": {"gpu"}, "evaluate": {"gpu"}, "gate": {"gpu"}}
+    from prefect import get_client
+
+    with stack.environ(team.env), get_client(sync_client=True) as client:
+        assert client.read_work_pool("gpu").concurrency_limit == 1  # two GPU stages never share the card
 
     keys = bucket_keys(team)
     prepared = stage_run(mlflow, parent, "prepare").info.run_id
@@ -190,7 +176,7 @@ def _retrain(team, spec: dict) -> str:
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    with _prefect(team):
+    with stack.environ(team.env):
         run = run_deployment("retrain/sst2-minilm-weekly", parameters={"spec": spec}, timeout=480, poll_interval=1, as_subflow=False)
         assert run.state.is_completed(), run.state
         with get_client(sync_client=True) as client:
@@ -220,7 +206,7 @@ def test_bad_configuration_ends_in_one_sentence_and_registers_nothing(problem, t
             keys["endpoint_url"] = f"http://127.0.0.1:{stack.free_ports().s3}"
         else:
             keys["aws_secret_access_key"] = "not-the-secret"
-        with _prefect(team):
+        with stack.environ(team.env):
             Secret(value=keys).save("broken-s3", overwrite=True)
     name = "bad-" + problem.replace(" ", "-")
     done = cli(team, tiny_pools(corpus, tiny_overrides, f"name={name}", *extra), tmp_path / "client", run_cli)

@@ -1,0 +1,90 @@
+"""The augment stage's specs, apart from its code: attack.py and pseudo.py import torch, which every process reading a
+spec (each stage flow a Prefect worker starts, the CLI) would otherwise wait for.
+
+`tasks.augment`, `tasks.augment.attack` and `tasks.augment.pseudo` still export them; EdaSpec stays in eda.py, whose
+imports are light.
+"""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.augment.eda import EdaSpec
+from tasks.spec import Spec
+
+
+class AttackSpec(Spec):
+    importance: Literal["deletion", "gradient"] = "deletion"
+    """How words are ranked: `deletion` (drop in the true label's probability when the word is removed; one batch per example) or `gradient` (norm of the loss gradient at the word's token embeddings; one backward pass)."""
+    max_edits: int = Field(3, ge=1, le=50)
+    """Words substituted at most per example."""
+    max_edit_fraction: float = Field(0.25, gt=0, le=1)
+    """And at most this fraction of an example's words (at least one), so short texts keep their meaning."""
+    candidates: int = Field(8, ge=1, le=64)
+    """Synonyms tried for each word, best first."""
+    rows: int | None = Field(300, ge=1)
+    """Examples attacked, chosen by content hash; empty attacks them all (each costs about one forward batch per word)."""
+    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
+    """Where substitutes come from: WordNet when installed (`auto`), else nearest neighbours in the attacked model's input embeddings."""
+    protected: list[str] = []
+    """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
+    max_length: int = Field(128, ge=8, le=4096)
+    """Longest tokenized example the model sees."""
+
+
+class PseudoLabelSpec(Spec):
+    pool: list[str] = Field(min_length=1)
+    """Unlabeled texts: local files or folders (.jsonl .csv .tsv .parquet), `save_to_disk` folders, `s3://` or `hf:` ids; a label column, if any, is ignored."""
+    text_column: str = "text"
+    """The column (or JSON key) of the pool that holds the text."""
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow"] = "auto"
+    """File format of the pool; `auto` goes by extension."""
+    encoding: str | None = None
+    """Text encoding of the pool files; empty means strict UTF-8."""
+    max_pool_rows: int | None = Field(20000, ge=1)
+    """Pool rows the teacher labels, chosen by content hash; empty labels them all."""
+    threshold: float = Field(0.9, ge=0, le=1)
+    """Keep a row only when the teacher's probability for its predicted label is at least this."""
+    per_class: int | None = Field(1000, ge=1)
+    """At most this many rows per predicted label (the most confident first); empty sets no cap."""
+    balance: bool = True
+    """Keep the same number of rows for every label (the smallest label's count, under the cap), so the teacher's bias toward a class is not amplified."""
+
+    def setting(self, field: str) -> str:
+        """How error messages name a setting (the shared readers ask)."""
+        return "augment.pseudo.pool" if field == "sources" else f"augment.pseudo.{field}"
+
+
+class AugmentSpec(Spec):
+    eda: EdaSpec | None = None
+    """Easy Data Augmentation: synonym replacement, random insertion, swap and deletion, `copies` new rows per training row; needs no model when WordNet is installed."""
+    pseudo: PseudoLabelSpec | None = None
+    """Pseudo-labels: a teacher labels an unlabeled pool and its confident rows join training; with `rounds` > 1 the student becomes the next teacher (self-training)."""
+    adversarial: AttackSpec | None = None
+    """Adversarial examples: training rows that a word-substitution attack makes the teacher misclassify, added with their true labels."""
+    teacher: str | None = None
+    """Classifier that labels the pool and is attacked (models:/name@alias, a folder); empty fine-tunes one on the labeled (and EDA) data first."""
+    synonym_model: str | None = None
+    """Model whose input embeddings give EDA's synonyms when WordNet is missing; empty takes the model fine-tuning starts from."""
+    rounds: int = Field(1, ge=1, le=20)
+    """Teacher → student rounds for pseudo-labels and adversarial examples: each round's student is fine-tuned from the same start and becomes the next teacher."""
+    min_gain: float = Field(0.0, ge=0, le=1)
+    """Self-training stops when a student's validation accuracy beats its teacher's by less than this (0: stop as soon as it is no better)."""
+    max_length: int = Field(128, ge=8, le=4096)
+    """Longest tokenized text the teacher sees when it labels or is attacked."""
+
+    @model_validator(mode="after")
+    def _something_to_do(self):
+        if not (self.eda or self.pseudo or self.adversarial):
+            raise ValueError("augment has no operation: set augment.eda, augment.pseudo or augment.adversarial, or set augment to null")
+        return self
+
+    @property
+    def model_driven(self) -> bool:
+        """Pseudo-labels and adversarial examples need a teacher; EDA alone does not."""
+        return bool(self.pseudo or self.adversarial)
+
+    @property
+    def hardware(self) -> Literal["cpu", "gpu"]:
+        """Where the stage belongs: a teacher's forward passes want a GPU, EDA's word edits a CPU."""
+        return "gpu" if self.model_driven else "cpu"

@@ -1,0 +1,47 @@
+"""The finetune stage's specs, apart from its code: adversarial.py and the stage body import torch and transformers,
+which every process reading a spec (each stage flow a Prefect worker starts, the CLI) would otherwise wait for.
+
+`tasks.finetune` and `tasks.finetune.adversarial` still export them.
+"""
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.augment.spec import AttackSpec
+from tasks.spec import MethodSpec, Spec, TrainSpec
+
+
+class AdversarialSpec(Spec):
+    method: Literal["fgm", "pgd"] = "fgm"
+    """fgm: one step of size epsilon up the normalised loss gradient (Miyato et al. 2017); pgd: `steps` steps of size alpha, each projected into the epsilon ball (Madry et al. 2018)."""
+    epsilon: float = Field(1.0, gt=0)
+    """Radius of the perturbation: the L2 norm of each example's whole [seq, hidden] block of word embeddings (padding excluded), not of each token."""
+    alpha: float = Field(0.3, gt=0)
+    """PGD: L2 size of each step (per example); ignored by fgm."""
+    steps: int = Field(3, ge=1, le=20)
+    """PGD: steps per batch, each one more forward and backward pass; ignored by fgm."""
+    weight: float = Field(1.0, ge=0)
+    """The loss trained on is clean + weight × adversarial; logged as `loss` = `clean_loss` + weight × `adv_loss`."""
+
+
+# FinetuneSpec extends the method's fields (method, freeze_layers, lora_*) so the form reads finetune.method=lora.
+class FinetuneSpec(MethodSpec):
+    init: str | None = None
+    """Model to start from (models:/name@alias, a local folder, package:minilm, package:smollm2-135m, hf:<id>); empty takes the model the pipeline trained before this stage."""
+    train: TrainSpec = TrainSpec(max_steps=200, batch_size=16, lr=5e-5, warmup_steps=20, weight_decay=0.01, checkpoint_every=50)
+    """Optimisation and checkpointing; validation is scored at every checkpoint, and the best checkpoint is the one registered."""
+    max_length: int = Field(128, ge=8, le=32768)
+    """Longest tokenized example (prompt and response together for SFT); longer ones are truncated."""
+    patience: int | None = Field(3, ge=1)
+    """Stop after this many validation scores without improvement; empty trains for max_steps."""
+    generation_rows: int = Field(50, ge=0)
+    """SFT: held-out test rows generated and scored (BLEU, chrF, exact match) before and after training; 0 skips it."""
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    """SFT: longest generated response when scoring."""
+    adversarial: AdversarialSpec | None = None
+    """Adversarial training: each batch also trains on its word embeddings nudged against the model (FGM or PGD); empty trains on clean inputs only."""
+    attack: AttackSpec | None = None
+    """Classification: after training, attack test rows with word substitutions and report robust accuracy and the attack success rate beside clean accuracy; empty skips it."""
+    register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    """The model is registered as `<name><suffix>`."""

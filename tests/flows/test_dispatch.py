@@ -1,0 +1,88 @@
+"""How pools mode waits on a dispatched stage: timeouts, a pool nobody serves, and which failures are dispatched again."""
+
+from types import SimpleNamespace
+
+import pytest
+from prefect.states import Completed, Crashed, Pending, Running
+
+from flows import dispatch
+from flows.spec import ExecutionSpec
+from tasks.errors import UserError
+
+
+class FakeClient:
+    """Answers read_flow_run with the states given, one per poll (the last repeats); records cancellations."""
+
+    def __init__(self, *states):
+        self.states, self.cancelled = list(states), []
+
+    def read_flow_run(self, flow_run_id):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return SimpleNamespace(id=flow_run_id, name="brave-otter", state=state)
+
+    def set_flow_run_state(self, flow_run_id, state, force=False):
+        self.cancelled.append(flow_run_id)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A monotonic clock that advances 1 s per poll instead of sleeping."""
+    now = [0.0]
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(dispatch.time, "sleep", lambda s: now.__setitem__(0, now[0] + 1.0))
+    return now
+
+
+def test_a_stage_past_its_timeout_is_cancelled_as_a_crash(clock):
+    client = FakeClient(Pending(), Running())
+    with pytest.raises(dispatch.StageCrashed, match="ran past its 5 s timeout"):
+        dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=60, timeout_s=5)
+    assert client.cancelled == ["r1"]
+
+
+def test_a_stage_no_worker_takes_is_an_error_naming_the_pool(clock):
+    client = FakeClient(Pending())
+    with pytest.raises(UserError, match=r"no worker of work pool 'gpu' took flow run brave-otter within 10 s.*prefect worker start --pool gpu"):
+        dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=10, timeout_s=100)
+    assert client.cancelled == ["r1"]
+
+
+def test_a_final_state_ends_the_wait(clock):
+    client = FakeClient(Pending(), Running(), Running(), Completed())
+    assert dispatch._wait(client, SimpleNamespace(id="r1"), "cpu", 60, 60).state.is_completed()
+    assert client.cancelled == []
+
+
+def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
+    execution = ExecutionSpec(mode="pools", stage_retries=2)
+    outcomes = [Crashed(message="no heartbeat"), Completed()]
+    calls = []
+
+    def remote(stage, execution, params):
+        calls.append(params)
+        state = outcomes.pop(0)
+        if not state.is_completed():
+            raise dispatch.StageCrashed(f"ended {state.name}")
+        return "runs:/abc/dataset"
+
+    monkeypatch.setattr(dispatch, "_remote", remote)
+    stage = SimpleNamespace(name="prepare")
+    assert dispatch.call(stage, execution, spec=None) == "runs:/abc/dataset"
+    assert len(calls) == 2
+
+    def refuses(stage, execution, params):
+        calls.append(params)
+        raise UserError("data.sources: no such file")
+
+    calls.clear()
+    monkeypatch.setattr(dispatch, "_remote", refuses)
+    with pytest.raises(UserError):
+        dispatch.call(stage, execution, spec=None)
+    assert len(calls) == 1
+
+
+def test_stage_timeouts_name_real_stages():
+    with pytest.raises(ValueError, match="unknown stages"):
+        ExecutionSpec(stage_timeouts={"pretrian": 3600})
+    assert ExecutionSpec(stage_timeouts={"pretrain": 3600}).stage_timeouts == {"pretrain": 3600}
+
