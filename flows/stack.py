@@ -199,7 +199,7 @@ def down(root: Path) -> list[str]:
             pass
     for pid in pids.values():
         _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 8  # a server mid-request may take a moment; past that, SIGKILL
     while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in pids.values():
