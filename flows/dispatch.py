@@ -11,7 +11,7 @@ from prefect import Flow
 from pydantic import BaseModel
 
 from tasks.errors import UserError
-from tasks.storage import SECRET_ENV
+from tasks.storage import SECRET_ENV, check_store
 
 # The pool each stage flow needs (DESIGN §4): data work on CPUs, anything that runs a model on a GPU. augment asks for
 # itself (`hardware`): EDA alone is CPU work, a teacher or an attack is GPU work.
@@ -133,6 +133,8 @@ def prepare(stages: list[tuple[str, str]], execution) -> None:
     """Before anything runs: S3 credentials for this process, and in pools mode every (stage, hardware)'s pool and deployment."""
     if execution.s3_secret:  # local stages read it here; dispatched ones get it in their flow run's environment
         os.environ[SECRET_ENV] = execution.s3_secret
+    if os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):  # a store that refuses us fails now, not after a dispatch
+        check_store(os.environ["MLFLOW_ARTIFACTS_DESTINATION"])
     if execution.mode != "pools":
         return
     from prefect import get_client

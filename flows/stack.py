@@ -132,7 +132,7 @@ class Stack:
             "MULTISTEP_HOME": str(self.root / name),  # scratch; checkpoints live in S3, not here
             "MULTISTEP_ROOT": str(PACKAGE_ROOT),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
-            "PREFECT_WORKER_QUERY_SECONDS": "2",  # the default 10 s poll adds ~5 s to every dispatched stage
+            "PREFECT_WORKER_QUERY_SECONDS": "1",  # the default 10 s poll adds ~5 s to every dispatched stage
         }
         cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
                "--name", name, "--no-create-pool-if-not-found", "--install-policy", "never"]  # fmt: skip

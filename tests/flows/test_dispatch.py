@@ -86,3 +86,10 @@ def test_stage_timeouts_name_real_stages():
         ExecutionSpec(stage_timeouts={"pretrian": 3600})
     assert ExecutionSpec(stage_timeouts={"pretrain": 3600}).stage_timeouts == {"pretrain": 3600}
 
+
+
+def test_deploy_needs_a_prefect_server_and_sane_numbers(tmp_path, run_cli):
+    done = run_cli(["deploy"], tmp_path / "home", PREFECT_API_URL="")
+    assert done.returncode == 2 and "set PREFECT_API_URL" in done.stderr.strip().splitlines()[-1]
+    done = run_cli(["deploy", "--gpus", "0"], tmp_path / "home")
+    assert done.returncode == 2 and "--gpus must be at least 1" in done.stderr
