@@ -87,22 +87,16 @@ def _embedded_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
 
-# Importing Prefect's server defines its SQLAlchemy models; MLflow's SQL store configures every mapper of the process
-# when it loads. Done at the same time in two threads, MLflow met half-defined Prefect models and failed
-# ("expression 'Deployment' failed to locate a name"), so nothing touches MLflow's store before this is set.
-_SERVER_IMPORTED = threading.Event()
-
-
 def _start_prefect_server() -> threading.Thread | None:
     """Start Prefect's ephemeral API server now, so its few seconds of start-up overlap the heavy imports."""
     if os.environ.get("PREFECT_API_URL"):
         return None
 
+    # Imported here, not in the thread: two threads importing at once raced (MLflow's SQLAlchemy mappers met Prefect's
+    # half-defined models; a half-initialised importlib_metadata). Only the server's start-up runs beside the imports.
+    from prefect.server.api.server import SubprocessASGIServer
+
     def start() -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
-        finally:
-            _SERVER_IMPORTED.set()
         SubprocessASGIServer().start()  # the same singleton the Prefect client would start later
 
     thread = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
@@ -115,8 +109,6 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     from tasks import tracking
 
     spec = load(args.config, args.overrides)
-    if prefect_ready:
-        _SERVER_IMPORTED.wait()
     tracking.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
     _hide_tracebacks_of_user_errors()
     from flows.pipeline import llm_pipeline
@@ -170,8 +162,6 @@ def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
     from tasks.errors import UserError
 
     try:
-        if prefect_ready:
-            _SERVER_IMPORTED.wait()
         from flows.evaluation import evaluate_pipeline
 
         _hide_tracebacks_of_user_errors()
