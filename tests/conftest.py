@@ -231,3 +231,13 @@ def _registered_versions(home: Path) -> list:
     if not db.exists():
         return []
     return MlflowClient(tracking_uri=f"sqlite:///{db}").search_model_versions()
+
+
+# The files that take minutes (real servers, worker kills, torchrun) start first: `make test` hands whole files to
+# two workers in collection order, and a long file picked up last would run alone at the end.
+SLOWEST_FIRST = ("tests/flows/test_pools.py", "tests/tasks/test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.fspath).relative_to(REPO).as_posix(), len(rank)))
