@@ -25,6 +25,7 @@ os.environ.update(
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MULTISTEP_HOME"):
     os.environ.pop(_var, None)
 
+import random
 import secrets
 import signal
 import subprocess
@@ -150,6 +151,22 @@ def corpus(tmp_path) -> Path:
     text = "\n\n".join(topics[name] for name in sorted(topics)[:12])
     path = tmp_path / "corpus.txt"
     path.write_text(text[:40_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment(tmp_path) -> Path:
+    """A separable toy sentiment set: label 1 rows praise, label 0 rows complain."""
+    rng = random.Random(0)
+    good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
+    nouns = ["film", "plot", "cast", "score", "story", "ending", "music", "pace"]
+    rows = ["sentence\tlabel"]
+    for i in range(240):
+        label = i % 2
+        words = [rng.choice(good if label else bad), "the", rng.choice(nouns), "was", rng.choice(good if label else bad), str(i)]
+        rows.append(f"{' '.join(words)}\t{label}")
+    path = tmp_path / "sentiment.tsv"
+    path.write_text("\n".join(rows) + "\n")
     return path
 
 

@@ -1,7 +1,6 @@
 """Fine-tuning and transfer through llm_pipeline on tiny models: what gets registered, with which lineage and metrics."""
 
 import json
-import random
 from pathlib import Path
 
 import mlflow
@@ -15,22 +14,6 @@ from flows.spec import load
 from tasks import model as models
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-@pytest.fixture
-def sentiment(tmp_path) -> Path:
-    """A separable toy sentiment set: label 1 rows praise, label 0 rows complain."""
-    rng = random.Random(0)
-    good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
-    nouns = ["film", "plot", "cast", "score", "story", "ending", "music", "pace"]
-    rows = ["sentence\tlabel"]
-    for i in range(240):
-        label = i % 2
-        words = [rng.choice(good if label else bad), "the", rng.choice(nouns), "was", rng.choice(good if label else bad), str(i)]
-        rows.append(f"{' '.join(words)}\t{label}")
-    path = tmp_path / "sentiment.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Training on several devices: `train.devices=2` runs torchrun with two CPU processes (gloo), resumes after a crash, and registers once."""
 
-import random
 from pathlib import Path
 
 import pytest
@@ -10,22 +9,6 @@ from mlflow.tracking import MlflowClient
 from tasks import distributed, pretrain, tracking
 from tasks.errors import UserError
 from tasks.train import TrainSpec
-
-
-@pytest.fixture
-def sentiment(tmp_path) -> Path:
-    """A separable toy sentiment set: label 1 rows praise, label 0 rows complain."""
-    rng = random.Random(0)
-    good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
-    nouns = ["film", "plot", "cast", "score", "story", "ending", "music", "pace"]
-    rows = ["sentence\tlabel"]
-    for i in range(240):
-        label = i % 2
-        words = [rng.choice(good if label else bad), "the", rng.choice(nouns), "was", rng.choice(good if label else bad), str(i)]
-        rows.append(f"{' '.join(words)}\t{label}")
-    path = tmp_path / "sentiment.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def stage_run(home: Path, name: str, version: str = "1"):
