@@ -14,7 +14,6 @@ from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
 from tasks.errors import UserError
-from tests.flows.test_finetune import sentiment  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
