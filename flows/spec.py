@@ -15,6 +15,7 @@ from tasks.evaluate import EvaluateSpec
 from tasks.finetune import FinetuneSpec
 from tasks.gate import GateSpec
 from tasks.pretrain import PretrainSpec
+from tasks import rounds as rounds_
 from tasks.rounds import RoundsSpec
 from tasks.spec import Spec
 from tasks.transfer import TransferSpec
@@ -105,6 +106,7 @@ class PipelineSpec(Spec):
                 raise ValueError("a rounds strategy asks for pseudo_refresh but augment.pseudo is not set: set it (its pool), or drop pseudo_refresh")
             if any(s.augment or s.eda_copies for s in self.rounds.strategies) and not self.augment:
                 raise ValueError("a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings")
+            rounds_.check(self)
         if self.gate:
             task = self.labeled.task if self.finetune else "lm"
             allowed = {"classification": ("auto", "accuracy", "macro_f1"), "sft": ("auto", "exact_match", "chrf"), "lm": ("auto", "perplexity")}[task]

@@ -1,6 +1,6 @@
 """The evaluate–adjust–retry loop's settings: how many rounds, when to stop, and what each round changes."""
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
 from tasks.spec import Spec
 
@@ -42,16 +42,37 @@ class RoundsSpec(Spec):
 
 
 def apply(spec: BaseModel, strategy: StrategySpec) -> BaseModel:
-    """The pipeline spec with one round's adjustments (`spec` is a PipelineSpec; frozen models are copied, not changed)."""
+    """The pipeline spec with one round's adjustments (`spec` is a PipelineSpec; frozen models are copied and validated again)."""
+    finetune, augment = adjusted(spec, strategy)
+    return spec.replace(finetune=finetune, augment=augment)
+
+
+def adjusted(spec: BaseModel, strategy: StrategySpec) -> tuple[BaseModel, BaseModel | None]:
+    """The round's finetune and augment specs, each validated (a ValidationError names what the strategy pushed out of bounds)."""
     train = spec.finetune.train
-    finetune = spec.finetune.model_copy(update={"train": train.model_copy(update={"lr": train.lr * strategy.lr_factor, "seed": train.seed + strategy.seed_offset})})
+    finetune = spec.finetune.replace(train=train.replace(lr=train.lr * strategy.lr_factor, seed=train.seed + strategy.seed_offset))
     augment = spec.augment
     if strategy.augment is False:
         augment = None
     if augment is not None and augment.eda is not None and (strategy.eda_copies or strategy.seed_offset):
-        eda = augment.eda.model_copy(update={"copies": strategy.eda_copies or augment.eda.copies, "seed": augment.eda.seed + strategy.seed_offset})
-        augment = augment.model_copy(update={"eda": eda})
-    return spec.model_copy(update={"finetune": finetune, "augment": augment})
+        eda = augment.eda.replace(copies=strategy.eda_copies or augment.eda.copies, seed=augment.eda.seed + strategy.seed_offset)
+        augment = augment.replace(eda=eda)
+    return finetune, augment
+
+
+def check(spec: BaseModel) -> None:
+    """Every strategy yields a valid round: raise ValueError naming the first that does not (before anything trains)."""
+    for i, strategy in enumerate(spec.rounds.strategies):
+        try:
+            adjusted(spec, strategy)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = {"TrainSpec": "finetune.train.", "EdaSpec": "augment.eda."}.get(exc.title, "")
+            field = where + ".".join(str(p) for p in err["loc"])
+            raise ValueError(
+                f"rounds.strategies[{i}] ({strategy.describe()}) gives round {i + 2} an invalid {field} "
+                f"({err['input']!r}: {err['msg'].removeprefix('Value error, ')}): change that strategy or the preset's value"
+            ) from None
 
 
 def validation_metric(task: str) -> tuple[str, int]:

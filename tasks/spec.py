@@ -15,6 +15,13 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
+    def replace(self, **changes):
+        """A copy with `changes`, validated like the original: bounds and cross-field checks hold for derived specs too.
+
+        (`model_copy(update=...)` skips validation, so a derived `lr` of 50 would pass a field that says `le=1`.)
+        """
+        return type(self).model_validate({**dict(self), **changes})
+
 
 class TrainSpec(Spec):
     max_steps: int = Field(200, ge=0)

@@ -7,6 +7,8 @@ from prefect.utilities.callables import parameter_schema
 
 from flows.pipeline import llm_pipeline
 from flows.spec import PipelineSpec, load
+from pydantic import ValidationError
+
 from tasks.errors import UserError
 
 PRESETS = sorted(Path("configs").glob("*.yaml"))
@@ -75,3 +77,29 @@ def test_run_form_shows_help_for_every_field():
     assert models["TrainSpec"]["properties"]["max_steps"]["description"].startswith("Optimizer steps to train for")
     assert models["TokenizerSpec"]["properties"]["kind"]["enum"] == ["bpe", "char", "model"]
     assert all(m.get("additionalProperties") is False for m in models.values())
+
+
+def test_a_rounds_strategy_that_pushes_a_setting_out_of_bounds_is_refused_before_anything_runs():
+    # lr 0.5 × 100 = 50 breaks finetune.train.lr's `le=1`: an unvalidated copy would hand the Trainer lr 50 in round 2.
+    overrides = [
+        "labeled={train: [x.tsv]}", "finetune={init: package:minilm, train: {lr: 0.5}}", "pretrain=null", "evaluate=null", "data=null",
+        "rounds={strategies: [{lr_factor: 1}, {lr_factor: 100}]}",
+    ]
+    with pytest.raises(UserError) as caught:
+        load("configs/default.yaml", overrides)
+    said = str(caught.value)
+    assert "rounds.strategies[1] (lr ×100) gives round 3 an invalid finetune.train.lr (50.0" in said
+    assert "less than or equal to 1" in said
+
+
+def test_derived_specs_are_validated_again():
+    from tasks import rounds
+    from tasks.rounds import StrategySpec
+    from tasks.spec import TrainSpec
+
+    with pytest.raises(ValidationError, match="lr\n  Input should be less than or equal to 1"):
+        TrainSpec(lr=0.5).replace(lr=50.0)
+    spec = load("configs/default.yaml", ["labeled={train: [x.tsv]}", "finetune={init: package:minilm, train: {lr: 0.01}}", "pretrain=null", "evaluate=null", "data=null"])
+    adjusted = rounds.apply(spec, StrategySpec(lr_factor=2.0, seed_offset=3))
+    assert (adjusted.finetune.train.lr, adjusted.finetune.train.seed) == (pytest.approx(0.02), spec.finetune.train.seed + 3)
+    assert spec.finetune.train.lr == 0.01  # the original is untouched

@@ -128,7 +128,7 @@ def _key(spec: LabeledSpec, row: dict) -> str:
 
 def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> dict[str, list[dict]]:
     """Training rows split by content hash; only the splits in `drawn` take a share (a given split's fraction is ignored)."""
-    how = spec.split.model_copy(update={s: getattr(spec.split, s) if s in drawn else 0.0 for s in ("validation", "test")})
+    how = spec.split.replace(**{s: getattr(spec.split, s) if s in drawn else 0.0 for s in ("validation", "test")})
     parts = clean.split([{"text": _key(spec, r), "row": r} for r in train], how)
     return {name: [p["row"] for p in parts[name]] for name in ["train", *drawn]}
 
