@@ -10,21 +10,17 @@ import time
 from prefect import Flow
 from pydantic import BaseModel
 
+from flows.stages import OUTPUT_KEY, STAGES
 from tasks.errors import UserError
 from tasks.storage import SECRET_ENV, check_store
 
-# The pool each stage flow needs (DESIGN §4): data work on CPUs, anything that runs a model on a GPU. augment asks for
-# itself (`hardware`): EDA alone is CPU work, a teacher or an attack is GPU work.
-HARDWARE = {
-    "prepare": "cpu", "prepare-labeled": "cpu",
-    "pretrain": "gpu", "evaluate": "gpu", "transfer": "gpu", "finetune": "gpu", "gate": "gpu",
-}  # fmt: skip
-OUTPUT_KEY = "multistep-output"  # the Prefect artifact in which a stage flow run leaves its result URI
 POLL_S = 1.0  # run_deployment's own wait polls every 5 s, which would add 2.5 s to every stage on average
 
 
-def call(stage: Flow, execution, **params) -> str:
-    """Run a stage flow where `execution` (the spec's ExecutionSpec) says; again after an unexpected failure, never after an input error."""
+def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
+    """Run a stage flow where `execution` (the spec's ExecutionSpec) says, its MLflow run under the pipeline's `parent_run_id`;
+    again after an unexpected failure, never after an input error."""
+    params |= {"experiment": execution.experiment, "parent_run_id": parent_run_id}
     for attempt in range(execution.stage_retries + 1):
         try:
             if execution.mode == "local":
@@ -44,10 +40,9 @@ class StageCrashed(RuntimeError):
 
 
 def pool_of(stage: str, params: dict) -> str:
-    """`cpu` or `gpu`: the hardware a stage flow call needs."""
-    if stage == "augment":
-        return params["spec"].hardware
-    return HARDWARE[stage]
+    """`cpu` or `gpu`: the hardware a stage flow call needs (the stage table's, or its spec's when the table says `spec`)."""
+    hardware = STAGES[stage].hardware
+    return params["spec"].hardware if hardware == "spec" else hardware
 
 
 def deployment_name(stage: str, pool: str) -> str:
@@ -117,16 +112,6 @@ def _output(client, flow_run_id, stage: str) -> str:
     if not found:
         raise StageCrashed(f"{stage} flow run {flow_run_id} completed without recording its output (artifact {OUTPUT_KEY})")
     return found[0].data.strip().strip("`")
-
-
-def record_output(output: str) -> str:
-    """Leave a stage flow run's result URI where the dispatcher (and the Prefect UI) can read it; returns it."""
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.runtime import flow_run
-
-    if flow_run.id:
-        create_markdown_artifact(f"`{output}`", key=OUTPUT_KEY, description="The URI this stage returned")
-    return output
 
 
 def prepare(stages: list[tuple[str, str]], execution) -> None:

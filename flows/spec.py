@@ -7,6 +7,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from flows.stages import STAGES
 from tasks.augment import AugmentSpec
 from tasks.data.labeled import LabeledSpec
 from tasks.data.spec import PrepareSpec
@@ -27,8 +28,6 @@ class PoolsSpec(Spec):
     gpu: str = Field("gpu", min_length=1)
     """Work pool for stages that run a model: pretraining, transfer, fine-tuning, evaluation, the gate, model-driven augmentation."""
 
-
-STAGES = ("prepare", "prepare-labeled", "pretrain", "evaluate", "transfer", "augment", "finetune", "gate")
 
 
 class ExecutionSpec(Spec):

@@ -1,12 +1,15 @@
-"""Stage flows: each wraps one stage function in its own MLflow run (cache hit, resume, lineage).
+"""Stage flows, and the one stage table that the pipeline, dispatch, the spec's checks and the deployments' test read.
 
-A worker runs each stage flow in a fresh process that first imports this module, so only light modules are imported
-here: a stage module loads torch and transformers inside the functions that run the stage (tests/flows/test_imports.py).
+Each flow opens its stage's MLflow run (`stage_run`: cache hit, resume, lineage) and, unless the run is a cache hit,
+calls the stage's body. A worker runs each stage flow in a fresh process that first imports this module, so only light
+modules are imported here: a stage module loads torch and transformers inside the functions that run the stage
+(tests/flows/test_imports.py).
 """
 
-from prefect import flow
+from dataclasses import dataclass
+from typing import Literal
 
-from flows.dispatch import record_output
+from prefect import Flow, flow
 
 from tasks import augment, evaluate, finetune, gate, pretrain, transfer
 from tasks.augment import AugmentSpec
@@ -17,24 +20,37 @@ from tasks.evaluate import EvaluateSpec
 from tasks.finetune import FinetuneSpec
 from tasks.gate import GateSpec
 from tasks.pretrain import PretrainSpec
+from tasks.tracking import digest, stage_run
 from tasks.transfer import TransferSpec
-from tasks.tracking import configure, digest, resolve_version, run_stage
+
+
+OUTPUT_KEY = "multistep-output"  # the Prefect artifact in which a stage flow run leaves its result URI
+
+
+def record_output(output: str) -> str:
+    """Leave a stage flow run's result URI where the dispatcher (and the Prefect UI) can read it; returns it."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        create_markdown_artifact(f"`{output}`", key=OUTPUT_KEY, description="The URI this stage returned")
+    return output
 
 
 @flow(name="prepare", log_prints=True)
 def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
-    from tasks.data import prepare  # here: unlike the stage modules above, this is the body itself, and imports transformers
-
     found = sources.source_digests(spec)  # validates every source before any run is opened
     inputs = {f"source{i}": uri for i, uri in enumerate(spec.sources)}
     digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}
     if tokenizer_from:
         inputs["tokenizer_from"], digests["tokenizer_from"] = tokenizer_from, digest(tokenizer_from)
-    return record_output(run_stage(
-        "prepare", spec, inputs, lambda ctx: prepare.run(spec, tokenizer_from, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, digests=digests,
-    ))
+    with stage_run("prepare", spec, inputs, code=STAGES["prepare"].code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
+        if not ctx.cached:
+            from tasks.data import prepare  # here: unlike the stage modules above, this is the body itself, and imports transformers
+
+            ctx.output = prepare.run(spec, tokenizer_from, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="pretrain", log_prints=True)
@@ -42,40 +58,44 @@ def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str 
     """Pretrain a causal LM on a dataset URI and register it as `<name>-base`; returns the model version URI."""
     register_as = name + spec.register_suffix
     inputs = {"dataset": dataset, **({"init": spec.init} if spec.init else {})}
-    return record_output(run_stage(
-        "pretrain", spec, inputs, lambda ctx: pretrain.run(spec, dataset, register_as, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
-    ))
+    params = {"register_as": register_as}
+    with stage_run("pretrain", spec, inputs, code=STAGES["pretrain"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
+        if not ctx.cached:
+            ctx.output = pretrain.run(spec, dataset, register_as, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Score a model URI on a dataset URI; returns the evaluation report URI."""
-    return record_output(run_stage(
-        "evaluate", spec, {"model": model, "dataset": dataset}, lambda ctx: evaluate.run(spec, model, dataset, ctx),
-        experiment=experiment, parent_run_id=parent_run_id,
-    ))
+    inputs = {"model": model, "dataset": dataset}
+    with stage_run("evaluate", spec, inputs, code=STAGES["evaluate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
+        if not ctx.cached:
+            ctx.output = evaluate.run(spec, model, dataset, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="transfer", log_prints=True)
 def transfer_stage(spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Structure surgery on a model URI (drop/insert blocks, add tokens, new head); returns the new version's URI."""
     register_as = name + spec.register_suffix
-    return record_output(run_stage(
-        "transfer", spec, {"model": model}, lambda ctx: transfer.run(spec, model, register_as, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as},
-    ))
+    params = {"register_as": register_as}
+    with stage_run("transfer", spec, {"model": model}, code=STAGES["transfer"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
+        if not ctx.cached:
+            ctx.output = transfer.run(spec, model, register_as, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="prepare-labeled", log_prints=True)
 def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Read, validate and split labeled data for fine-tuning; returns a dataset URI."""
     digests = labeled.source_digests(spec)  # validates that every source exists before any run is opened
-    inputs = {name: uri for name, uri in labeled.source_names(spec).items()}
-    return record_output(run_stage(
-        "prepare-labeled", spec, inputs, lambda ctx: labeled.run(spec, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, digests=digests,
-    ))
+    inputs = labeled.source_names(spec)
+    code = STAGES["prepare-labeled"].code
+    with stage_run("prepare-labeled", spec, inputs, code=code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
+        if not ctx.cached:
+            ctx.output = labeled.run(spec, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="augment", log_prints=True)
@@ -89,10 +109,13 @@ def augment_stage(
     if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
         for i, src in enumerate(spec.pseudo.pool):
             inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
-    return record_output(run_stage(
-        "augment", spec, inputs, lambda ctx: augment.run(spec, dataset, teacher, synonym_model, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, digests=digests, params={"hardware": spec.hardware}, round=round,
-    ))
+    with stage_run(
+        "augment", spec, inputs, code=STAGES["augment"].code, experiment=experiment, parent_run_id=parent_run_id,
+        digests=digests, params={"hardware": spec.hardware}, round=round,
+    ) as ctx:
+        if not ctx.cached:
+            ctx.output = augment.run(spec, dataset, teacher, synonym_model, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="finetune", log_prints=True)
@@ -102,26 +125,55 @@ def finetune_stage(
 ) -> str:
     """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
     register_as = name + spec.register_suffix
-    return record_output(run_stage(
-        "finetune", spec, {"model": model, "dataset": dataset}, lambda ctx: finetune.run(spec, model, dataset, register_as, ctx),
-        experiment=experiment, parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
-    ))
+    with stage_run(
+        "finetune", spec, {"model": model, "dataset": dataset}, code=STAGES["finetune"].code, experiment=experiment,
+        parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
+    ) as ctx:
+        if not ctx.cached:
+            ctx.output = finetune.body(dataset).run(spec, model, dataset, register_as, ctx)
+    return record_output(ctx.output)
 
 
 @flow(name="gate", log_prints=True)
-def gate_stage(
-    spec: GateSpec, model: str, dataset: str, max_length: int = 128, max_new_tokens: int = 48, experiment: str = "multistep", parent_run_id: str | None = None,
-) -> str:
+def gate_stage(spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
-    inputs = {"model": model, "dataset": dataset}
-    configure(experiment)
-    version = resolve_version(model)
-    champion = gate.holder(version.name, spec.alias)
-    # Another holder is another decision, so it enters the stage key; a challenger that already holds the alias (a rerun
-    # after its promotion) keeps the key of the decision that promoted it, and the rerun is a cache hit.
-    if champion and champion != f"models:/{version.name}/{version.version}":
-        inputs["champion"] = champion
-    return record_output(run_stage(
-        "gate", spec, inputs, lambda ctx: gate.run(spec, model, dataset, ctx, max_length, max_new_tokens),
-        experiment=experiment, parent_run_id=parent_run_id,
-    ))
+    inputs = gate.inputs(spec, model, dataset, experiment)
+    with stage_run("gate", spec, inputs, code=STAGES["gate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
+        if not ctx.cached:
+            ctx.output = gate.run(spec, model, dataset, ctx)
+    return record_output(ctx.output)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table."""
+
+    flow: Flow
+    hardware: Literal["cpu", "gpu", "spec"]
+    """The work pool it needs (DESIGN §4): data work on CPUs, anything that runs a model on a GPU; `spec`: its spec says."""
+    field: str
+    """The PipelineSpec field that holds its settings."""
+    runs_if: str
+    """The PipelineSpec field whose presence runs it (data is prepared for pretraining, labeled data for fine-tuning)."""
+    code: str
+    """The module its body runs: that module's import closure is the stage's code version (tasks/code.py)."""
+    inputs: tuple[str, ...]
+    """Its URI parameters."""
+    output: str
+    """What the URI it returns names."""
+
+
+# The order is the DAG's (DESIGN §2).
+STAGES: dict[str, Stage] = {
+    s.flow.name: s
+    for s in (
+        Stage(prepare_stage, "cpu", "data", "pretrain", "tasks.data.prepare", ("tokenizer_from",), "dataset"),
+        Stage(pretrain_stage, "gpu", "pretrain", "pretrain", "tasks.pretrain", ("dataset",), "model"),
+        Stage(evaluate_stage, "gpu", "evaluate", "evaluate", "tasks.evaluate", ("model", "dataset"), "evaluation"),
+        Stage(transfer_stage, "gpu", "transfer", "transfer", "tasks.transfer", ("model",), "model"),
+        Stage(prepare_labeled_stage, "cpu", "labeled", "finetune", "tasks.data.labeled.stage", (), "dataset"),
+        Stage(augment_stage, "spec", "augment", "augment", "tasks.augment.stage", ("dataset", "teacher", "synonym_model"), "dataset"),
+        Stage(finetune_stage, "gpu", "finetune", "finetune", "tasks.finetune", ("model", "dataset"), "model"),
+        Stage(gate_stage, "gpu", "gate", "gate", "tasks.gate", ("model", "dataset"), "decision"),
+    )
+}

@@ -168,13 +168,31 @@ def promote(name: str, alias: str, challenger: str, judge: Callable[[str | None]
     raise RuntimeError(f"@{alias} of {name} kept moving during {attempts} decisions; run the gate again")
 
 
-def run(spec: GateSpec, challenger: str, dataset: str, ctx, max_length: int = 128, max_new_tokens: int = 48) -> str:
+def inputs(spec: GateSpec, model: str, dataset: str, experiment: str) -> dict[str, str]:
+    """The gate's stage inputs: the challenger, the test rows, and the current holder of the alias."""
+    from tasks.tracking import configure, resolve_version
+
+    inputs = {"model": model, "dataset": dataset}
+    configure(experiment)
+    version = resolve_version(model)
+    champion = holder(version.name, spec.alias)
+    # Another holder is another decision, so it enters the stage key; a challenger that already holds the alias (a rerun
+    # after its promotion) keeps the key of the decision that promoted it, and the rerun is a cache hit.
+    if champion and champion != f"models:/{version.name}/{version.version}":
+        inputs["champion"] = champion
+    return inputs
+
+
+def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
     """Mark the challenger, score it and the champion on the same test rows, decide, promote; returns the decision's URI."""
     from tasks import evaluate, metrics, registry  # local: these pull in torch and transformers
     from tasks.tracking import resolve_version
 
     version = resolve_version(challenger)
     name, challenger = version.name, f"models:/{version.name}/{version.version}"
+    # Both models are scored with the lengths the challenger was fine-tuned with (its version says; defaults otherwise).
+    max_length = int(version.tags.get(registry.MAX_LENGTH, 128))
+    max_new_tokens = int(version.tags.get(registry.MAX_NEW_TOKENS, 48))
     MlflowClient().set_registered_model_alias(name, "challenger", version.version)
     scored: dict[str, evaluate.Scored] = {}
 

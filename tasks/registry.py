@@ -8,6 +8,9 @@ from mlflow.tracking import MlflowClient
 from tasks.errors import UserError
 from tasks.tracking import STAGE_KEY, StageRun, resolve_version
 
+# The lengths a fine-tuned version was trained and scored with, so the gate scores it alike without the pipeline passing them.
+MAX_LENGTH, MAX_NEW_TOKENS = "multistep.max_length", "multistep.max_new_tokens"
+
 
 def find_version(name: str, key: str) -> str | None:
     """The version of `name` registered by a stage with this key, if any."""

@@ -1,8 +1,15 @@
-"""The evaluate–adjust–retry loop's settings: how many rounds, when to stop, and what each round changes."""
+"""The loops that fine-tune more than once: evaluate–adjust–retry rounds (their settings, what each round changes) and self-training."""
+
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field, ValidationError
 
+from tasks import registry, tracking
 from tasks.spec import Spec
+
+# tune(spec, teacher, round) → the registered student: the labeled data augmented as `spec` says (with `teacher` for
+# pseudo-labels and attacks), fine-tuned; the pipeline passes its stage calls in, so these loops stay free of flows.
+Tune = Callable[[BaseModel, str | None, int], str]
 
 
 class StrategySpec(Spec):
@@ -78,3 +85,47 @@ def check(spec: BaseModel) -> None:
 def validation_metric(task: str) -> tuple[str, int]:
     """The version metric a round is judged by, and +1 when higher is better."""
     return ("validation_accuracy", 1) if task == "classification" else ("validation_loss", -1)
+
+
+def adjust_and_retry(spec: BaseModel, tune: Tune, parent_run_id: str) -> str:
+    """Rounds of fine-tuning, each under the next strategy; stop after `patience` rounds without a better validation score."""
+    metric, sign = validation_metric(spec.labeled.task)
+    best, best_score, stale = None, None, 0
+    for r in range(1, spec.rounds.max_rounds + 1):
+        strategy = spec.rounds.strategy(r)
+        adjusted = apply(spec, strategy)
+        teacher = best if strategy.pseudo_refresh else (adjusted.augment.teacher if adjusted.augment else None)
+        model = tune(adjusted, teacher, r)
+        score = registry.metric(model, metric)
+        tracking.log_round(parent_run_id, r, metric, score, strategy.describe(), model)
+        print(f"round {r} ({strategy.describe()}): {metric} {score:.4f} → {model}")
+        if best is None or sign * (score - best_score) > spec.rounds.min_delta:
+            best, best_score, stale = model, score, 0
+        else:
+            stale += 1
+            if stale >= spec.rounds.patience:
+                print(f"rounds: {stale} round(s) without a better {metric} than {best_score:.4f}; stopping, {best} is the challenger")
+                break
+    return best
+
+
+def self_train(spec: BaseModel, tune: Tune) -> str:
+    """The augmented student; with model-driven augmentation, teacher → student rounds while a student's validation
+    accuracy beats its teacher's by `augment.min_gain`. Returns the best model."""
+    augment = spec.augment
+    first = 1 if augment.teacher else 0
+    teacher = tune(spec, augment.teacher, first)
+    if not augment.model_driven:
+        return teacher
+    for round in range(first + 1, augment.rounds + 1):
+        student = tune(spec, teacher, round)
+        before, after = registry.metric(teacher, "validation_accuracy"), registry.metric(student, "validation_accuracy")
+        if before is None:  # a given teacher that no multistep stage scored: the first student simply takes over
+            teacher = student
+            continue
+        print(f"self-training round {round}: validation accuracy {before:.4f} (teacher {teacher}) → {after:.4f} (student {student})")
+        if after - before < augment.min_gain or after <= before:
+            print(f"self-training: stopping, the student did not beat its teacher by augment.min_gain ({augment.min_gain}); keeping {teacher}")
+            return teacher
+        teacher = student
+    return teacher

@@ -8,7 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,16 +71,6 @@ def _check_server(uri: str) -> None:
 
 
 @functools.cache
-def code_version() -> str:
-    """Digest of the package's source, so that a code change misses the stage cache."""
-    h = hashlib.sha256()
-    for path in sorted(p for pkg in ("flows", "tasks") for p in (PACKAGE_ROOT / pkg).rglob("*.py")):
-        h.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@functools.cache
 def git_commit() -> str:
     """The checkout's commit for lineage tags, or `unknown` outside a git checkout."""
     try:
@@ -132,9 +122,9 @@ def content_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def stage_key(stage: str, spec: BaseModel, inputs: dict[str, dict], params: dict[str, str] | None = None) -> str:
-    """sha256 of the stage name, its spec minus secrets, its inputs' URIs and digests, other parameters, and the code version."""
-    payload = {"stage": stage, "spec": public(spec), "inputs": inputs, "params": params or {}, "code": code_version()}
+def stage_key(stage: str, spec: BaseModel, inputs: dict[str, dict], params: dict[str, str] | None, code_version: str) -> str:
+    """sha256 of the stage name, its spec minus secrets, its inputs' URIs and digests, other parameters, and its code's version."""
+    payload = {"stage": stage, "spec": public(spec), "inputs": inputs, "params": params or {}, "code": code_version}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -154,16 +144,19 @@ def resolve_version(uri: str):
 
 @dataclass
 class StageRun:
-    """The open MLflow run of one stage execution, handed to the stage's body."""
+    """The MLflow run of one stage execution: handed to the stage's body, which sets `output`; a cache hit has it already."""
 
     stage: str
     run_id: str
     key: str
+    code_version: str
     inputs: dict[str, str]
     digests: dict[str, str]
     parent_run_id: str | None
     resumed: bool
     tags: dict[str, str] = field(default_factory=dict)
+    output: str | None = None
+    cached: bool = False
 
     @property
     def artifact_uri(self) -> str:
@@ -176,7 +169,7 @@ class StageRun:
             STAGE_KEY: self.key,
             "multistep.stage_run": self.run_id,
             "multistep.pipeline_run": self.parent_run_id or "",
-            "multistep.code_version": code_version(),
+            "multistep.code_version": self.code_version,
             "git.commit": git_commit(),
             PREFECT_FLOW_RUN: self.tags.get(PREFECT_FLOW_RUN, ""),
         }
@@ -193,33 +186,40 @@ def _find(experiment_id: str, key: str, finished: bool):
     return runs[0] if runs else None
 
 
-def run_stage(
+@contextmanager
+def stage_run(
     stage: str,
     spec: BaseModel,
     inputs: dict[str, str],
-    body: Callable[[StageRun], str],
     *,
+    code: str,
     experiment: str,
     parent_run_id: str | None = None,
     digests: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
     round: int | None = None,
-) -> str:
-    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one.
+) -> Iterator[StageRun]:
+    """This stage's MLflow run: a finished run with the same key is reused (`cached`, `output` set), an unfinished one resumed.
 
-    `round` (self-training) names the run `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
+    The body runs inside the `with` when `ctx.cached` is false and sets `ctx.output`, the URI the stage returns. `code` is
+    the module the stage runs: its import closure's digest enters the key. `round` (self-training, rounds) names the run
+    `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
     """
+    from tasks import code as source
+
     experiment_id = configure(experiment)
     _check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
-    key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params or {})
+    version = source.version(code)
+    key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params, version)
     done = _find(experiment_id, key, finished=True)
     if done is not None and done.data.tags.get(OUTPUT):
         output = done.data.tags[OUTPUT]
         print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
         if parent_run_id:
             MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
-        return output
+        yield StageRun(stage, done.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
+        return
 
     unfinished = _find(experiment_id, key, finished=False)
     tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
@@ -232,15 +232,16 @@ def run_stage(
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
         for k, v in tags.items():
             MlflowClient().set_tag(run_id, k, v)
-    ctx = StageRun(stage, run_id, key, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
+    ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
     _tag_prefect_flow_run(run_id)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         for name, uri in inputs.items():
             mlflow.set_tag(f"multistep.input.{name}", uri)
         mlflow.log_params(_flatten(public(spec)))
-        output = body(ctx)
-        mlflow.set_tag(OUTPUT, output)
-    return output
+        yield ctx
+        if not ctx.output:
+            raise RuntimeError(f"{stage}: the stage body set no output URI")
+        mlflow.set_tag(OUTPUT, ctx.output)
 
 
 def _check_artifact_store(experiment_id: str) -> None:

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from prefect import Flow
 
-from flows import dispatch
-from flows.spec import STAGES, PipelineSpec
+from flows.spec import PipelineSpec
+from flows.stages import STAGES
 
 CONFIG = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
 DEPLOYMENTS = CONFIG["deployments"]
@@ -42,7 +42,7 @@ def test_each_stage_flow_has_a_deployment_on_the_pool_of_its_hardware():
             stages.setdefault(flow.name, set()).add(d["work_pool"]["name"])
     assert set(stages) == set(STAGES)
     for stage, pools in stages.items():
-        expected = {"cpu", "gpu"} if stage == "augment" else {dispatch.HARDWARE[stage]}
+        expected = {"cpu", "gpu"} if STAGES[stage].hardware == "spec" else {STAGES[stage].hardware}
         assert pools == expected, stage
 
 

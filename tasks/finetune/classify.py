@@ -13,7 +13,7 @@ from tasks.augment import attack, synonyms
 from tasks.augment.attack import AttackSpec
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import build, register, train_best
+from tasks.finetune.trainer import build, fit_best, register
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -108,14 +108,14 @@ def setup(spec, init: str, data: str):
     return model, tok, splits, labels
 
 
-def build_trainer(spec, model, tok, splits: dict[str, Encoded], ctx) -> Trainer:
-    return build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, metric="accuracy", greater=True, compute_metrics=scores)
+# The best checkpoint is the one with the highest validation accuracy.
+SELECT = {"metric": "accuracy", "greater": True, "compute_metrics": scores}
 
 
 def trainer(spec, init: str, data: str, ctx) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     model, tok, splits, _ = setup(spec, init, data)
-    return build_trainer(spec, model, tok, splits, ctx)
+    return build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT)
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
@@ -126,7 +126,8 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
         return existing
     distributed.check(spec.train, ctx.stage)
     model, tok, splits, labels = setup(spec, init, data)
-    trainer = train_best(spec, model, lambda: build_trainer(spec, model, tok, splits, ctx), {"init": init, "data": data}, ctx)
+    trainer = build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT)
+    fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {}
     for split in ("validation", "test"):
         if len(splits[split]):

@@ -10,7 +10,7 @@ from transformers import Trainer, set_seed
 from tasks import distributed, methods, registry
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import build, register, train_best
+from tasks.finetune.trainer import build, fit_best, register
 from tasks.tracking import log_metrics
 
 IGNORE = -100  # label id the loss skips
@@ -115,14 +115,15 @@ def setup(spec, init: str, data: str):
     return model, tok, rows, encoded
 
 
-def build_trainer(spec, model, tok, encoded: dict[str, list[dict]], ctx) -> Trainer:
-    return build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, metric="eval_loss", greater=False)
+# The best checkpoint is the one with the lowest validation loss.
+SELECT = {"metric": "eval_loss", "greater": False}
 
 
 def trainer(spec, init: str, data: str, ctx) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     model, tok, _, encoded = setup(spec, init, data)
-    return build_trainer(spec, methods.prepare(model, spec, "causal_lm"), tok, encoded, ctx)
+    model = methods.prepare(model, spec, "causal_lm")
+    return build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, **SELECT)
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
@@ -139,7 +140,8 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
-    trainer = train_best(spec, model, lambda: build_trainer(spec, model, tok, encoded, ctx), {"init": init, "data": data}, ctx)
+    trainer = build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, **SELECT)
+    fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {} if loss_before is None else {"test_loss_before": loss_before}
     for split in ("validation", "test"):
         if encoded[split]:

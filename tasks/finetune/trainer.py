@@ -1,8 +1,6 @@
 """What classification and SFT share: a Trainer that scores validation at each checkpoint, stops early, and registers the best."""
 
 import tempfile
-from collections.abc import Callable
-
 import mlflow
 from peft import PeftModel
 from transformers import EarlyStoppingCallback, Trainer
@@ -33,20 +31,19 @@ def build(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *,
     )
 
 
-def train_best(spec, model, make: Callable[[], Trainer], inputs: dict[str, str], ctx: StageRun) -> Trainer:
-    """Train `model` with the Trainer `make` builds, here or on `spec.train.devices` torchrun ranks; returns a Trainer holding the best weights.
+def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> None:
+    """Train here, or on `spec.train.devices` torchrun ranks that leave their weights in `trainer.model`; either way the
+    trainer ends holding the best weights.
 
     `inputs` are the keyword arguments with which each rank rebuilds the same Trainer (the stage module's `trainer`).
     """
-    trainable, total = methods.trainable_fraction(model)
+    trainable, total = methods.trainable_fraction(trainer.model)
     mlflow.log_params({"trainable_parameters": trainable, "parameters": total})
     log_metrics(ctx.run_id, {"trainable_fraction": trainable / total})
     if spec.train.devices > 1:
-        distributed.launch(spec, inputs, ctx, model)
-        return make()  # not trained here: it scores the weights the ranks trained
-    trainer = make()
-    fit(trainer, ctx, spec.train.keep_checkpoints)
-    return trainer
+        distributed.launch(spec, inputs, ctx, trainer.model)
+    else:
+        fit(trainer, ctx, spec.train.keep_checkpoints)
 
 
 def register(spec, model, tokenizer, task: str, register_as: str, init: str, metrics: dict[str, float], ctx: StageRun, lineage: dict) -> str:
@@ -62,7 +59,7 @@ def register(spec, model, tokenizer, task: str, register_as: str, init: str, met
     else:
         logged = models.log(final, tokenizer, task=task)
     log_metrics(ctx.run_id, metrics)
-    tags = {"multistep.parent_model": init, "multistep.method": spec.method, **lineage}
+    tags = {"multistep.parent_model": init, "multistep.method": spec.method, registry.MAX_LENGTH: str(spec.max_length), registry.MAX_NEW_TOKENS: str(spec.max_new_tokens), **lineage}
     version = registry.register(logged, register_as, ctx, tags)
     registry.set_tags(version, {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
     clean_up(ctx)

@@ -67,7 +67,7 @@ def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
 
     monkeypatch.setattr(dispatch, "_remote", remote)
     stage = SimpleNamespace(name="prepare")
-    assert dispatch.call(stage, execution, spec=None) == "runs:/abc/dataset"
+    assert dispatch.call(stage, execution, None, spec=None) == "runs:/abc/dataset"
     assert len(calls) == 2
 
     def refuses(stage, execution, params):
@@ -77,7 +77,7 @@ def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
     calls.clear()
     monkeypatch.setattr(dispatch, "_remote", refuses)
     with pytest.raises(UserError):
-        dispatch.call(stage, execution, spec=None)
+        dispatch.call(stage, execution, None, spec=None)
     assert len(calls) == 1
 
 

@@ -123,8 +123,9 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
 
     monkeypatch.setattr(evaluate, "score", score)
     spec = GateSpec(threshold=0.8)
-    tracking.run_stage("gate", spec, {"model": "models:/m/2", "dataset": "d"}, lambda ctx: gate.run(spec, "models:/m/2", "d", ctx),
-                       experiment="t", digests={"model": "m2", "dataset": "d"})
+    inputs = {"model": "models:/m/2", "dataset": "d"}
+    with tracking.stage_run("gate", spec, inputs, code="tasks.gate", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
+        ctx.output = gate.run(spec, "models:/m/2", "d", ctx)
     assert "cannot be scored on these test rows" in capsys.readouterr().out
     tags = registry.get_model_version("m", "2").tags
     assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]

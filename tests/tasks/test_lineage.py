@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks import registry
 from tasks.errors import UserError
 from tasks.lineage import ancestry, render
-from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, content_digest, run_stage
+from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, content_digest, stage_run
 
 FLOW_RUNS = {stage: hashlib.md5(stage.encode()).hexdigest() for stage in ("prepare-labeled", "augment", "finetune", "transfer")}
 DATA_DIGEST = "sha256:" + hashlib.sha256(b"labeled splits").hexdigest()
@@ -29,12 +29,13 @@ class Spec(BaseModel):
 def stage(name: str, inputs: dict[str, str], body, round: int | None = None, digests: dict[str, str] | None = None) -> str:
     """Run `body` as the stage `name` the way the stage flows do, inside a Prefect flow run (its id faked)."""
 
-    def in_flow(ctx):
-        ctx.tags[PREFECT_FLOW_RUN] = FLOW_RUNS[name]  # what run_stage reads from prefect.runtime inside a flow
-        mlflow.set_tag(PREFECT_FLOW_RUN, FLOW_RUNS[name])
-        return body(ctx)
-
-    return run_stage(name, Spec(), inputs, in_flow, experiment="test", digests=digests or {n: u for n, u in inputs.items()}, round=round)
+    digests = digests or {n: u for n, u in inputs.items()}
+    with stage_run(name, Spec(), inputs, code="tasks.lineage", experiment="test", digests=digests, round=round) as ctx:
+        if not ctx.cached:
+            ctx.tags[PREFECT_FLOW_RUN] = FLOW_RUNS[name]  # what stage_run reads from prefect.runtime inside a flow
+            mlflow.set_tag(PREFECT_FLOW_RUN, FLOW_RUNS[name])
+            ctx.output = body(ctx)
+    return ctx.output
 
 
 def labeled_stage(source: Path) -> str:

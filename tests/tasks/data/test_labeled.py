@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tasks.data import labeled
 from tasks.data.labeled import LabeledSpec, read, rows
 from tasks.errors import UserError
-from tasks.tracking import DIGEST, run_stage
+from tasks.tracking import DIGEST, stage_run
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 
@@ -46,7 +46,11 @@ def texts(split):
 
 def stage(spec: LabeledSpec) -> str:
     """Run the stage body in its own MLflow run, as the flow does; returns its URI."""
-    return run_stage("labeled", spec, labeled.source_names(spec), lambda ctx: labeled.run(spec, ctx), experiment="test", digests=labeled.source_digests(spec))
+    inputs, digests = labeled.source_names(spec), labeled.source_digests(spec)
+    with stage_run("labeled", spec, inputs, code="tasks.data.labeled.stage", experiment="test", digests=digests) as ctx:
+        if not ctx.cached:
+            ctx.output = labeled.run(spec, ctx)
+    return ctx.output
 
 
 SST = "sentence\tlabel\nit 's a charming  journey . \t1\nunflinchingly bleak . \t0\n"
