@@ -1,7 +1,6 @@
-"""Training on several devices of one worker: the stage process launches torchrun, and every rank builds the stage's
-Trainer with the same code as a single-process run, fits it (DDP, or FSDP), and rank 0 leaves the trained weights behind.
-
-`python -m tasks.distributed PAYLOAD.json` is what torchrun runs on each rank.
+"""Training on several devices of one worker: the stage process launches torchrun, and every rank (tasks/rank.py) builds
+the stage's Trainer with the same code as a single-process run, fits it (DDP, or FSDP), and rank 0 leaves the trained
+weights behind.
 """
 
 import json
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import mlflow
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tasks.errors import UserError
+from tasks.spec import TrainSpec
 from tasks.tracking import PACKAGE_ROOT, StageRun
-from tasks.train import TrainSpec, fit, work_dir
+from tasks.train import work_dir
 
 WEIGHTS = "model.safetensors"
 
@@ -68,7 +68,7 @@ def launch(spec, inputs: dict[str, str], ctx: StageRun, model: torch.nn.Module) 
     # The interpreter running this stage, so torchrun and the ranks are the ones of this environment.
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-        "-m", "tasks.distributed", str(payload),
+        "-m", "tasks.rank", str(payload),
     ]  # fmt: skip
     print(f"{ctx.stage}: launching python {' '.join(command[1:])}")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
@@ -87,59 +87,3 @@ def launch(spec, inputs: dict[str, str], ctx: StageRun, model: torch.nn.Module) 
             f"see the log above, or set {ctx.stage}.train.devices=1"
         )
     model.load_state_dict(load_file(result / WEIGHTS))
-
-
-def _trainer(stage: str, spec: dict, inputs: dict[str, str], ctx: StageRun):
-    """The stage's spec and Trainer, from the same function the single-process path uses."""
-    # Imported here: the stage modules import this one to launch it.
-    if stage == "pretrain":
-        from tasks import pretrain as module
-        from tasks.pretrain import PretrainSpec as Spec
-    elif stage == "finetune":
-        from tasks import finetune as module
-        from tasks.finetune import FinetuneSpec as Spec
-    else:
-        raise ValueError(f"no distributed training for stage {stage!r}")
-    spec = Spec.model_validate(spec)
-    return spec, module.trainer(spec, **inputs, ctx=ctx)
-
-
-def main(path: str) -> None:
-    """One torchrun rank: build the Trainer, fit it, and on rank 0 write the trained weights for the stage process."""
-    payload = json.loads(Path(path).read_text())
-    mlflow.set_tracking_uri(payload["tracking_uri"])
-    ctx = StageRun(**payload["ctx"])
-    spec, trainer = _trainer(payload["stage"], payload["spec"], payload["inputs"], ctx)
-    fit(trainer, ctx, spec.train.keep_checkpoints)
-    # Every rank takes part (FSDP gathers the shards); rank 0 gets the whole state dict, keyed as the unwrapped model's.
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if trainer.is_world_process_zero():
-        result = Path(payload["result"])
-        tmp = result.with_name(result.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(_unshared(state), tmp / WEIGHTS)
-        os.replace(tmp, result)  # whole or absent
-    trainer.accelerator.wait_for_everyone()
-
-
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict with tied weights (one tensor under two names) copied apart: safetensors refuses shared memory."""
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().contiguous()
-        if tensor.untyped_storage().data_ptr() in seen:
-            tensor = tensor.clone()
-        seen.add(tensor.untyped_storage().data_ptr())
-        out[name] = tensor.cpu()
-    return out
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-    # Exit without running destructors: freeing DDP's reducer tears down the gloo process group while gloo's worker
-    # thread waits for the GIL to drop a tensor, and a rank hung there for good (seen on torch 2.13, CPU).
-    # Everything a rank leaves behind is written by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
