@@ -49,8 +49,9 @@ def main() -> None:
     os.environ["TQDM_DISABLE"] = "1"  # EDA's progress bar (shown past 1,000 rows) would interleave with the report
 
     from tasks import model as models
-    from tasks.augment import synonyms
-    from tasks.augment.eda import EdaSpec, augment
+    from tasks import synonyms
+    from tasks.augment.eda import augment
+    from tasks.augment.spec import EdaSpec
 
     rows = read_rows(args.data, args.rows)
     spec = EdaSpec(copies=args.copies)

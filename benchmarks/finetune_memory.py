@@ -52,7 +52,7 @@ def _rows(n: int, synthetic: bool) -> tuple[list[dict], str]:
 
 
 def _method(variant: str):
-    from tasks.methods import MethodSpec
+    from tasks.spec import MethodSpec
 
     return MethodSpec(method="full") if variant == "full" else MethodSpec(method="lora", lora_rank=16, lora_alpha=32)
 
@@ -63,9 +63,10 @@ def child(args) -> None:
 
     from tasks import methods
     from tasks import model as models
-    from tasks.finetune import FinetuneSpec
     from tasks.finetune.sft import Examples, collate, encode
-    from tasks.train import TrainSpec, arguments
+    from tasks.finetune.spec import FinetuneSpec
+    from tasks.spec import TrainSpec
+    from tasks.train import arguments
 
     if args.threads:
         torch.set_num_threads(args.threads)

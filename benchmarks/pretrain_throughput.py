@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/pretrain_throughput.py --profile pipeline --steps 100   # where the Trainer's time goes
 
 The model is the Shakespeare GPT-2 (4 layers, 4 heads, 128 dims, block 64, batch 12, character tokenizer).
-"pipeline" is HF Trainer built exactly as tasks/pretrain.py builds it (tasks.train.arguments, BlockDataset,
+"pipeline" is HF Trainer built exactly as tasks/pretrain/stage.py builds it (tasks.train.arguments, BlockDataset,
 tasks.model.build), without the MLflow and checkpoint callbacks, checkpoint_every past the last step; "bare" is a
 plain loop with the same model, seed, packed blocks, batch size, fused AdamW, warmup+cosine schedule and
 gradient clipping. Every measurement runs in its own subprocess (peak RSS per variant), skips a few warm-up
@@ -32,8 +32,7 @@ GOAL = 0.95
 
 
 def _specs(steps: int, warmup: int):
-    from tasks.model import ModelSpec
-    from tasks.train import TrainSpec
+    from tasks.spec import ModelSpec, TrainSpec
 
     model = ModelSpec(arch="gpt2", n_layer=4, n_head=4, n_embd=128, n_positions=BLOCK_SIZE)
     total = warmup + steps

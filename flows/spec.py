@@ -8,18 +8,18 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from flows.stages import STAGES
-from tasks.augment import AugmentSpec
-from tasks.data.labeled import LabeledSpec
+from tasks.augment.spec import AugmentSpec
+from tasks.data.labeled.spec import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
-from tasks.evaluate import EvaluateSpec
-from tasks.finetune import FinetuneSpec
-from tasks.gate import GateSpec
-from tasks.pretrain import PretrainSpec
+from tasks.evaluate.spec import EvaluateSpec
+from tasks.finetune.spec import FinetuneSpec
+from tasks.gate.spec import GateSpec
+from tasks.pretrain.spec import PretrainSpec
 from tasks import rounds as rounds_
 from tasks.rounds import RoundsSpec
 from tasks.spec import Spec
-from tasks.transfer import TransferSpec
+from tasks.transfer.spec import TransferSpec
 
 
 class PoolsSpec(Spec):

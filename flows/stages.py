@@ -1,9 +1,11 @@
 """Stage flows, and the one stage table that the pipeline, dispatch, the spec's checks and the deployments' test read.
 
 Each flow opens its stage's MLflow run (`stage_run`: cache hit, resume, lineage) and, unless the run is a cache hit,
-calls the stage's body. A worker runs each stage flow in a fresh process that first imports this module, so only light
-modules are imported here: a stage module loads torch and transformers inside the functions that run the stage
-(tests/flows/test_imports.py).
+calls the stage's body.
+
+A worker runs each stage flow in a fresh process that first imports this module, so at the top it imports only specs and
+light helpers (tests/flows/test_imports.py); each flow imports its stage's body, which loads torch and transformers,
+inside the flow, where a cache hit never reaches it.
 """
 
 from dataclasses import dataclass
@@ -11,17 +13,18 @@ from typing import Literal
 
 from prefect import Flow, flow
 
-from tasks import augment, evaluate, finetune, gate, pretrain, transfer
-from tasks.augment import AugmentSpec
-from tasks.data import labeled, sources
-from tasks.data.labeled import LabeledSpec
+from tasks.augment.spec import AugmentSpec
+from tasks.data import sources
+from tasks.data.labeled import read
+from tasks.data.labeled.spec import LabeledSpec
 from tasks.data.spec import PrepareSpec
-from tasks.evaluate import EvaluateSpec
-from tasks.finetune import FinetuneSpec
-from tasks.gate import GateSpec
-from tasks.pretrain import PretrainSpec
+from tasks.evaluate.spec import EvaluateSpec
+from tasks.finetune.spec import FinetuneSpec
+from tasks.gate import promotion
+from tasks.gate.spec import GateSpec
+from tasks.pretrain.spec import PretrainSpec
 from tasks.tracking import digest, stage_run
-from tasks.transfer import TransferSpec
+from tasks.transfer.spec import TransferSpec
 
 
 OUTPUT_KEY = "multistep-output"  # the Prefect artifact in which a stage flow run leaves its result URI
@@ -47,7 +50,7 @@ def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experime
         inputs["tokenizer_from"], digests["tokenizer_from"] = tokenizer_from, digest(tokenizer_from)
     with stage_run("prepare", spec, inputs, code=STAGES["prepare"].code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
         if not ctx.cached:
-            from tasks.data import prepare  # here: unlike the stage modules above, this is the body itself, and imports transformers
+            from tasks.data import prepare
 
             ctx.output = prepare.run(spec, tokenizer_from, ctx)
     return record_output(ctx.output)
@@ -61,6 +64,8 @@ def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str 
     params = {"register_as": register_as}
     with stage_run("pretrain", spec, inputs, code=STAGES["pretrain"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
         if not ctx.cached:
+            from tasks.pretrain import stage as pretrain
+
             ctx.output = pretrain.run(spec, dataset, register_as, ctx)
     return record_output(ctx.output)
 
@@ -71,6 +76,8 @@ def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str
     inputs = {"model": model, "dataset": dataset}
     with stage_run("evaluate", spec, inputs, code=STAGES["evaluate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
         if not ctx.cached:
+            from tasks.evaluate import stage as evaluate
+
             ctx.output = evaluate.run(spec, model, dataset, ctx)
     return record_output(ctx.output)
 
@@ -82,18 +89,22 @@ def transfer_stage(spec: TransferSpec, model: str, name: str, experiment: str = 
     params = {"register_as": register_as}
     with stage_run("transfer", spec, {"model": model}, code=STAGES["transfer"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
         if not ctx.cached:
-            ctx.output = transfer.run(spec, model, register_as, ctx)
+            from tasks.transfer import surgery
+
+            ctx.output = surgery.run(spec, model, register_as, ctx)
     return record_output(ctx.output)
 
 
 @flow(name="prepare-labeled", log_prints=True)
 def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Read, validate and split labeled data for fine-tuning; returns a dataset URI."""
-    digests = labeled.source_digests(spec)  # validates that every source exists before any run is opened
-    inputs = labeled.source_names(spec)
+    digests = read.source_digests(spec)  # validates that every source exists before any run is opened
+    inputs = read.source_names(spec)
     code = STAGES["prepare-labeled"].code
     with stage_run("prepare-labeled", spec, inputs, code=code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
         if not ctx.cached:
+            from tasks.data.labeled import stage as labeled
+
             ctx.output = labeled.run(spec, ctx)
     return record_output(ctx.output)
 
@@ -114,6 +125,8 @@ def augment_stage(
         digests=digests, params={"hardware": spec.hardware}, round=round,
     ) as ctx:
         if not ctx.cached:
+            from tasks.augment import stage as augment
+
             ctx.output = augment.run(spec, dataset, teacher, synonym_model, ctx)
     return record_output(ctx.output)
 
@@ -130,16 +143,20 @@ def finetune_stage(
         parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
     ) as ctx:
         if not ctx.cached:
-            ctx.output = finetune.body(dataset).run(spec, model, dataset, register_as, ctx)
+            from tasks.finetune import stage as finetune
+
+            ctx.output = finetune.run(spec, model, dataset, register_as, ctx)
     return record_output(ctx.output)
 
 
 @flow(name="gate", log_prints=True)
 def gate_stage(spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
     """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
-    inputs = gate.inputs(spec, model, dataset, experiment)
+    inputs = promotion.inputs(spec, model, dataset, experiment)
     with stage_run("gate", spec, inputs, code=STAGES["gate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
         if not ctx.cached:
+            from tasks.gate import stage as gate
+
             ctx.output = gate.run(spec, model, dataset, ctx)
     return record_output(ctx.output)
 
@@ -168,12 +185,12 @@ STAGES: dict[str, Stage] = {
     s.flow.name: s
     for s in (
         Stage(prepare_stage, "cpu", "data", "pretrain", "tasks.data.prepare", ("tokenizer_from",), "dataset"),
-        Stage(pretrain_stage, "gpu", "pretrain", "pretrain", "tasks.pretrain", ("dataset",), "model"),
-        Stage(evaluate_stage, "gpu", "evaluate", "evaluate", "tasks.evaluate", ("model", "dataset"), "evaluation"),
-        Stage(transfer_stage, "gpu", "transfer", "transfer", "tasks.transfer", ("model",), "model"),
+        Stage(pretrain_stage, "gpu", "pretrain", "pretrain", "tasks.pretrain.stage", ("dataset",), "model"),
+        Stage(evaluate_stage, "gpu", "evaluate", "evaluate", "tasks.evaluate.stage", ("model", "dataset"), "evaluation"),
+        Stage(transfer_stage, "gpu", "transfer", "transfer", "tasks.transfer.surgery", ("model",), "model"),
         Stage(prepare_labeled_stage, "cpu", "labeled", "finetune", "tasks.data.labeled.stage", (), "dataset"),
         Stage(augment_stage, "spec", "augment", "augment", "tasks.augment.stage", ("dataset", "teacher", "synonym_model"), "dataset"),
-        Stage(finetune_stage, "gpu", "finetune", "finetune", "tasks.finetune", ("model", "dataset"), "model"),
-        Stage(gate_stage, "gpu", "gate", "gate", "tasks.gate", ("model", "dataset"), "decision"),
+        Stage(finetune_stage, "gpu", "finetune", "finetune", "tasks.finetune.stage", ("model", "dataset"), "model"),
+        Stage(gate_stage, "gpu", "gate", "gate", "tasks.gate.stage", ("model", "dataset"), "decision"),
     )
 }

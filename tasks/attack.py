@@ -2,7 +2,8 @@
 
 Words are ranked by how much the true label's probability depends on them (deleting each, or the gradient at its
 token embeddings), then replaced one at a time by the synonym that lowers that probability most, until the prediction
-flips or the edit budget is spent. Used to make adversarial training rows and to measure robust accuracy.
+flips or the edit budget is spent. The augment stage makes adversarial training rows with it, the finetune stage
+measures robust accuracy.
 """
 
 import json
@@ -13,10 +14,10 @@ import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
-from tasks.augment.spec import AttackSpec  # kept there, away from torch; still exported here
-from tasks.augment.synonyms import Synonyms
-from tasks.augment.teacher import probabilities
 from tasks.data.labeled.rows import subset
+from tasks.predict import probabilities
+from tasks.spec import AttackSpec
+from tasks.synonyms import Synonyms
 
 
 @dataclass

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.pytorch_utils import Conv1D
 
 from tasks.errors import UserError
-from tasks.spec import MethodSpec  # kept there, away from torch; still exported here
+from tasks.spec import MethodSpec
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 

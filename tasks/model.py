@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from tasks.errors import UserError
-from tasks.spec import ModelSpec  # kept there, away from torch; still exported here
+from tasks.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def load(
     """
     where = where or locate(uri)
     if where.adapter_base:  # base first, then the adapter (never mlflow.transformers for a PeftModel)
-        from tasks.methods import load_with_adapter
+        from tasks.methods import load_with_adapter  # here: peft takes ~1 s to import, and only adapters need it
 
         base, _ = load(where.adapter_base, auto=auto, dtype=dtype, **kwargs)
         return load_with_adapter(base, where.model), load_tokenizer(where.tokenizer)

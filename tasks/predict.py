@@ -1,4 +1,7 @@
-"""A classification model used as a teacher or attack target: loaded with its label set checked, and batched prediction."""
+"""What models predict, for any stage that asks: a classifier loaded with its label set checked and its batched class
+probabilities (a teacher, an attack's target, a model being scored), and greedy generation from prompts."""
+
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -39,4 +42,34 @@ def probabilities(model, tokenizer, texts: list[str], *, batch_size: int = 64, m
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         enc = {k: v.to(model.device) for k, v in enc.items()}
         out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt up to where the response starts."""
+    if tokenizer.chat_template:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, Mapping) else out)
+    return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy responses, batched with left padding so every prompt ends where generation starts."""
+    model.eval()
+    limit = models.max_positions(model.config)  # prompt + response must fit the model's positions
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        if limit:  # keep each prompt's end (where the question is) and room for at least one new token
+            encoded = [e[-(limit - 1):] for e in encoded]
+        longest = max(map(len, encoded))
+        budget = min(max_new_tokens, limit - longest) if limit else max_new_tokens
+        ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(e)) + e for e in encoded])
+        mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded])
+        new = model.generate(
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget,
+            do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        )[:, longest:]
+        out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out

@@ -14,10 +14,11 @@ import mlflow
 import torch
 from safetensors.torch import save_file
 
-from tasks import finetune, pretrain
 from tasks.distributed import WEIGHTS
+from tasks.finetune import stage as finetune
 from tasks.finetune.spec import FinetuneSpec
-from tasks.pretrain import PretrainSpec
+from tasks.pretrain import stage as pretrain
+from tasks.pretrain.spec import PretrainSpec
 from tasks.tracking import StageRun
 from tasks.train import fit
 

@@ -1,8 +1,10 @@
-"""The base of every stage spec, and the specs of the shared helpers; `flows/spec.py` composes the stage specs into `PipelineSpec`.
+"""The base of every spec, and the specs of the helpers that several stages share; `flows/spec.py` composes the stage
+specs into `PipelineSpec`.
 
-TrainSpec, ModelSpec and MethodSpec configure tasks/train.py, tasks/model.py and tasks/methods.py (which still export
-them) but live here because those modules import torch and transformers: seconds that every process reading a spec
-(each stage flow a Prefect worker starts, the CLI) would otherwise wait for.
+Every spec module (this one, and each stage's `spec.py`) imports only pydantic, typing and other spec modules, so that
+each process reading a spec (each stage flow a Prefect worker starts, the CLI) need not wait for torch and transformers.
+TrainSpec configures tasks/train.py, ModelSpec tasks/model.py, MethodSpec tasks/methods.py, and AttackSpec
+tasks/attack.py (adversarial examples in augment, robust accuracy in finetune).
 """
 
 from typing import Literal
@@ -107,3 +109,22 @@ class MethodSpec(Spec):
             raise ValueError("finetune.lora_targets has an empty name: give module names such as q_proj, or leave it unset")
         if self.lora_targets == []:
             raise ValueError("finetune.lora_targets is an empty list: name at least one module, or leave it unset for the default")
+
+
+class AttackSpec(Spec):
+    importance: Literal["deletion", "gradient"] = "deletion"
+    """How words are ranked: `deletion` (drop in the true label's probability when the word is removed; one batch per example) or `gradient` (norm of the loss gradient at the word's token embeddings; one backward pass)."""
+    max_edits: int = Field(3, ge=1, le=50)
+    """Words substituted at most per example."""
+    max_edit_fraction: float = Field(0.25, gt=0, le=1)
+    """And at most this fraction of an example's words (at least one), so short texts keep their meaning."""
+    candidates: int = Field(8, ge=1, le=64)
+    """Synonyms tried for each word, best first."""
+    rows: int | None = Field(300, ge=1)
+    """Examples attacked, chosen by content hash; empty attacks them all (each costs about one forward batch per word)."""
+    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
+    """Where substitutes come from: WordNet when installed (`auto`), else nearest neighbours in the attacked model's input embeddings."""
+    protected: list[str] = []
+    """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
+    max_length: int = Field(128, ge=8, le=4096)
+    """Longest tokenized example the model sees."""

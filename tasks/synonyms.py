@@ -1,4 +1,8 @@
-"""Where EDA's replacement words come from: WordNet when it is installed, else a model's input-embedding neighbours."""
+"""Where replacement words come from (EDA's edits, the attack's substitutes): WordNet when it is installed, else a model's
+input-embedding neighbours.
+
+nltk is imported where WordNet is read: it is optional, and `wordnet()` first checks that it is installed.
+"""
 
 import importlib.util
 import io
@@ -9,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from tasks.errors import UserError
 
@@ -149,8 +155,6 @@ def _whole_words(tokenizer) -> dict[str, int]:
 
 def embedding_neighbours(model, tokenizer, k: int = 8) -> Synonyms:
     """The k nearest whole words to a word by cosine similarity of the model's input embeddings ([] for a word split into pieces)."""
-    import torch
-
     words = _whole_words(tokenizer)
     names = list(words)
     index = {w: row for row, w in enumerate(names)}

@@ -13,7 +13,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import storage
-from tasks.spec import TrainSpec  # kept there, away from torch; still exported here
+from tasks.metrics import curves_figure
+from tasks.spec import TrainSpec
 from tasks.tracking import StageRun, home, log_metrics
 
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
@@ -205,8 +206,6 @@ def _from_rank_zero(value):
 
 def _log_curves(history: list[dict], ctx: StageRun) -> None:
     """Training (and validation) loss against steps as a PNG on the stage run, beside the metric charts MLflow draws."""
-    from tasks.metrics import curves_figure  # local: matplotlib is only needed here
-
     curves = {
         "train loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
         "validation loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],

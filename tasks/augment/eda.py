@@ -4,48 +4,12 @@ import hashlib
 import json
 import random
 import string
-from typing import Literal
 
-from pydantic import Field, model_validator
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
-from tasks.augment.synonyms import Synonyms
-from tasks.spec import Spec
-
-OPERATIONS = ("synonym", "insert", "swap", "delete")  # the order copies cycle through, from a per-row offset
-
-
-class EdaSpec(Spec):
-    copies: int = Field(4, ge=1, le=64)
-    """Augmented copies made of each training row (the paper's n_aug: it suggests 16 for ~500 rows, 4 for 5,000 or more)."""
-    synonym_rate: float = Field(0.1, ge=0, le=1)
-    """Synonym replacement: fraction of a row's words replaced by a synonym (at least one); 0 turns it off."""
-    insert_rate: float = Field(0.1, ge=0, le=1)
-    """Random insertion: synonyms of the row's words inserted at random places, as a fraction of its words (at least one); 0 turns it off."""
-    swap_rate: float = Field(0.1, ge=0, le=1)
-    """Random swap: pairs of words swapped, as a fraction of the row's words (at least one); 0 turns it off."""
-    delete_rate: float = Field(0.1, ge=0, le=1)
-    """Random deletion: probability that each word is deleted (one word always stays); 0 turns it off."""
-    protected: list[str] = []
-    """Words never replaced, deleted, moved or inserted, whatever their case, e.g. negations such as not, no, never."""
-    seed: int = 0
-    """The same seed and rows give the same augmented rows, in any order and any process."""
-    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
-    """Where synonyms come from: WordNet, the nearest neighbours in a model's input embeddings, or auto (WordNet if installed, else the embeddings)."""
-
-    @model_validator(mode="after")
-    def _some_rate(self):
-        if not any(self.rates.values()):
-            raise ValueError(
-                "augment.eda: every rate is 0, so EDA would only copy rows: "
-                "set one of synonym_rate, insert_rate, swap_rate, delete_rate above 0, or drop augment.eda"
-            )
-        return self
-
-    @property
-    def rates(self) -> dict[str, float]:
-        """α per operation, in OPERATIONS order."""
-        return {op: getattr(self, f"{op}_rate") for op in OPERATIONS}
+from tasks.augment.spec import OPERATIONS, EdaSpec
+from tasks.synonyms import Synonyms
 
 
 def _rng(*key) -> random.Random:
@@ -120,8 +84,6 @@ class _Editor:
 
 def augment(rows: list[dict], spec: EdaSpec, synonyms: Synonyms) -> list[dict]:
     """`spec.copies` edited copies of each row, in input order, with provenance (source_row, operation, params); originals not included."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS  # imported here: sklearn takes ~1 s to import
-
     editor = _Editor(synonyms, {w.lower() for w in spec.protected}, ENGLISH_STOP_WORDS)
     enabled = [op for op, rate in spec.rates.items() if rate > 0]
     out = []

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from tasks.augment.spec import PseudoLabelSpec  # kept there, away from torch; still exported here
-from tasks.augment.teacher import probabilities
+from tasks.augment.spec import PseudoLabelSpec
 from tasks.data import clean, formats, sources
 from tasks.data.labeled.rows import subset
 from tasks.errors import UserError
+from tasks.predict import probabilities
 
 
 def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dict[str, int]]:

@@ -1,35 +1,46 @@
-"""The augment stage's specs, apart from its code: attack.py and pseudo.py import torch, which every process reading a
-spec (each stage flow a Prefect worker starts, the CLI) would otherwise wait for.
-
-`tasks.augment`, `tasks.augment.attack` and `tasks.augment.pseudo` still export them; EdaSpec stays in eda.py, whose
-imports are light.
-"""
+"""The augment stage's specs: EDA, pseudo-labels and the stage itself (the attack's AttackSpec is shared with finetune, in
+tasks/spec.py)."""
 
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.augment.eda import EdaSpec
-from tasks.spec import Spec
+from tasks.spec import AttackSpec, Spec
+
+OPERATIONS = ("synonym", "insert", "swap", "delete")  # the order EDA's copies cycle through, from a per-row offset
 
 
-class AttackSpec(Spec):
-    importance: Literal["deletion", "gradient"] = "deletion"
-    """How words are ranked: `deletion` (drop in the true label's probability when the word is removed; one batch per example) or `gradient` (norm of the loss gradient at the word's token embeddings; one backward pass)."""
-    max_edits: int = Field(3, ge=1, le=50)
-    """Words substituted at most per example."""
-    max_edit_fraction: float = Field(0.25, gt=0, le=1)
-    """And at most this fraction of an example's words (at least one), so short texts keep their meaning."""
-    candidates: int = Field(8, ge=1, le=64)
-    """Synonyms tried for each word, best first."""
-    rows: int | None = Field(300, ge=1)
-    """Examples attacked, chosen by content hash; empty attacks them all (each costs about one forward batch per word)."""
-    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
-    """Where substitutes come from: WordNet when installed (`auto`), else nearest neighbours in the attacked model's input embeddings."""
+class EdaSpec(Spec):
+    copies: int = Field(4, ge=1, le=64)
+    """Augmented copies made of each training row (the paper's n_aug: it suggests 16 for ~500 rows, 4 for 5,000 or more)."""
+    synonym_rate: float = Field(0.1, ge=0, le=1)
+    """Synonym replacement: fraction of a row's words replaced by a synonym (at least one); 0 turns it off."""
+    insert_rate: float = Field(0.1, ge=0, le=1)
+    """Random insertion: synonyms of the row's words inserted at random places, as a fraction of its words (at least one); 0 turns it off."""
+    swap_rate: float = Field(0.1, ge=0, le=1)
+    """Random swap: pairs of words swapped, as a fraction of the row's words (at least one); 0 turns it off."""
+    delete_rate: float = Field(0.1, ge=0, le=1)
+    """Random deletion: probability that each word is deleted (one word always stays); 0 turns it off."""
     protected: list[str] = []
-    """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
-    max_length: int = Field(128, ge=8, le=4096)
-    """Longest tokenized example the model sees."""
+    """Words never replaced, deleted, moved or inserted, whatever their case, e.g. negations such as not, no, never."""
+    seed: int = 0
+    """The same seed and rows give the same augmented rows, in any order and any process."""
+    synonyms: Literal["auto", "wordnet", "embedding"] = "auto"
+    """Where synonyms come from: WordNet, the nearest neighbours in a model's input embeddings, or auto (WordNet if installed, else the embeddings)."""
+
+    @model_validator(mode="after")
+    def _some_rate(self):
+        if not any(self.rates.values()):
+            raise ValueError(
+                "augment.eda: every rate is 0, so EDA would only copy rows: "
+                "set one of synonym_rate, insert_rate, swap_rate, delete_rate above 0, or drop augment.eda"
+            )
+        return self
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """α per operation, in OPERATIONS order."""
+        return {op: getattr(self, f"{op}_rate") for op in OPERATIONS}
 
 
 class PseudoLabelSpec(Spec):

@@ -3,35 +3,34 @@
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import AutoModel
 
+from tasks import attack, predict, synonyms
 from tasks import model as models
-from tasks.augment import attack, eda, pseudo, synonyms, teacher
+from tasks.augment import eda, pseudo
+from tasks.augment.spec import AugmentSpec
 from tasks.data import labeled
+from tasks.data.labeled.spec import SPLITS
 from tasks.data.labeled.stage import card_markdown
 from tasks.errors import UserError
 from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
-
-if TYPE_CHECKING:
-    from tasks.augment import AugmentSpec
 
 ARTIFACT = "augmented"
 PROVENANCE = [("source_row", pa.string()), ("operation", pa.string()), ("params", pa.string()), ("teacher", pa.string()), ("confidence", pa.float64())]
 
 
-def run(spec: "AugmentSpec", data: str, teacher_uri: str | None, synonym_model: str | None, ctx: StageRun) -> str:
+def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: str | None, ctx: StageRun) -> str:
     """Augment the training split of `data`; returns `runs:/<run_id>/augmented`, a dataset the finetune stage reads like any other."""
     mlflow.set_tag("multistep.hardware", spec.hardware)  # what a work pool would place it on
     card = labeled.card(data)
     if card["task"] != "classification":
         raise UserError(f"augment works on classification data, and {data} holds {card['task']} rows: set labeled.task to classification or drop augment")
     labels = card["labels"]
-    splits = {s: labeled.load_rows(data, s) for s in labeled.SPLITS}
+    splits = {s: labeled.load_rows(data, s) for s in SPLITS}
     original = [{**r, "source_row": r["origin"], "operation": "original", "params": "", "teacher": "", "confidence": None} for r in splits["train"]]
     added, report = [], {"parent": data, "operations": {}}
 
@@ -46,7 +45,7 @@ def run(spec: "AugmentSpec", data: str, teacher_uri: str | None, synonym_model: 
             pseudo.read_pool(spec.pseudo, exclude={r["text"] for split in splits.values() for r in split})
         print("augment: no teacher yet, so pseudo-labels and adversarial examples wait for a fine-tuned model")
     elif spec.model_driven:
-        model, tok = teacher.load(teacher_uri, labels, "augment.teacher")
+        model, tok = predict.load(teacher_uri, labels, "augment.teacher")
         if spec.pseudo:
             labeled_texts = {r["text"] for split in splits.values() for r in split}  # never pseudo-label an evaluation row
             pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)

@@ -1,43 +1,23 @@
-"""Evaluation: the LM evaluate stage (perplexity next to a unigram baseline), and `score`, any model on any dataset's test rows."""
+"""The evaluate stage's body: a language model's loss and perplexity on a prepared corpus's splits, next to an add-one
+unigram baseline."""
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 import mlflow
 import numpy as np
-import pandas as pd
-from pydantic import Field
+import torch
 from tqdm.auto import tqdm
 
+from tasks import model as models
 from tasks import registry
-from tasks.data import labeled, prepared
-from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.data import prepared
+from tasks.evaluate.spec import EvaluateSpec
+from tasks.tokenizer import unigram_perplexity
 from tasks.tracking import StageRun, log_metrics, resolve_version
-
-if TYPE_CHECKING:
-    import torch
-
-# The functions below import torch, transformers and the modules built on them (models, metrics, SFT generation) where
-# they need them: flows and every stage process a worker starts import this module for EvaluateSpec alone, and those
-# imports take seconds.
-
-
-class EvaluateSpec(Spec):
-    splits: list[Literal["validation", "test"]] = Field(default_factory=lambda: ["validation", "test"], min_length=1)
-    """Splits to score."""
-    batch_size: int = Field(32, ge=1)
-    """Blocks per forward pass."""
-    max_blocks: int | None = Field(None, ge=1)
-    """Score at most this many blocks per split (the first ones); empty scores all."""
 
 
 def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     """Score the model on the dataset's splits; metrics go to the run and onto the model version's tags."""
-    from tasks import model as models
-    from tasks.tokenizer import unigram_perplexity
-
     model, _ = models.load(model_uri)
     vocab = len(prepared.load_tokenizer(dataset))
     train = prepared.load_blocks(dataset, "train")
@@ -60,8 +40,6 @@ def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
 
 def mean_loss(model, blocks: np.ndarray, batch_size: int, desc: str = "eval") -> float:
     """Mean next-token cross-entropy over every predicted position of the blocks [n, block_size]."""
-    import torch
-
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -74,105 +52,8 @@ def mean_loss(model, blocks: np.ndarray, batch_size: int, desc: str = "eval") ->
     return total / count
 
 
-def next_token_distribution(model, input_ids: "torch.Tensor") -> "torch.Tensor":
+def next_token_distribution(model, input_ids: torch.Tensor) -> torch.Tensor:
     """p(next token | input_ids) for each sequence: softmax of the last position's logits, [batch, vocab]."""
-    import torch
-
     model.eval()
     with torch.no_grad():
         return torch.softmax(model(input_ids=input_ids).logits[:, -1, :].float(), dim=-1)
-
-
-@dataclass
-class Scored:
-    """A model scored on a dataset's test rows: metrics, per-example scores (higher is better) and predictions."""
-
-    task: str
-    metrics: dict[str, float]
-    per_example: dict[str, np.ndarray]  # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
-    predictions: list[dict]
-    report: dict | None = None  # classification: per-class scores and the confusion matrix
-
-
-def task_of(dataset: str) -> str:
-    """`classification` or `sft` for labeled datasets, `lm` for a packed corpus."""
-    card = prepared.card(dataset)
-    return card.get("task", "lm")
-
-
-def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | None = None, max_length: int = 128, max_new_tokens: int = 48) -> Scored:
-    """Score any model URI on a dataset URI's split with the metrics of the dataset's task (at most 200 generated rows for SFT unless max_rows says)."""
-    from tasks import metrics as metrics_
-    from tasks import model as models
-    from tasks.augment import teacher
-    from tasks.data.labeled.rows import subset
-    from tasks.finetune import sft
-
-    task = task_of(dataset)
-    if task == "lm":
-        blocks = prepared.load_blocks(dataset, split)[:max_rows]
-        model, _ = models.load(model_uri)
-        losses = block_losses(model, blocks)
-        metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
-        return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])
-    if task == "sft" and max_rows is None:
-        max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
-    rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
-    if not rows:
-        raise UserError(f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})")
-    if task == "classification":
-        labels = labeled.card(dataset)["labels"]
-        model, tok = teacher.load(model_uri, labels, "the model")
-        probs = teacher.probabilities(model, tok, [r["text"] for r in rows], max_length=max_length, desc="score")
-        y = np.array([labels.index(r["label"]) for r in rows])
-        report = metrics_.classification(y, probs, labels)
-        preds = [{"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())} for r, p in zip(rows, probs)]
-        return Scored(task, metrics_.flat(report), {"accuracy": metrics_.correct(y, probs)}, preds, report)
-    model, tok = models.load(model_uri)
-    hyps = sft.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens)
-    refs = [r["response"] for r in rows]
-    found = metrics_.generation(hyps, refs)
-    per = {"exact_match": np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]), "chrf": metrics_.generation_per_example(hyps, refs)}
-    return Scored(task, found, per, [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)])
-
-
-def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Mean next-token cross-entropy of each block [n]."""
-    import torch
-
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(blocks), batch_size):
-            batch = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
-            out.append(loss.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_rows: int | None = None, parent_run_id: str | None = None) -> dict[str, dict]:
-    """Score each model in its own MLflow run (metrics, predictions, confusion matrix); paired intervals against the first model."""
-    from tasks import metrics as metrics_
-
-    if not model_uris:
-        raise UserError("Name at least one model to evaluate, e.g. models:/sst2-minilm@champion.")
-    found: dict[str, Scored] = {}
-    out = {}
-    for uri in model_uris:
-        scored = found[uri] = score(uri, dataset, split=split, max_rows=max_rows)
-        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-        with mlflow.start_run(run_name="evaluate", nested=True, tags={**tags, "multistep.stage": "evaluate", "multistep.input.model": uri, "multistep.input.dataset": dataset}):
-            mlflow.log_metrics({f"{split}_{k}": v for k, v in scored.metrics.items()})
-            mlflow.log_table(pd.DataFrame(scored.predictions), f"evaluation/{split}_predictions.json")
-            if scored.report:
-                mlflow.log_figure(metrics_.confusion_figure(scored.report["confusion"], list(scored.report["per_class"]), uri), f"evaluation/{split}_confusion.png")
-                mlflow.log_dict(scored.report, f"evaluation/{split}_report.json")
-        out[uri] = {"task": scored.task, "rows": len(scored.predictions), "metrics": scored.metrics}
-        if uri != model_uris[0]:
-            reference = found[model_uris[0]]
-            out[uri]["vs_first"] = {m: metrics_.paired_bootstrap(scored.per_example[m], reference.per_example[m]) for m in scored.per_example}
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in scored.metrics.items() if "_" not in k or k in ("macro_f1", "exact_match"))
-        print(f"evaluate: {uri} on {split} ({len(scored.predictions)} rows): {shown}")
-    return out

@@ -6,7 +6,7 @@ import torch
 from transformers import Trainer
 
 from tasks.errors import UserError
-from tasks.finetune.spec import AdversarialSpec  # kept there, away from torch; still exported here
+from tasks.finetune.spec import AdversarialSpec
 
 
 def trainer_class(spec: AdversarialSpec | None, base: type[Trainer] = Trainer) -> type[Trainer]:

@@ -4,16 +4,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from tasks import distributed, methods, registry, transfer
+from tasks import attack, distributed, methods, registry, synonyms
 from tasks import metrics as metrics_
-from tasks.augment import attack, synonyms
-from tasks.augment.attack import AttackSpec
 from tasks import model as models
 from tasks.data import labeled
 from tasks.finetune.trainer import build, fit_best, register
+from tasks.heads import classification_head
+from tasks.spec import AttackSpec
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -39,7 +41,7 @@ def load_classifier(uri: str, labels: list[str]):
         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, ignore_mismatched_sizes=True,
     )
     if not kept and any("ForSequenceClassification" in a for a in source.architectures or []):
-        model = transfer.classification_head(model, tok, labels)  # same size, other labels: a trained head would lie
+        model = classification_head(model, tok, labels)  # same size, other labels: a trained head would lie
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
@@ -76,9 +78,6 @@ def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> di
 
 def _prefect_table(found: dict, labels: list[str]) -> None:
     """Per-class test scores as a table artifact on the Prefect flow run."""
-    from prefect.artifacts import create_table_artifact
-    from prefect.runtime import flow_run
-
     if flow_run.id:
         rows = [{"label": l, **{k: round(float(v), 4) for k, v in found["per_class"][l].items()}} for l in labels]
         rows.append({"label": "all", "precision": None, "recall": None, "f1": round(found["macro_f1"], 4), "support": sum(r["support"] for r in rows)})

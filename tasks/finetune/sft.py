@@ -1,7 +1,5 @@
 """Instruction SFT: prompt → response, the prompt masked out of the loss, the chat template when the tokenizer has one."""
 
-from collections.abc import Mapping
-
 import mlflow
 import sacrebleu
 import torch
@@ -11,17 +9,10 @@ from tasks import distributed, methods, registry
 from tasks import model as models
 from tasks.data import labeled
 from tasks.finetune.trainer import build, fit_best, register
+from tasks.predict import generate, prompt_ids
 from tasks.tracking import log_metrics
 
 IGNORE = -100  # label id the loss skips
-
-
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a prompt up to where the response starts."""
-    if tokenizer.chat_template:
-        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if isinstance(out, Mapping) else out)
-    return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
 
 
 def encode(tokenizer, row: dict, max_length: int) -> dict[str, list[int]] | None:
@@ -59,28 +50,6 @@ def collate(pad_id: int):
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     return pad
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy responses, batched with left padding so every prompt ends where generation starts."""
-    model.eval()
-    limit = models.max_positions(model.config)  # prompt + response must fit the model's positions
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-        if limit:  # keep each prompt's end (where the question is) and room for at least one new token
-            encoded = [e[-(limit - 1):] for e in encoded]
-        longest = max(map(len, encoded))
-        budget = min(max_new_tokens, limit - longest) if limit else max_new_tokens
-        ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(e)) + e for e in encoded])
-        mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded])
-        new = model.generate(
-            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id,
-        )[:, longest:]
-        out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return out
 
 
 @torch.no_grad()

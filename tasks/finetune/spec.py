@@ -1,15 +1,11 @@
-"""The finetune stage's specs, apart from its code: adversarial.py and the stage body import torch and transformers,
-which every process reading a spec (each stage flow a Prefect worker starts, the CLI) would otherwise wait for.
-
-`tasks.finetune` and `tasks.finetune.adversarial` still export them.
-"""
+"""The finetune stage's specs: what to start from, how to train (the method's fields, adversarial training), what to
+score after training (generations, an attack's robust accuracy)."""
 
 from typing import Literal
 
 from pydantic import Field
 
-from tasks.augment.spec import AttackSpec
-from tasks.spec import MethodSpec, Spec, TrainSpec
+from tasks.spec import AttackSpec, MethodSpec, Spec, TrainSpec
 
 
 class AdversarialSpec(Spec):

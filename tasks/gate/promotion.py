@@ -1,4 +1,4 @@
-"""Champion vs challenger: score both on the same test rows, decide by a policy, move `@champion` by compare-and-set.
+"""Champion vs challenger: the policy that decides, and `@champion` moved by compare-and-set.
 
 MLflow has no atomic compare-and-set on aliases, so promotion takes a lock first: a registered model named
 `<name>.promotion-lock`, whose creation every backend (SQL store or server) makes atomic through its unique name. Under
@@ -7,51 +7,19 @@ the lock the holder is read again; if it changed since the decision, the caller 
 
 import contextlib
 import json
-import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from pydantic import Field, model_validator
 
-from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.gate.spec import GateSpec
+from tasks.tracking import configure, resolve_version
 
 LOWER_IS_BETTER = {"perplexity", "loss", "ece", "nll"}
-
-
-class GateSpec(Spec):
-    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity"] = "auto"
-    """Test metric that decides; auto: accuracy for classification, chrf for SFT, perplexity for a language model."""
-    min_delta: float = Field(0.0, ge=0)
-    """The challenger must beat the champion by more than this (in the metric's units: 0.01 = one accuracy point; perplexity compares mean log-loss)."""
-    require_significance: bool = False
-    """Promote only when the paired-bootstrap confidence interval of the difference excludes zero."""
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    """Confidence level of the bootstrap interval."""
-    bootstrap_samples: int = Field(1000, ge=100, le=100000)
-    """Resamples of the test rows for the interval."""
-    must_not_regress: list[Literal["accuracy", "macro_f1", "ece", "exact_match", "chrf", "bleu"]] = []
-    """Other metrics the challenger may not lose on (beyond regress_tolerance), e.g. macro_f1 when accuracy decides."""
-    regress_tolerance: float = Field(0.0, ge=0)
-    """How much a must_not_regress metric may drop before it blocks promotion."""
-    threshold: float | None = None
-    """With no champion yet: promote only when the challenger's metric reaches this (e.g. 0.8 accuracy, 50 perplexity); empty promotes the first challenger."""
-    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    """The alias that marks the promoted version; the candidate always gets `challenger`."""
-    max_rows: int | None = Field(None, ge=10)
-    """Score at most this many test rows (blocks for a language model), chosen by content hash; empty scores all."""
-
-    @model_validator(mode="after")
-    def _alias_is_not_challenger(self):
-        if self.alias == "challenger":
-            raise ValueError("gate.alias cannot be `challenger`: that alias marks every candidate; use e.g. champion")
-        return self
 
 
 @dataclass
@@ -170,8 +138,6 @@ def promote(name: str, alias: str, challenger: str, judge: Callable[[str | None]
 
 def inputs(spec: GateSpec, model: str, dataset: str, experiment: str) -> dict[str, str]:
     """The gate's stage inputs: the challenger, the test rows, and the current holder of the alias."""
-    from tasks.tracking import configure, resolve_version
-
     inputs = {"model": model, "dataset": dataset}
     configure(experiment)
     version = resolve_version(model)
@@ -181,120 +147,3 @@ def inputs(spec: GateSpec, model: str, dataset: str, experiment: str) -> dict[st
     if champion and champion != f"models:/{version.name}/{version.version}":
         inputs["champion"] = champion
     return inputs
-
-
-def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
-    """Mark the challenger, score it and the champion on the same test rows, decide, promote; returns the decision's URI."""
-    from tasks import evaluate, metrics, registry  # local: these pull in torch and transformers
-    from tasks.tracking import resolve_version
-
-    version = resolve_version(challenger)
-    name, challenger = version.name, f"models:/{version.name}/{version.version}"
-    # Both models are scored with the lengths the challenger was fine-tuned with (its version says; defaults otherwise).
-    max_length = int(version.tags.get(registry.MAX_LENGTH, 128))
-    max_new_tokens = int(version.tags.get(registry.MAX_NEW_TOKENS, 48))
-    MlflowClient().set_registered_model_alias(name, "challenger", version.version)
-    scored: dict[str, evaluate.Scored] = {}
-
-    def scores(uri: str) -> evaluate.Scored:
-        if uri not in scored:
-            scored[uri] = evaluate.score(uri, dataset, max_rows=spec.max_rows, max_length=max_length, max_new_tokens=max_new_tokens)
-        return scored[uri]
-
-    def judge(champion: str | None) -> Decision:
-        mine = scores(challenger)
-        metric = spec.metric if spec.metric != "auto" else {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}[mine.task]
-        if metric not in mine.metrics:
-            raise ValueError(f"gate.metric {metric} is not measured for {mine.task} models")  # the spec validator prevents this
-        if champion == challenger:
-            return Decision(False, f"{challenger} already holds @{spec.alias}", metric, challenger, champion, mine.metrics[metric], mine.metrics[metric], 0.0)
-        if champion is None:
-            print(f"gate: no version of {name} holds @{spec.alias} (never promoted, or its version was deleted); "
-                  + (f"the challenger must reach gate.threshold {spec.threshold}" if spec.threshold is not None else "the challenger is promoted"))
-            return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
-        try:
-            theirs = scores(champion)
-        except UserError as exc:  # e.g. a champion trained on another label set: the test rows cannot score it
-            print(f"gate: the champion {champion} cannot be scored on these test rows ({exc}); judging the challenger on its own")
-            return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
-        per = "accuracy" if metric == "macro_f1" else metric  # macro-F1 has no per-example score: its interval is accuracy's
-        interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
-        return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
-
-    decision = promote(name, spec.alias, challenger, judge)
-    _record(decision, scored, ctx, spec)
-    registry.set_tags(challenger, decision.tags())
-    print(f"gate: {'PROMOTED' if decision.promote else 'kept'} — {decision.reason}")
-    return f"runs:/{ctx.run_id}/gate"
-
-
-def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
-    """The decision on the gate run: metrics, a JSON report, per-example predictions, figures, and a Prefect artifact."""
-    from tasks import metrics
-    from tasks.tracking import log_metrics
-
-    import pandas as pd
-
-    roles = {decision.challenger: "challenger", **({decision.champion: "champion"} if decision.champion else {})}
-    values = {}
-    for uri, role in roles.items():
-        if uri in scored:
-            values.update({f"{role}_{k}": v for k, v in scored[uri].metrics.items()})
-            mlflow.log_table(pd.DataFrame(scored[uri].predictions), f"gate/{role}_predictions.json")
-            report = scored[uri].report
-            if report:
-                labels = list(report["per_class"])
-                mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
-    values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
-    values["promoted"] = float(decision.promote)
-    mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
-    log_metrics(ctx.run_id, values)
-    mlflow.log_dict(asdict(decision), "gate/decision.json")
-    markdown = _markdown(decision, spec)
-    mlflow.log_text(markdown, "gate/decision.md")
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.runtime import flow_run
-
-    if flow_run.id:
-        key = "gate-" + re.sub(r"[^a-z0-9-]+", "-", decision.challenger.split("/")[1].lower())  # Prefect keys: a-z, 0-9, dashes
-        create_markdown_artifact(markdown, key=key[:100], description=f"Champion/challenger decision for {decision.challenger}")
-
-
-def _figure(d: Decision, spec: GateSpec):
-    """The two values side by side, and the difference with its interval: the decision at a glance."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3))
-    left, right = fig.subplots(1, 2)
-    names = ["challenger"] + (["champion"] if d.champion_value is not None else [])
-    left.bar(names, [d.challenger_value] + ([d.champion_value] if d.champion_value is not None else []), color=["tab:blue", "tab:gray"][: len(names)])
-    left.set_title(d.metric)
-    if d.delta is not None:
-        err = [[d.delta - d.low], [d.high - d.delta]] if d.low is not None else None
-        right.errorbar([0], [d.delta], yerr=err, fmt="o", capsize=8)
-        right.axhline(0, color="gray", lw=1)
-        right.axhline(spec.min_delta, color="tab:red", lw=1, ls="--", label=f"min_delta {spec.min_delta:g}")
-        right.set_xticks([])
-        right.set_title(f"difference ({spec.confidence:.0%} CI)")
-        right.legend(loc="best", fontsize=8)
-    else:
-        right.axis("off")
-    fig.suptitle(("promoted: " if d.promote else "not promoted: ") + d.challenger, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _markdown(d: Decision, spec: GateSpec) -> str:
-    fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
-    lines = [
-        f"# Gate: {'promoted' if d.promote else 'not promoted'}", "", d.reason, "",
-        "| | model | " + d.metric + " |", "|---|---|---:|",
-        f"| challenger | `{d.challenger}` | {fmt(d.challenger_value)} |",
-        f"| champion (@{spec.alias}) | `{d.champion or 'none'}` | {fmt(d.champion_value)} |",
-    ]
-    if d.delta is not None:
-        lines += ["", f"Difference (positive = challenger better): {d.delta:+.4f}"
-                  + (f", {spec.confidence:.0%} paired-bootstrap interval [{d.low:+.4f}, {d.high:+.4f}], p = {d.p_value:.3g}" if d.low is not None else "")]
-    lines += ["", f"Policy: min_delta {spec.min_delta:g}, significance {'required' if spec.require_significance else 'not required'}, "
-              f"must not regress: {', '.join(spec.must_not_regress) or 'nothing'}"]
-    return "\n".join(lines) + "\n"

@@ -1,50 +1,20 @@
-"""The pretrain stage: a causal LM from scratch or from a model URI, trained on packed blocks with HF Trainer."""
-
-from typing import TYPE_CHECKING, Literal
+"""The pretrain stage's body: a causal LM (or an encoder, for mlm) from scratch or from a model URI, trained on packed
+blocks with HF Trainer."""
 
 import mlflow
-from pydantic import Field
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
-from tasks import registry
+from tasks import distributed, registry
+from tasks import model as models
+from tasks.data import prepared
 from tasks.errors import UserError
-from tasks.spec import ModelSpec, Spec, TrainSpec
+from tasks.pretrain.spec import PretrainSpec
 from tasks.tracking import StageRun
-
-if TYPE_CHECKING:
-    from transformers import Trainer
-
-# The functions below import torch, transformers and the modules built on them where they need them: flows and every
-# stage process a worker starts import this module for PretrainSpec alone, and those imports take seconds.
-
-
-class PretrainSpec(Spec):
-    init: str | None = None
-    """Continue pretraining this model (models:/name/version, models:/name@alias, a local folder, hf:<id>); empty trains `model` from scratch."""
-    model: ModelSpec = ModelSpec()
-    """Architecture and size of a model trained from scratch (ignored when `init` is set)."""
-    train: TrainSpec = TrainSpec()
-    """Optimisation, logging and checkpointing."""
-    objective: Literal["clm", "mlm"] = "clm"
-    """clm: predict the next token (gpt2, llama); mlm: predict masked tokens, BERT-style, for encoders (model.arch bert)."""
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    """mlm: fraction of tokens masked (80% replaced by [MASK], 10% by a random token, 10% kept)."""
-    register_suffix: str = Field("-base", pattern=r"^[A-Za-z0-9_.-]*$")
-    """The model is registered as `<name><suffix>`."""
-
-    def model_post_init(self, _context) -> None:
-        if self.init is None and (self.objective == "mlm") != (self.model.arch == "bert"):
-            raise ValueError(
-                f"pretrain.objective {self.objective} does not fit pretrain.model.arch {self.model.arch}: "
-                "use mlm with bert, clm with gpt2 or llama"
-            )
+from tasks.train import BlockDataset, arguments, clean_up, fit, work_dir
 
 
 def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> str:
     """Train on the dataset's train blocks and register the result; returns `models:/<register_as>/<version>`."""
-    from tasks import distributed
-    from tasks import model as models
-    from tasks.train import clean_up, fit
-
     existing = registry.find_version(register_as, ctx.key)
     if existing:  # a crash after registration: the work is done
         print(f"pretrain: {existing} was already registered by this stage")
@@ -69,11 +39,6 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
 
 def setup(spec: PretrainSpec, dataset: str):
     """The model to train (seeded, so every torchrun rank starts alike), its tokenizer and the train blocks [n, block_size]."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
-
-    from tasks import model as models
-    from tasks.data import prepared
-
     blocks = prepared.load_blocks(dataset, "train")
     tokenizer = prepared.load_tokenizer(dataset)
     set_seed(spec.train.seed)
@@ -88,12 +53,8 @@ def setup(spec: PretrainSpec, dataset: str):
     return model, tokenizer, blocks
 
 
-def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> "Trainer":
+def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Trainer:
     """The stage's Trainer over packed blocks."""
-    from transformers import DataCollatorForLanguageModeling, Trainer
-
-    from tasks.train import BlockDataset, arguments, work_dir
-
     mlm = spec.objective == "mlm"
     # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
@@ -102,14 +63,12 @@ def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> "Train
     return Trainer(model=model, args=args, train_dataset=BlockDataset(blocks, labels=not mlm), data_collator=collator)
 
 
-def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> "Trainer":
+def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     return build(spec, *setup(spec, dataset), ctx)
 
 
 def _check_fits(model, tokenizer, block_size: int, spec: PretrainSpec) -> None:
-    from tasks import model as models
-
     positions = models.max_positions(model.config)
     if positions and block_size > positions:
         source = spec.init or "pretrain.model.n_positions"

@@ -1,88 +1,38 @@
-"""Structure surgery for transfer learning: drop or insert transformer blocks, add tokens, put on a classification head."""
-
-from __future__ import annotations  # the annotations name torch and transformers types, imported only when checking types
+"""Structure surgery for transfer learning: drop or insert transformer blocks, add tokens, put on a classification head;
+and the transfer stage's body, `run`."""
 
 import copy
+import json
 from functools import reduce
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pydantic import Field
+import mlflow
+import torch
+from torch import nn
+from transformers import PreTrainedModel, set_seed
 
+from tasks import model as models
+from tasks import registry
 from tasks.errors import UserError
-from tasks.spec import Spec
+from tasks.heads import BLOCKS, arch, classification_head
+from tasks.transfer.spec import TransferSpec
 
-if TYPE_CHECKING:
-    from torch import nn
-    from transformers import PreTrainedModel
-
-# The functions below import torch and transformers where they need them: flows and every stage process a worker starts
-# import this module for TransferSpec alone, and those imports take seconds.
-
-# model_type → path of the block ModuleList under `model.base_model` (GPT2Model, LlamaModel, BertModel).
-BLOCKS = {"gpt2": "h", "llama": "layers", "bert": "encoder.layer"}
 # Projections that write into the residual stream, per block; zeroed, a pre-LN block adds 0 to its input.
 # BERT is absent on purpose: it is post-LN, LayerNorm(x + 0) != x.
 RESIDUAL_WRITERS = {
     "gpt2": ("attn.c_proj", "mlp.c_proj", "crossattention.c_proj"),  # crossattention only with add_cross_attention
     "llama": ("self_attn.o_proj", "mlp.down_proj"),
 }
-# Sequence classification on these reads the last non-pad token, so the config needs a pad id.
-DECODERS = {"gpt2", "llama"}
 # Config lists with one entry per block; they follow the blocks through surgery.
 PER_LAYER_LISTS = ("layer_types",)
 
 
-class TransferSpec(Spec):
-    init: str | None = None
-    """Model to operate on (a registry URI, local folder, package:<name>); empty takes the model the pipeline pretrained."""
-    register_suffix: str = Field("-transfer", pattern=r"^[A-Za-z0-9_.-]*$")
-    """The result is registered as `<name><suffix>`, with the operations in its lineage."""
-    seed: int = 0
-    """Seed for what surgery initialises at random (a new classification head)."""
-    drop_layers: list[int] = []
-    """Blocks to remove, by index in the model's stack (0 is the first; negative counts from the end, -1 is the last); empty keeps them all."""
-    drop_every: int | None = Field(None, ge=2)
-    """Remove every k-th block (the k-th, 2k-th, …, i.e. indices k-1, 2k-1, …); empty removes none. Not together with drop_layers."""
-    insert_identity_at: list[int] = []
-    """Positions in the final stack (after dropping) where new blocks go, LLaMA-Pro style: each copies the block below it with its output projections zeroed, so the model computes exactly what it did until trained. Negative counts from the end. GPT-2 and Llama only."""
-    add_tokens: list[str] = []
-    """Tokens to add to the tokenizer (ones it already has are skipped); their embeddings start at the mean of the existing ones."""
-    labels: list[str] | None = None
-    """Replace the model's head with a freshly initialised classification head for these labels (at least 2); empty keeps the head."""
-
-    def model_post_init(self, _context) -> None:
-        for field in ("drop_layers", "insert_identity_at", "add_tokens", "labels"):
-            values = getattr(self, field) or []
-            repeated = sorted({repr(v) for v in values if values.count(v) > 1})
-            if repeated:
-                raise ValueError(f"transfer.{field} lists {', '.join(repeated)} more than once: list each entry once")
-        if self.drop_layers and self.drop_every:
-            raise ValueError("transfer.drop_layers and transfer.drop_every are both set: choose one way to pick the blocks to drop")
-        if "" in self.add_tokens:
-            raise ValueError("transfer.add_tokens contains an empty string: remove it")
-        if self.labels is not None and len(self.labels) == 1:
-            raise ValueError(f"transfer.labels has one label ({self.labels[0]!r}): a classifier needs at least 2, or leave it empty")
-
-
-def _arch(model: nn.Module) -> str:
-    kind = getattr(getattr(model, "config", None), "model_type", None)
-    if kind not in BLOCKS:
-        raise UserError(
-            f"transfer: {type(model).__name__} is not supported for structure surgery: use a GPT-2, Llama or BERT model."
-        )
-    return kind
-
-
 def _blocks(model: PreTrainedModel) -> nn.ModuleList:
     """The ModuleList of transformer blocks, found by architecture."""
-    return reduce(getattr, BLOCKS[_arch(model)].split("."), model.base_model)
+    return reduce(getattr, BLOCKS[arch(model)].split("."), model.base_model)
 
 
 def _restack(model: PreTrainedModel, blocks: list[nn.Module], sources: list[int]) -> None:
     """Install `blocks` as the stack; `sources[i]` is the old index block i was taken or copied from."""
-    from torch import nn
-
     config = model.config
     if getattr(config, "is_heterogeneous", False):
         raise UserError(
@@ -94,7 +44,7 @@ def _restack(model: PreTrainedModel, blocks: list[nn.Module], sources: list[int]
             f"transfer: this {type(model).__name__} scales attention by 1/(layer index + 1), so moving a block changes what it "
             "computes: structure surgery needs scale_attn_by_inverse_layer_idx=False."
         )
-    path = BLOCKS[_arch(model)].split(".")
+    path = BLOCKS[arch(model)].split(".")
     holder = reduce(getattr, path[:-1], model.base_model)
     setattr(holder, path[-1], nn.ModuleList(blocks))
     # Forward loops over layers[:num_hidden_layers] and DynamicCache sizes itself from it (GPT-2 maps it to n_layer).
@@ -145,7 +95,7 @@ def drop_layers(model: PreTrainedModel, layers: list[int] | None = None, every: 
 
 def insert_identity_blocks(model: PreTrainedModel, positions: list[int]) -> list[int]:
     """LLaMA-Pro expansion: copies of the block below each position with residual writers zeroed; returns the new indices."""
-    kind = _arch(model)
+    kind = arch(model)
     if kind not in RESIDUAL_WRITERS:
         raise UserError(
             f"transfer.insert_identity_at: {type(model).__name__} is post-LN (LayerNorm after each residual add), so a block "
@@ -168,8 +118,6 @@ def insert_identity_blocks(model: PreTrainedModel, positions: list[int]) -> list
 
 
 def _identity_copy(block: nn.Module, kind: str) -> nn.Module:
-    import torch
-
     copy_ = copy.deepcopy(block)
     with torch.no_grad():
         for path in RESIDUAL_WRITERS[kind]:
@@ -184,8 +132,6 @@ def _identity_copy(block: nn.Module, kind: str) -> nn.Module:
 
 def resize_embeddings(model: PreTrainedModel, tokenizer, new_tokens: list[str]) -> int:
     """Add the tokens the tokenizer lacks and embed them at the mean of the existing rows; returns how many were added."""
-    import torch
-
     vocab = tokenizer.get_vocab()
     fresh = [t for t in dict.fromkeys(new_tokens) if t not in vocab]
     if not fresh:
@@ -204,43 +150,6 @@ def resize_embeddings(model: PreTrainedModel, tokenizer, new_tokens: list[str]) 
             if p is not None:  # [vocab, hidden] rows, or [vocab] bias entries
                 p[ids] = p[:first].mean(0)
     return added
-
-
-def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, labels: list[str]) -> PreTrainedModel:
-    """The model's body under a freshly initialised sequence-classification head for `labels`."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
-
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise UserError(f"transfer.labels {labels}: a classifier needs at least 2 distinct labels.")
-    if isinstance(model_or_dir, PreTrainedModel):
-        body = model_or_dir
-    else:
-        try:
-            body = AutoModel.from_pretrained(model_or_dir, use_safetensors=True, trust_remote_code=False)
-        except OSError as exc:
-            reason = str(exc).splitlines()[0]
-            raise UserError(f"Cannot load a model from {model_or_dir} ({reason}): point at a folder written by save_pretrained.") from None
-    kind = _arch(body)
-    config = copy.deepcopy(body.config)
-    config.id2label = dict(enumerate(labels))  # num_labels follows id2label
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    if kind in DECODERS:
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise UserError("The tokenizer has neither a pad nor an eos token: set its pad_token before adding a classification head.")
-            tokenizer.pad_token = tokenizer.eos_token
-        config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not pad
-    # Built from the config, then only the body's weights loaded: the head is always new, even when the source
-    # already had one of the same shape (from_pretrained would reuse it, and fail on a different shape).
-    model = AutoModelForSequenceClassification.from_config(config, dtype=body.dtype)
-    missing, unexpected = model.base_model.load_state_dict(body.base_model.state_dict(), strict=False)
-    # Only BERT's pooler may be missing: BertForMaskedLM has none, so it starts fresh like the head.
-    if unexpected or any(not key.startswith("pooler.") for key in missing):
-        raise UserError(
-            f"transfer: the body of {type(body).__name__} does not fit {type(model).__name__} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}): start from a base or LM model of a supported architecture."
-        )
-    return model.to(body.device).train(body.training)
 
 
 def apply(spec: TransferSpec, model: PreTrainedModel, tokenizer) -> tuple[PreTrainedModel, object, list[dict]]:
@@ -263,14 +172,6 @@ def apply(spec: TransferSpec, model: PreTrainedModel, tokenizer) -> tuple[PreTra
 
 def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
     """Apply the spec's surgery to a model URI and register the result with the operations in its lineage."""
-    import json
-
-    import mlflow
-    from transformers import set_seed
-
-    from tasks import model as models
-    from tasks import registry
-
     existing = registry.find_version(register_as, ctx.key)
     if existing:
         return existing

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.pipeline import llm_pipeline
 from flows.spec import load
-from tasks import evaluate
+from tasks.evaluate import scoring
 from tests.flows.test_pipeline import stage_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -59,7 +59,7 @@ def test_a_deleted_champion_is_reported_and_the_threshold_decides(home, corpus, 
 
 
 def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_overrides, monkeypatch):
-    real, calls = evaluate.score, []
+    real, calls = scoring.score, []
 
     def flaky(*args, **kwargs):
         calls.append(args[0])
@@ -67,7 +67,7 @@ def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_ov
             raise ConnectionError("the scoring worker went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "score", flaky)
+    monkeypatch.setattr(scoring, "score", flaky)
     result = pipeline(corpus, tiny_overrides, "execution.stage_retries=1")
     assert len(calls) == 2 and MlflowClient().get_model_version("tiny-base", "1").tags["gate.decision"] == "promoted"
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'", output_format="list")

@@ -67,7 +67,7 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
     assert tags["multistep.input.dataset"] == result["dataset"]
     assert tags["multistep.pipeline_run"] == result["pipeline_run"]
     assert tags[tracking.PREFECT_FLOW_RUN] and tags["git.commit"]
-    assert tags["multistep.code_version"] == code.version("tasks.pretrain")  # the code pretraining runs, not the whole package
+    assert tags["multistep.code_version"] == code.version("tasks.pretrain.stage")  # the code pretraining runs, not the whole package
     evaluation = MlflowClient().get_run(stages["evaluate"].info.run_id).data.metrics
     assert float(tags["metric.validation_perplexity"]) == pytest.approx(evaluation["validation_perplexity"], rel=1e-4)
     assert evaluation["test_unigram_perplexity"] > 1

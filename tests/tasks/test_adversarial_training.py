@@ -12,7 +12,8 @@ from transformers import (
 )  # fmt: skip
 
 from tasks.errors import UserError
-from tasks.finetune.adversarial import AdversarialSpec, perturbation, project, trainer_class
+from tasks.finetune.adversarial import perturbation, project, trainer_class
+from tasks.finetune.spec import AdversarialSpec
 
 VOCAB, BATCH, SEQ = 50, 4, 8
 

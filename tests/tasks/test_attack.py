@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from tasks.augment.attack import AttackSpec, adversarial_rows, attack, summary
-from tasks.augment.synonyms import Synonyms
+from tasks.attack import adversarial_rows, attack, summary
+from tasks.spec import AttackSpec
+from tasks.synonyms import Synonyms
 from tests.tasks.augment.keyword_model import KeywordModel, tokenizer
 
 LABELS = ["neg", "pos"]

@@ -6,9 +6,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tasks import distributed, pretrain, tracking
+from tasks import distributed, tracking
 from tasks.errors import UserError
-from tasks.train import TrainSpec
+from tasks.pretrain import stage as pretrain
+from tasks.pretrain.spec import PretrainSpec
+from tasks.spec import TrainSpec
 
 
 def stage_run(home: Path, name: str, version: str = "1"):
@@ -76,7 +78,7 @@ def test_fsdp_without_cuda_is_refused_before_anything_loads(home, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     tracking.configure("multistep")
     ctx = tracking.StageRun("pretrain", "no-run", "no-key", {}, {}, None, resumed=False)
-    spec = pretrain.PretrainSpec(train=TrainSpec(devices=2, sharding="fsdp"))
+    spec = PretrainSpec(train=TrainSpec(devices=2, sharding="fsdp"))
     # The dataset URI is never read: the stage refuses first.
     with pytest.raises(UserError, match="pretrain.train.sharding fsdp needs CUDA devices and this worker has none: set pretrain.train.sharding to ddp"):
         pretrain.run(spec, "runs:/missing/dataset", "tiny-base", ctx)

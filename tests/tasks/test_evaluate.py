@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tasks.evaluate import mean_loss, next_token_distribution
+from tasks.evaluate.stage import mean_loss, next_token_distribution
 
 
 def equal_logits_model(vocab: int) -> GPT2LMHeadModel:

@@ -7,8 +7,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks import gate
-from tasks.gate import Decision, GateSpec, decide, promote
+from tasks.gate import promotion as gate
+from tasks.gate import stage
+from tasks.gate.promotion import Decision, decide, promote
+from tasks.gate.spec import GateSpec
 
 CH, CP = "models:/m/2", "models:/m/1"
 
@@ -113,19 +115,20 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
 def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
     import numpy as np
 
-    from tasks import evaluate, tracking
+    from tasks import tracking
+    from tasks.evaluate import scoring
     from tasks.errors import UserError
 
     def score(uri, dataset, **kw):
         if uri == "models:/m/1":
             raise UserError("models:/m/1 predicts the labels ['x', 'y'] but the data's labels are ['0', '1']")
-        return evaluate.Scored("classification", {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+        return scoring.Scored("classification", {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": np.ones(10)}, [{"text": "t"}])
 
-    monkeypatch.setattr(evaluate, "score", score)
+    monkeypatch.setattr(scoring, "score", score)
     spec = GateSpec(threshold=0.8)
     inputs = {"model": "models:/m/2", "dataset": "d"}
-    with tracking.stage_run("gate", spec, inputs, code="tasks.gate", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
-        ctx.output = gate.run(spec, "models:/m/2", "d", ctx)
+    with tracking.stage_run("gate", spec, inputs, code="tasks.gate.stage", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
+        ctx.output = stage.run(spec, "models:/m/2", "d", ctx)
     assert "cannot be scored on these test rows" in capsys.readouterr().out
     tags = registry.get_model_version("m", "2").tags
     assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]

@@ -12,7 +12,7 @@ from transformers import (
 
 from tasks import methods
 from tasks.errors import UserError
-from tasks.methods import MethodSpec
+from tasks.spec import MethodSpec
 
 VOCAB, LABELS, LAYERS = 64, 3, 3
 IDS = torch.randint(1, VOCAB, (4, 10), generator=torch.Generator().manual_seed(0))  # [batch, seq]

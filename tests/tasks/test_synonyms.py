@@ -6,7 +6,7 @@ import torch
 from tokenizers import Tokenizer, models as tok_models
 from transformers import BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
-from tasks.augment import synonyms
+from tasks import synonyms
 from tasks.errors import UserError
 
 WORDNET = synonyms.wordnet()

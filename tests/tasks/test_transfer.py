@@ -18,10 +18,12 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from tasks import transfer
+from tasks import heads
 from tasks.data.spec import TokenizerSpec
 from tasks.errors import UserError
 from tasks.tokenizer import train_tokenizer
+from tasks.transfer import surgery
+from tasks.transfer.spec import TransferSpec
 
 VOCAB = 48
 
@@ -65,8 +67,8 @@ def test_identity_blocks_leave_logits_exactly_unchanged(arch, positions, new):
     model = tiny(arch)
     with torch.no_grad():
         before = model(ids()).logits
-    assert transfer.insert_identity_blocks(model, positions) == new
-    blocks = transfer._blocks(model)
+    assert surgery.insert_identity_blocks(model, positions) == new
+    blocks = surgery._blocks(model)
     assert len(blocks) == model.config.num_hidden_layers == 4 + len(positions)
     with torch.no_grad():
         after = model(ids()).logits
@@ -76,9 +78,9 @@ def test_identity_blocks_leave_logits_exactly_unchanged(arch, positions, new):
 
 def test_new_blocks_copy_the_block_below_with_only_the_residual_writers_zeroed():
     model = tiny("llama")
-    source = transfer._blocks(model)[1]
-    [at] = transfer.insert_identity_blocks(model, [2])
-    clone = transfer._blocks(model)[at]
+    source = surgery._blocks(model)[1]
+    [at] = surgery.insert_identity_blocks(model, [2])
+    clone = surgery._blocks(model)[at]
     assert clone is not source
     for name, param in clone.named_parameters():
         if name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
@@ -94,8 +96,8 @@ def test_gpt2_new_block_zeroes_projection_weights_and_biases():
         for p in model.parameters():
             p.add_(0.01)
         before = model(ids()).logits
-    [at] = transfer.insert_identity_blocks(model, [1])
-    block = transfer._blocks(model)[at]
+    [at] = surgery.insert_identity_blocks(model, [1])
+    block = surgery._blocks(model)[at]
     for name in ("attn.c_proj", "mlp.c_proj"):
         assert not block.get_submodule(name).weight.any() and not block.get_submodule(name).bias.any()
     assert block.attn.c_attn.weight.any() and block.attn.c_attn.bias.any()
@@ -108,8 +110,8 @@ def test_llama_generates_with_cache_after_surgery_and_survives_a_save(tmp_path):
     prompt = ids(4, batch=1)
     greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     original = model.generate(prompt, **greedy)
-    transfer.drop_layers(model, [1, 3])
-    transfer.insert_identity_blocks(model, [0, 2])
+    surgery.drop_layers(model, [1, 3])
+    surgery.insert_identity_blocks(model, [0, 2])
     # Each attention addresses the KV cache by layer_idx; unrenumbered, a copy would share its source's slot.
     assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1, 2, 3, 4]
     cached = model.generate(prompt, **greedy, use_cache=True)
@@ -127,18 +129,18 @@ def test_identity_insertion_generates_the_same_text():
     prompt = ids(4, batch=1)
     greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     before = model.generate(prompt, **greedy)
-    transfer.insert_identity_blocks(model, [1, -1])
+    surgery.insert_identity_blocks(model, [1, -1])
     assert torch.equal(model.generate(prompt, **greedy), before)
 
 
 def test_bert_identity_insertion_is_refused_as_post_ln():
     with pytest.raises(UserError, match=r"BertForMaskedLM is post-LN .*drop layers instead"):
-        transfer.insert_identity_blocks(tiny("bert"), [1])
+        surgery.insert_identity_blocks(tiny("bert"), [1])
 
 
 def test_insert_position_out_of_range():
     with pytest.raises(UserError, match=r"insert_identity_at: index 6 is out of range for a stack of 6 blocks .*0–5, or -6 to -1"):
-        transfer.insert_identity_blocks(tiny("gpt2"), [0, 6])
+        surgery.insert_identity_blocks(tiny("gpt2"), [0, 6])
 
 
 # ---- dropping ---------------------------------------------------------------------------------------
@@ -147,19 +149,19 @@ def test_insert_position_out_of_range():
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
 def test_drop_layers_removes_the_blocks_and_their_parameters(arch):
     model = tiny(arch, layers=6)
-    blocks = transfer._blocks(model)
+    blocks = surgery._blocks(model)
     expected = model.num_parameters() - block_params(blocks[1]) - block_params(blocks[5])
     kept = [blocks[i] for i in (0, 2, 3, 4)]
-    assert transfer.drop_layers(model, [-1, 1]) == [1, 5]
+    assert surgery.drop_layers(model, [-1, 1]) == [1, 5]
     assert model.num_parameters() == expected
     assert model.config.num_hidden_layers == 4
-    assert list(transfer._blocks(model)) == kept
+    assert list(surgery._blocks(model)) == kept
     assert model(ids()).logits.shape == (2, 10, VOCAB)
 
 
 def test_drop_every_kth_block():
     model = tiny("gpt2", layers=7)
-    assert transfer.drop_layers(model, every=3) == [2, 5]
+    assert surgery.drop_layers(model, every=3) == [2, 5]
     assert model.config.n_layer == 5 and model.config.to_dict()["n_layer"] == 5
     assert [b.attn.layer_idx for b in model.transformer.h] == [0, 1, 2, 3, 4]
 
@@ -167,8 +169,8 @@ def test_drop_every_kth_block():
 def test_per_layer_config_lists_follow_the_blocks():
     model = tiny("llama", layers=4, layer_types=["full_attention"] * 4)
     model.config.layer_types = ["t0", "t1", "t2", "t3"]  # distinct markers to see the order
-    transfer.drop_layers(model, [1])
-    transfer.insert_identity_blocks(model, [1])
+    surgery.drop_layers(model, [1])
+    surgery.insert_identity_blocks(model, [1])
     assert model.config.layer_types == ["t0", "t0", "t2", "t3"]
 
 
@@ -186,7 +188,7 @@ def test_per_layer_config_lists_follow_the_blocks():
 def test_bad_drops_name_the_index_and_the_valid_range(layers, every, message):
     model = tiny("gpt2", layers=6)
     with pytest.raises(UserError, match=message):
-        transfer.drop_layers(model, layers, every)
+        surgery.drop_layers(model, layers, every)
     assert len(model.transformer.h) == 6  # nothing changed
 
 
@@ -194,12 +196,12 @@ def test_unsupported_architecture_is_named():
     config = MistralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
     with pytest.raises(UserError, match="MistralForCausalLM is not supported .*GPT-2, Llama or BERT"):
-        transfer.drop_layers(MistralForCausalLM(config), [0])
+        surgery.drop_layers(MistralForCausalLM(config), [0])
 
 
 def test_layer_scaled_gpt2_is_refused():
     with pytest.raises(UserError, match="scale_attn_by_inverse_layer_idx=False"):
-        transfer.drop_layers(tiny("gpt2", scale_attn_by_inverse_layer_idx=True), [0])
+        surgery.drop_layers(tiny("gpt2", scale_attn_by_inverse_layer_idx=True), [0])
 
 
 # ---- tokens -----------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def test_resize_embeddings_keeps_old_rows_and_skips_known_tokens(tokenizer, arch
     model = tiny(arch, vocab=len(tok), **({} if tied else {"tie_word_embeddings": False}))
     old_in = model.get_input_embeddings().weight.clone()
     old_out = model.get_output_embeddings().weight.clone()
-    assert transfer.resize_embeddings(model, tok, ["<ent>", "h", "<ent>", "<rel>"]) == 2  # "h" is a known char
+    assert surgery.resize_embeddings(model, tok, ["<ent>", "h", "<ent>", "<rel>"]) == 2  # "h" is a known char
     n = old_in.shape[0]
     new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert new_in.shape[0] == new_out.shape[0] == len(tok) == n + 2 == model.config.vocab_size
@@ -220,14 +222,14 @@ def test_resize_embeddings_keeps_old_rows_and_skips_known_tokens(tokenizer, arch
     assert (new_in.data_ptr() == new_out.data_ptr()) == tied
     assert tok.convert_tokens_to_ids(tok.tokenize("h<ent>")) == [tok.convert_tokens_to_ids("h"), n]
     assert model(torch.tensor([[n, n + 1]])).logits.shape == (1, 2, n + 2)
-    assert transfer.resize_embeddings(model, tok, ["<ent>"]) == 0
+    assert surgery.resize_embeddings(model, tok, ["<ent>"]) == 0
 
 
 def test_resize_never_shrinks_a_padded_vocabulary(tokenizer):
     tok = copy.deepcopy(tokenizer)
     model = tiny("gpt2", vocab=len(tok) + 8)  # rows beyond the tokenizer, as in vocabularies padded to 64
     old = model.get_input_embeddings().weight.clone()
-    assert transfer.resize_embeddings(model, tok, ["<ent>"]) == 1
+    assert surgery.resize_embeddings(model, tok, ["<ent>"]) == 1
     new = model.get_input_embeddings().weight
     first = len(tok) - 1
     assert new.shape == old.shape
@@ -240,7 +242,7 @@ def test_resize_never_shrinks_a_padded_vocabulary(tokenizer):
 
 def test_gpt2_head_keeps_the_body_and_classifies_a_padded_batch(tokenizer):
     source = tiny("gpt2", vocab=len(tokenizer))
-    model = transfer.classification_head(source, tokenizer, ["neg", "neu", "pos"])
+    model = heads.classification_head(source, tokenizer, ["neg", "neu", "pos"])
     assert type(model).__name__ == "GPT2ForSequenceClassification"
     assert model.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and model.config.label2id["pos"] == 2
     assert model.config.pad_token_id == tokenizer.pad_token_id is not None
@@ -260,7 +262,7 @@ def test_gpt2_head_keeps_the_body_and_classifies_a_padded_batch(tokenizer):
 def test_bert_mlm_folder_becomes_a_classifier_with_the_body_intact(tmp_path, tokenizer):
     source = tiny("bert")
     source.save_pretrained(tmp_path)
-    model = transfer.classification_head(str(tmp_path), tokenizer, ["a", "b"])
+    model = heads.classification_head(str(tmp_path), tokenizer, ["a", "b"])
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 2
     body = source.bert.state_dict()  # an MLM has no pooler: it starts fresh along with the head
     assert all(torch.equal(v, body[k]) for k, v in model.bert.state_dict().items() if not k.startswith("pooler."))
@@ -271,7 +273,7 @@ def test_an_existing_head_is_replaced_not_reused(tokenizer):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
     source = BertForSequenceClassification(config)
-    model = transfer.classification_head(source, tokenizer, ["x", "y"])
+    model = heads.classification_head(source, tokenizer, ["x", "y"])
     assert model.classifier.weight.shape == source.classifier.weight.shape
     assert not torch.equal(model.classifier.weight, source.classifier.weight)
     assert torch.equal(model.bert.pooler.dense.weight, source.bert.pooler.dense.weight)
@@ -279,7 +281,7 @@ def test_an_existing_head_is_replaced_not_reused(tokenizer):
 
 def test_a_head_needs_two_distinct_labels(tokenizer):
     with pytest.raises(UserError, match="at least 2 distinct labels"):
-        transfer.classification_head(tiny("gpt2"), tokenizer, ["only"])
+        heads.classification_head(tiny("gpt2"), tokenizer, ["only"])
 
 
 # ---- spec and apply ---------------------------------------------------------------------------------
@@ -300,21 +302,21 @@ def test_a_head_needs_two_distinct_labels(tokenizer):
 )
 def test_spec_validation_names_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
-        transfer.TransferSpec(**fields)
+        TransferSpec(**fields)
 
 
 def test_spec_fields_have_help_text():
-    assert all(field.description for field in transfer.TransferSpec.model_fields.values())
+    assert all(field.description for field in TransferSpec.model_fields.values())
 
 
 def test_apply_runs_in_order_and_is_deterministic(tokenizer):
-    spec = transfer.TransferSpec(add_tokens=["<ent>"], drop_layers=[-1, 0], insert_identity_at=[1], labels=["no", "yes"])
+    spec = TransferSpec(add_tokens=["<ent>"], drop_layers=[-1, 0], insert_identity_at=[1], labels=["no", "yes"])
 
     def run():
         tok = copy.deepcopy(tokenizer)
         model = tiny("gpt2", layers=4, vocab=len(tok))
         torch.manual_seed(1)  # the new head is the only random part
-        return transfer.apply(spec, model, tok)
+        return surgery.apply(spec, model, tok)
 
     model, tok, ops = run()
     assert ops == [
@@ -334,11 +336,11 @@ def test_apply_runs_in_order_and_is_deterministic(tokenizer):
 def test_apply_with_a_default_spec_does_nothing(tokenizer):
     model = tiny("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    same, _, ops = transfer.apply(transfer.TransferSpec(), model, tokenizer)
+    same, _, ops = surgery.apply(TransferSpec(), model, tokenizer)
     assert ops == [] and same is model
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_apply_drop_every_is_recorded(tokenizer):
-    _, _, ops = transfer.apply(transfer.TransferSpec(drop_every=2), tiny("bert"), tokenizer)
+    _, _, ops = surgery.apply(TransferSpec(drop_every=2), tiny("bert"), tokenizer)
     assert ops == [{"op": "drop_layers", "layers": [1, 3], "every": 2}]

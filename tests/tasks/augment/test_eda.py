@@ -6,9 +6,10 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from tasks.augment import synonyms
-from tasks.augment.eda import EdaSpec, augment
-from tasks.augment.synonyms import Synonyms
+from tasks import synonyms
+from tasks.augment.eda import augment
+from tasks.augment.spec import EdaSpec
+from tasks.synonyms import Synonyms
 
 TABLE = {
     "movie": ["film", "picture"],

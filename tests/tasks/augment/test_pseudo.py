@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tasks.augment.pseudo import PseudoLabelSpec, label, read_pool
+from tasks.augment.pseudo import label, read_pool
+from tasks.augment.spec import PseudoLabelSpec
 from tasks.errors import UserError
 from tests.tasks.augment.keyword_model import KeywordModel, tokenizer
 

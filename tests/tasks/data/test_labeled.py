@@ -12,7 +12,9 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from tasks.data import labeled
-from tasks.data.labeled import LabeledSpec, read, rows
+from tasks.data.labeled import read, rows
+from tasks.data.labeled import stage as body
+from tasks.data.labeled.spec import LabeledSpec
 from tasks.errors import UserError
 from tasks.tracking import DIGEST, stage_run
 
@@ -46,10 +48,10 @@ def texts(split):
 
 def stage(spec: LabeledSpec) -> str:
     """Run the stage body in its own MLflow run, as the flow does; returns its URI."""
-    inputs, digests = labeled.source_names(spec), labeled.source_digests(spec)
+    inputs, digests = read.source_names(spec), read.source_digests(spec)
     with stage_run("labeled", spec, inputs, code="tasks.data.labeled.stage", experiment="test", digests=digests) as ctx:
         if not ctx.cached:
-            ctx.output = labeled.run(spec, ctx)
+            ctx.output = body.run(spec, ctx)
     return ctx.output
 
 
@@ -288,7 +290,7 @@ def test_spec_validation(kw, message):
 
 def test_missing_source_and_unknown_type_name_labeled_settings(tmp_path):
     with pytest.raises(UserError, match="no such file or folder .*fix the path in labeled.train, labeled.validation or labeled.test"):
-        labeled.source_digests(LabeledSpec(train=[str(tmp_path / "nope.tsv")]))
+        read.source_digests(LabeledSpec(train=[str(tmp_path / "nope.tsv")]))
     f = write(tmp_path / "q.label", "LOC:city Where ?\n")
     with pytest.raises(UserError, match=rf"{f}: unknown file type '.label'.* or set labeled.format"):
         splits(train=[f])
@@ -332,7 +334,7 @@ def test_run_round_trip_through_mlflow(home, tmp_path):
     assert card["splits"]["validation"] == {"rows": 2, "labels": {"0": 1, "1": 1}}
     assert card["splits"]["train"]["rows"] == 30 and card["rows_read"] == {"train": 60, "validation": 3, "test": 0}
     assert card["removed"]["empty_text"]["validation"] == 1
-    assert card["sources"] == {train: labeled.source_digests(spec)["train0"], dev: labeled.source_digests(spec)["validation0"]}
+    assert card["sources"] == {train: read.source_digests(spec)["train0"], dev: read.source_digests(spec)["validation0"]}
     rows_ = {n: labeled.load_rows(uri, n) for n in ("train", "validation", "test")}
     assert rows_["validation"] == [{"text": "sharp .", "label": "1", "origin": f"{dev}:2"}, {"text": "dull .", "label": "0", "origin": f"{dev}:3"}]
     assert len(rows_["train"]) == 30 and len(rows_["test"]) == card["splits"]["test"]["rows"] > 0

@@ -1,0 +1,25 @@
+"""The finetune stage's body: the dataset's task picks the module that fine-tunes (`classify` or `sft`)."""
+
+from types import ModuleType
+
+from transformers import Trainer
+
+from tasks.data import labeled
+from tasks.finetune import classify, sft
+from tasks.finetune.spec import FinetuneSpec
+from tasks.tracking import StageRun
+
+
+def body(data: str) -> ModuleType:
+    """The module that fine-tunes for the dataset's task (`classify` or `sft`); its `run` registers the best checkpoint."""
+    return classify if labeled.card(data)["task"] == "classification" else sft
+
+
+def run(spec: FinetuneSpec, init: str, data: str, register_as: str, ctx: StageRun) -> str:
+    """Fine-tune on the dataset's task and register the best checkpoint as `register_as`; returns its version URI."""
+    return body(data).run(spec, init, data, register_as, ctx)
+
+
+def trainer(spec: FinetuneSpec, init: str, data: str, ctx: StageRun) -> Trainer:
+    """What each torchrun rank trains: the classification or SFT Trainer of the single-process path."""
+    return body(data).trainer(spec, init, data, ctx)

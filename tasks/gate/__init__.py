@@ -1,0 +1,2 @@
+"""The gate stage: score the challenger and the champion on the same test rows, decide by a policy, move `@champion`.
+The spec is in `spec`, the policy and the alias's compare-and-set in `promotion`, the body (`run`) in `stage`."""

@@ -1,0 +1,36 @@
+"""The gate stage's spec: the metric that decides, the policy (margin, significance, no regressions), the alias it moves."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.spec import Spec
+
+
+class GateSpec(Spec):
+    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity"] = "auto"
+    """Test metric that decides; auto: accuracy for classification, chrf for SFT, perplexity for a language model."""
+    min_delta: float = Field(0.0, ge=0)
+    """The challenger must beat the champion by more than this (in the metric's units: 0.01 = one accuracy point; perplexity compares mean log-loss)."""
+    require_significance: bool = False
+    """Promote only when the paired-bootstrap confidence interval of the difference excludes zero."""
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Confidence level of the bootstrap interval."""
+    bootstrap_samples: int = Field(1000, ge=100, le=100000)
+    """Resamples of the test rows for the interval."""
+    must_not_regress: list[Literal["accuracy", "macro_f1", "ece", "exact_match", "chrf", "bleu"]] = []
+    """Other metrics the challenger may not lose on (beyond regress_tolerance), e.g. macro_f1 when accuracy decides."""
+    regress_tolerance: float = Field(0.0, ge=0)
+    """How much a must_not_regress metric may drop before it blocks promotion."""
+    threshold: float | None = None
+    """With no champion yet: promote only when the challenger's metric reaches this (e.g. 0.8 accuracy, 50 perplexity); empty promotes the first challenger."""
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    """The alias that marks the promoted version; the candidate always gets `challenger`."""
+    max_rows: int | None = Field(None, ge=10)
+    """Score at most this many test rows (blocks for a language model), chosen by content hash; empty scores all."""
+
+    @model_validator(mode="after")
+    def _alias_is_not_challenger(self):
+        if self.alias == "challenger":
+            raise ValueError("gate.alias cannot be `challenger`: that alias marks every candidate; use e.g. champion")
+        return self

@@ -1,0 +1,123 @@
+"""The gate stage's body: mark the challenger, score it and the champion on the same test rows, decide, promote, and
+record the decision (metrics, report, figures, a Prefect artifact)."""
+
+import re
+from dataclasses import asdict
+
+import mlflow
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from tasks import metrics, registry
+from tasks.errors import UserError
+from tasks.evaluate import scoring
+from tasks.gate.promotion import Decision, decide, promote
+from tasks.gate.spec import GateSpec
+from tasks.tracking import log_metrics, resolve_version
+
+
+def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
+    """Mark the challenger, score it and the champion on the same test rows, decide, promote; returns the decision's URI."""
+    version = resolve_version(challenger)
+    name, challenger = version.name, f"models:/{version.name}/{version.version}"
+    # Both models are scored with the lengths the challenger was fine-tuned with (its version says; defaults otherwise).
+    max_length = int(version.tags.get(registry.MAX_LENGTH, 128))
+    max_new_tokens = int(version.tags.get(registry.MAX_NEW_TOKENS, 48))
+    MlflowClient().set_registered_model_alias(name, "challenger", version.version)
+    scored: dict[str, scoring.Scored] = {}
+
+    def scores(uri: str) -> scoring.Scored:
+        if uri not in scored:
+            scored[uri] = scoring.score(uri, dataset, max_rows=spec.max_rows, max_length=max_length, max_new_tokens=max_new_tokens)
+        return scored[uri]
+
+    def judge(champion: str | None) -> Decision:
+        mine = scores(challenger)
+        metric = spec.metric if spec.metric != "auto" else {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}[mine.task]
+        if metric not in mine.metrics:
+            raise ValueError(f"gate.metric {metric} is not measured for {mine.task} models")  # the spec validator prevents this
+        if champion == challenger:
+            return Decision(False, f"{challenger} already holds @{spec.alias}", metric, challenger, champion, mine.metrics[metric], mine.metrics[metric], 0.0)
+        if champion is None:
+            print(f"gate: no version of {name} holds @{spec.alias} (never promoted, or its version was deleted); "
+                  + (f"the challenger must reach gate.threshold {spec.threshold}" if spec.threshold is not None else "the challenger is promoted"))
+            return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
+        try:
+            theirs = scores(champion)
+        except UserError as exc:  # e.g. a champion trained on another label set: the test rows cannot score it
+            print(f"gate: the champion {champion} cannot be scored on these test rows ({exc}); judging the challenger on its own")
+            return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
+        per = "accuracy" if metric == "macro_f1" else metric  # macro-F1 has no per-example score: its interval is accuracy's
+        interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
+        return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
+
+    decision = promote(name, spec.alias, challenger, judge)
+    _record(decision, scored, ctx, spec)
+    registry.set_tags(challenger, decision.tags())
+    print(f"gate: {'PROMOTED' if decision.promote else 'kept'} — {decision.reason}")
+    return f"runs:/{ctx.run_id}/gate"
+
+
+def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
+    """The decision on the gate run: metrics, a JSON report, per-example predictions, figures, and a Prefect artifact."""
+    roles = {decision.challenger: "challenger", **({decision.champion: "champion"} if decision.champion else {})}
+    values = {}
+    for uri, role in roles.items():
+        if uri in scored:
+            values.update({f"{role}_{k}": v for k, v in scored[uri].metrics.items()})
+            mlflow.log_table(pd.DataFrame(scored[uri].predictions), f"gate/{role}_predictions.json")
+            report = scored[uri].report
+            if report:
+                labels = list(report["per_class"])
+                mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
+    values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
+    values["promoted"] = float(decision.promote)
+    mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
+    log_metrics(ctx.run_id, values)
+    mlflow.log_dict(asdict(decision), "gate/decision.json")
+    markdown = _markdown(decision, spec)
+    mlflow.log_text(markdown, "gate/decision.md")
+    if flow_run.id:
+        key = "gate-" + re.sub(r"[^a-z0-9-]+", "-", decision.challenger.split("/")[1].lower())  # Prefect keys: a-z, 0-9, dashes
+        create_markdown_artifact(markdown, key=key[:100], description=f"Champion/challenger decision for {decision.challenger}")
+
+
+def _figure(d: Decision, spec: GateSpec):
+    """The two values side by side, and the difference with its interval: the decision at a glance."""
+    fig = Figure(figsize=(7, 3))
+    left, right = fig.subplots(1, 2)
+    names = ["challenger"] + (["champion"] if d.champion_value is not None else [])
+    left.bar(names, [d.challenger_value] + ([d.champion_value] if d.champion_value is not None else []), color=["tab:blue", "tab:gray"][: len(names)])
+    left.set_title(d.metric)
+    if d.delta is not None:
+        err = [[d.delta - d.low], [d.high - d.delta]] if d.low is not None else None
+        right.errorbar([0], [d.delta], yerr=err, fmt="o", capsize=8)
+        right.axhline(0, color="gray", lw=1)
+        right.axhline(spec.min_delta, color="tab:red", lw=1, ls="--", label=f"min_delta {spec.min_delta:g}")
+        right.set_xticks([])
+        right.set_title(f"difference ({spec.confidence:.0%} CI)")
+        right.legend(loc="best", fontsize=8)
+    else:
+        right.axis("off")
+    fig.suptitle(("promoted: " if d.promote else "not promoted: ") + d.challenger, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(d: Decision, spec: GateSpec) -> str:
+    fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
+    lines = [
+        f"# Gate: {'promoted' if d.promote else 'not promoted'}", "", d.reason, "",
+        "| | model | " + d.metric + " |", "|---|---|---:|",
+        f"| challenger | `{d.challenger}` | {fmt(d.challenger_value)} |",
+        f"| champion (@{spec.alias}) | `{d.champion or 'none'}` | {fmt(d.champion_value)} |",
+    ]
+    if d.delta is not None:
+        lines += ["", f"Difference (positive = challenger better): {d.delta:+.4f}"
+                  + (f", {spec.confidence:.0%} paired-bootstrap interval [{d.low:+.4f}, {d.high:+.4f}], p = {d.p_value:.3g}" if d.low is not None else "")]
+    lines += ["", f"Policy: min_delta {spec.min_delta:g}, significance {'required' if spec.require_significance else 'not required'}, "
+              f"must not regress: {', '.join(spec.must_not_regress) or 'nothing'}"]
+    return "\n".join(lines) + "\n"
