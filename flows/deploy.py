@@ -72,15 +72,15 @@ def ensure_bucket() -> None:
     """Create the bucket of MLFLOW_ARTIFACTS_DESTINATION when it is an S3 URI and does not exist yet."""
     from botocore.exceptions import ClientError
 
-    from tasks import storage
+    from tasks import s3
 
     destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
-    if not storage.is_s3(destination):
+    if not s3.is_s3(destination):
         return
-    bucket, _ = storage.split_s3(destination)
-    client = storage.s3_client()
+    bucket, _ = s3.split_s3(destination)
+    client = s3.s3_client()
     try:
-        storage.check_store(destination)
+        s3.check_store(destination)
     except UserError as exc:
         if "not found" not in str(exc):
             raise

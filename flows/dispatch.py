@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from flows.stages import OUTPUT_KEY, STAGES
 from tasks.errors import UserError
-from tasks.storage import SECRET_ENV, check_store
+from tasks.s3 import SECRET_ENV, check_store
 
 POLL_S = 1.0  # run_deployment's own wait polls every 5 s, which would add 2.5 s to every stage on average
 

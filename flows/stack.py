@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flows import s3server
 from tasks.errors import UserError
 from tasks.tracking import PACKAGE_ROOT
 
@@ -29,11 +30,7 @@ class Ports:
     prefect: int = 4200
     mlflow: int = 5000
     s3: int = 8333
-    # weed mini's other servers; the admin's built-in worker dials admin + 10000, so that one must be free too.
-    weed: dict[str, int] = field(default_factory=lambda: {
-        "master": 9333, "master_grpc": 19333, "volume": 8080, "volume_grpc": 18080, "filer": 8888, "filer_grpc": 18888,
-        "s3_grpc": 18333, "admin": 23646,
-    })  # fmt: skip
+    weed: dict[str, int] = field(default_factory=lambda: dict(s3server.PORTS))
 
 
 def free_ports() -> Ports:
@@ -61,35 +58,11 @@ def free_ports() -> Ports:
         raise RuntimeError("no free port on 127.0.0.1")
 
     try:
-        weed = {name: pick() for name in ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")}
-        weed["admin"] = pick(offset=10000)
+        weed = {name: pick(offset=10000 if name == "admin" else 0) for name in s3server.PORTS}
         return Ports(prefect=pick(), mlflow=pick(), s3=pick(), weed=weed)
     finally:
         for s in socks:
             s.close()
-
-
-def weed_command(data: Path, s3_config: Path, s3_port: int, ports: dict[str, int]) -> list[str]:
-    """`weed mini` on 127.0.0.1 with every port given, no telemetry, and S3 identities from s3_config."""
-    admin = ports["admin"]
-    return [
-        str(BIN / "weed"), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.preStopSeconds=0",
-        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}", f"-filer.localSocket={data}/filer.sock",
-        f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.localSocket={data}/s3.sock",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={s3_config}",
-        "-webdav=false", "-admin.ui=false", f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
-    ]  # fmt: skip
-
-
-def s3_identity(path: Path, access_key: str, secret_key: str) -> None:
-    """An S3 config with one identity: SeaweedFS then refuses anonymous and wrong credentials."""
-    identity = {"name": "multistep", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    path.write_text(json.dumps({"identities": [identity]}))
-    path.chmod(0o600)
 
 
 @dataclass
@@ -157,13 +130,14 @@ def up(root: Path, ports: Ports | None = None, workers: bool = True, crash_after
     (root / "pids.json").write_text("{}")
     stack = Stack(root, ports, "multistep", secrets.token_hex(16))
     (root / "s3").mkdir(exist_ok=True)
-    s3_identity(root / "s3.json", stack.access_key, stack.secret_key)
+    s3server.s3_identity(root / "s3.json", stack.access_key, stack.secret_key)
     try:
-        stack.start("s3", weed_command(root / "s3", root / "s3.json", ports.s3, ports.weed))
+        stack.start("s3", s3server.weed_command(root / "s3", root / "s3.json", ports.s3, ports.weed))
         stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
                     {"PREFECT_HOME": str(root / "prefect")})  # fmt: skip
-        _wait_s3(stack, timeout_s)
-        _ensure_bucket(stack)
+        s3 = s3server.client(stack.env["AWS_ENDPOINT_URL_S3"], stack.access_key, stack.secret_key)
+        s3server.wait_ready(s3, lambda: _alive(_read_pids(root)["s3"]), lambda: _log_tail(stack, "s3"), timeout_s)
+        s3server.ensure_bucket(s3, BUCKET)
         stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                "--artifacts-destination", stack.env["MLFLOW_ARTIFACTS_DESTINATION"]])  # fmt: skip
@@ -274,36 +248,6 @@ def _wait_http(url: str, name: str, stack: Stack, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{_log_tail(stack, name)}") from None
             time.sleep(0.3)  # poll interval, bounded by the deadline
-
-
-def _s3(stack: Stack):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=stack.access_key,
-                        aws_secret_access_key=stack.secret_key, region_name="us-east-1",
-                        config=Config(connect_timeout=2, retries={"max_attempts": 1}))  # fmt: skip
-
-
-def _wait_s3(stack: Stack, timeout_s: float) -> None:
-    client = _s3(stack)
-    deadline = time.monotonic() + timeout_s
-    while True:  # the S3 port opens before the filer behind it is ready: wait for a signed request to succeed
-        try:
-            client.list_buckets()
-            return
-        except Exception:
-            if not _alive(_read_pids(stack.root)["s3"]):
-                raise RuntimeError(f"weed mini exited while starting:\n{_log_tail(stack, 's3')}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini not ready after {timeout_s:.0f} s:\n{_log_tail(stack, 's3')}") from None
-            time.sleep(0.2)
-
-
-def _ensure_bucket(stack: Stack) -> None:
-    client = _s3(stack)
-    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        client.create_bucket(Bucket=BUCKET)
 
 
 def _write_env(stack: Stack) -> None:

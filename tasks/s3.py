@@ -1,14 +1,9 @@
-"""Local paths, `file://` and `s3://` URIs through boto3, atomic checkpoint publishing, path safety."""
+"""S3 through boto3: the client (endpoint and credentials from the environment or a Prefect Secret block), a store
+check that fails fast, listing, ETags, and boto3's failures turned into one sentence that names the URI and the fix."""
 
 import functools
 import os
-import re
-import secrets
-import shutil
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlparse
-from urllib.request import url2pathname
 
 import boto3
 from botocore.config import Config
@@ -23,7 +18,6 @@ from botocore.exceptions import (
 
 from tasks.errors import UserError
 
-COMPLETE_MARKER = "_COMPLETE"
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 
@@ -93,23 +87,8 @@ def check_store(uri: str) -> None:
     """Fail with one sentence, before any work, when an S3 store cannot be reached or refuses these credentials."""
     if is_s3(uri):
         bucket, _ = split_s3(uri)
-        with _s3_errors(uri):
+        with errors(uri):
             s3_client().head_bucket(Bucket=bucket)
-
-
-def direct(uri: str) -> str:
-    """A URI this process reads and writes itself: a proxying MLflow server's `mlflow-artifacts:` URI becomes its S3 destination."""
-    if not uri.startswith("mlflow-artifacts:"):
-        return uri
-    # The server stores `mlflow-artifacts:/<path>` at `<--artifacts-destination>/<path>`; MLflow's CLI reads the
-    # same variable, so one setting serves the server and the workers.
-    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
-    if not destination:
-        raise UserError(
-            f"{uri} is proxied by the MLflow server, and checkpoints go straight to its store: set MLFLOW_ARTIFACTS_DESTINATION "
-            "to the server's --artifacts-destination (e.g. s3://multistep/mlflow)"
-        )
-    return destination.rstrip("/") + "/" + urlparse(uri).path.lstrip("/")
 
 
 def is_s3(uri: str) -> bool:
@@ -125,7 +104,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _s3_errors(uri: str):
+def errors(uri: str):
     """Turn boto3 failures into one sentence naming the URI and the fix (never the secrets)."""
     try:
         yield
@@ -152,37 +131,12 @@ def _credentials_source() -> str:
     return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 
 
-def file_uri_to_path(uri: str) -> Path:
-    """`file:///abs/path` (MLflow artifact URIs) -> Path; a plain path passes through."""
-    if not uri.startswith("file:"):
-        return Path(uri)
-    parsed = urlparse(uri)
-    if parsed.netloc not in ("", "localhost"):
-        raise UserError(f"{uri} names another host; use file:///absolute/path or a plain path")
-    return Path(url2pathname(unquote(parsed.path)))
-
-
-def read_bytes(uri: str) -> bytes:
-    """The whole content of a local file, `file://` URI or S3 object."""
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        with _s3_errors(uri):
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    path = file_uri_to_path(uri)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{uri} not found; check the path") from None
-    except IsADirectoryError:
-        raise UserError(f"{uri} is a folder, not a file; point at a file inside it") from None
-
-
 def s3_etags(uri_prefix: str) -> dict[str, str]:
     """{object URI: ETag} for the object at the URI itself and everything below it as a folder."""
     bucket, key = split_s3(uri_prefix)
     folder = key if key.endswith("/") or not key else key + "/"
     found = {}
-    with _s3_errors(uri_prefix):
+    with errors(uri_prefix):
         # A raw prefix `data` would also match `data2/...`; keep only the exact key and the folder below it.
         for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
             for obj in page.get("Contents", []):
@@ -200,142 +154,5 @@ def list_s3(uri_prefix: str) -> list[str]:
 def s3_etag(uri: str) -> str:
     """The object's ETag: a cheap content digest that changes when the object is rewritten."""
     bucket, key = split_s3(uri)
-    with _s3_errors(uri):
+    with errors(uri):
         return s3_client().head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-
-
-def safe_join(root, relative: str) -> Path:
-    """root/relative, refusing absolute paths and `..` that would land outside root."""
-    rel = PurePosixPath(str(relative).replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", str(rel)):
-        raise UserError(f"refusing path {relative!r}: it escapes {root}; use a relative path without '..'")
-    joined = Path(root) / rel
-    # A symlink already inside root could still point outside it.
-    if not joined.resolve().is_relative_to(Path(root).resolve()):
-        raise UserError(f"refusing path {relative!r}: it resolves outside {root}; remove the symlink or use another path")
-    return joined
-
-
-def _temp_sibling(final: Path) -> Path:
-    # Starts with '.', so it never matches `checkpoint-<int>` and list_complete never picks it.
-    return final.with_name(f".tmp-{final.name}-{secrets.token_hex(4)}")
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename a finished tree to its final name, replacing what was there."""
-    old = None
-    if final.exists():
-        # rename() cannot replace a non-empty folder: move the old one aside first, delete it after.
-        old = _temp_sibling(final)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def publish_dir(local_dir, dest_uri: str) -> str:
-    """Copy a folder to a local path or S3 so that readers see it whole or not at all; returns dest_uri."""
-    src = Path(local_dir)
-    if not src.is_dir():
-        raise UserError(f"{src} is not a folder; nothing to publish")
-    if is_s3(dest_uri):
-        _publish_s3(src, dest_uri)
-        return dest_uri
-    final = file_uri_to_path(dest_uri)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(final)
-    try:
-        # Hard links make a local publish nearly free. The published files share inodes with the
-        # source, which is safe because Trainer writes each checkpoint into a fresh folder.
-        shutil.copytree(src, tmp, copy_function=os.link)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, copy_function=shutil.copy2)
-    try:
-        _swap_into_place(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest_uri
-
-
-def _publish_s3(src: Path, dest_uri: str) -> None:
-    bucket, key = split_s3(dest_uri)
-    prefix = key.rstrip("/") + "/"
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    new_keys = {prefix + p.relative_to(src).as_posix() for p in files}
-    client = s3_client()
-    with _s3_errors(dest_uri):
-        # Drop the marker first: while files are being overwritten the old version must not look complete.
-        client.delete_object(Bucket=bucket, Key=prefix + COMPLETE_MARKER)
-        for path in files:
-            client.upload_file(str(path), bucket, prefix + path.relative_to(src).as_posix())
-        stale = [u for u in list_s3(f"s3://{bucket}/{prefix}") if split_s3(u)[1] not in new_keys]
-        _delete_keys(client, bucket, [split_s3(u)[1] for u in stale])
-        client.put_object(Bucket=bucket, Key=prefix + COMPLETE_MARKER, Body=b"")
-
-
-def _delete_keys(client, bucket: str, keys: list[str]) -> None:
-    for start in range(0, len(keys), 1000):  # delete_objects takes at most 1000 keys
-        batch = [{"Key": k} for k in keys[start : start + 1000]]
-        client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-
-
-def list_complete(parent_uri: str, prefix: str = "checkpoint-") -> list[str]:
-    """URIs of complete `<prefix><int>` folders under a parent, by their number, oldest first."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)")
-    base = parent_uri.rstrip("/")
-    steps = []
-    if is_s3(parent_uri):
-        _, parent_key = split_s3(base + "/")
-        for uri in list_s3(base + "/"):
-            rel = split_s3(uri)[1][len(parent_key) :].split("/")
-            if len(rel) == 2 and rel[1] == COMPLETE_MARKER and pattern.fullmatch(rel[0]):
-                steps.append(rel[0])
-    else:
-        parent = file_uri_to_path(parent_uri)
-        if parent.is_dir():
-            steps = [p.name for p in parent.iterdir() if p.is_dir() and pattern.fullmatch(p.name)]
-    steps.sort(key=lambda name: int(pattern.fullmatch(name).group(1)))
-    return [f"{base}/{name}" for name in steps]
-
-
-def fetch_dir(uri: str, local_dir) -> Path:
-    """A local path holding the folder: the path itself when local, else a download into local_dir/<name>."""
-    if not is_s3(uri):
-        path = file_uri_to_path(uri)
-        if not path.is_dir():
-            raise UserError(f"{uri} not found or not a folder; check the path")
-        return path
-    objects = [u for u in list_s3(uri) if not u.endswith("/" + COMPLETE_MARKER)]
-    if not objects:
-        raise UserError(f"{uri} not found (no objects under it); check the bucket and prefix")
-    folder = uri.rstrip("/") + "/"
-    bucket, key = split_s3(folder)
-    final = Path(local_dir) / (PurePosixPath(key).name or bucket)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(final)
-    client = s3_client()
-    try:
-        with _s3_errors(uri):
-            for obj in objects:
-                target = safe_join(tmp, obj[len(folder) :])  # keys are remote input: keep them inside tmp
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(*split_s3(obj), str(target))
-        _swap_into_place(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def remove_dir(uri: str) -> None:
-    """Delete a local folder or everything under an S3 prefix; a missing one is not an error."""
-    if not is_s3(uri):
-        shutil.rmtree(file_uri_to_path(uri), ignore_errors=True)
-        return
-    bucket, key = split_s3(uri.rstrip("/") + "/")
-    keys = [split_s3(u)[1] for u in list_s3(uri)]
-    client = s3_client()
-    with _s3_errors(uri):
-        # The marker goes first and alone (a batch has no order), so a half-deleted folder never looks complete.
-        client.delete_object(Bucket=bucket, Key=key + COMPLETE_MARKER)
-        _delete_keys(client, bucket, [k for k in keys if k != key + COMPLETE_MARKER])

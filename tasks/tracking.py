@@ -206,9 +206,10 @@ def stage_run(
     `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
     """
     from tasks import code as source
+    from tasks import storage  # here: boto3 adds a quarter second to every import of this module
 
     experiment_id = configure(experiment)
-    _check_artifact_store(experiment_id)
+    storage.check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     version = source.version(code)
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params, version)
@@ -242,30 +243,6 @@ def stage_run(
         if not ctx.output:
             raise RuntimeError(f"{stage}: the stage body set no output URI")
         mlflow.set_tag(OUTPUT, ctx.output)
-
-
-def _check_artifact_store(experiment_id: str) -> None:
-    """An S3 artifact store that cannot be reached, or refuses the credentials, stops the stage before it opens a run."""
-    from tasks import storage
-
-    location = mlflow.get_experiment(experiment_id).artifact_location
-    if location.startswith("mlflow-artifacts:") and not os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):
-        return  # the server alone reaches its store; checkpoints will say what they need when they are written
-    storage.check_store(storage.direct(location))
-
-
-def dataset_source(artifact_path: str) -> str:
-    """Where a dataset artifact of the active run can be read, in a form `mlflow.data` knows (file, s3 or http)."""
-    from tasks import storage
-
-    uri = mlflow.get_artifact_uri(artifact_path)
-    if not uri.startswith("mlflow-artifacts:"):
-        return uri
-    if os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"):
-        return storage.direct(uri)
-    # The server's artifact proxy serves the same object over plain HTTP.
-    path = uri.split(":", 1)[1].lstrip("/")
-    return f"{tracking_uri().rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/{path}"
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, str]:

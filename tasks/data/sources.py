@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks import storage
+from tasks import s3, storage
 from tasks.data import formats
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
@@ -75,7 +75,7 @@ def read_table(src: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]
 
 def files(src: str, spec) -> list[str]:
     """The files a local or s3:// source names, in order: itself, or its folder's (prefix's) supported non-hidden files."""
-    if storage.is_s3(src):
+    if s3.is_s3(src):
         if spec.format == "arrow":
             raise UserError(f"{src}: save_to_disk folders are read from local disk only; download it and point at the folder")
         return list(_s3_files(src, spec))
@@ -84,7 +84,7 @@ def files(src: str, spec) -> list[str]:
 
 def dataset_folder(src: str, spec) -> Path | None:
     """The local save_to_disk folder the source names, or None when it names something else."""
-    if src.startswith(("package:", "hf:")) or storage.is_s3(src):
+    if src.startswith(("package:", "hf:")) or s3.is_s3(src):
         return None
     path = _local_path(src, spec)
     return path if _is_dataset_folder(path, spec) else None
@@ -97,7 +97,7 @@ def digest(src: str, spec) -> str:
         return f"{src}@python-{' '.join(sys.version.split())}"
     if src.startswith("hf:"):
         return f"hf:{_hf_id(src, spec)[0]}@{_hf_revision(src)}"
-    if storage.is_s3(src):
+    if s3.is_s3(src):
         etags = _s3_files(src, spec)
         if list(etags) == [src]:
             return f"etag:{etags[src]}"
@@ -155,7 +155,7 @@ def _local_files(path: Path, spec: PrepareSpec) -> list[Path]:
 
 def _s3_files(src: str, spec: PrepareSpec) -> dict[str, str]:
     """{URI: ETag} of the object the source names, or of the supported non-hidden objects under it."""
-    objects = storage.s3_etags(src)
+    objects = s3.s3_etags(src)
     if not objects:
         raise UserError(f"{src}: no object or prefix with that name; check the bucket and key in {formats.setting(spec, 'sources')}")
     if list(objects) == [src]:  # one object, named exactly

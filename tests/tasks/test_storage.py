@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import storage
+from tasks import s3, storage
 from tasks.errors import UserError
 
 
@@ -103,35 +103,35 @@ def test_endpoint_from_mlflow_variable(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    assert storage.s3_client().meta.endpoint_url == "http://127.0.0.1:9"
+    assert s3.s3_client().meta.endpoint_url == "http://127.0.0.1:9"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
-    assert storage.s3_client().meta.endpoint_url == "http://127.0.0.1:10"
+    assert s3.s3_client().meta.endpoint_url == "http://127.0.0.1:10"
 
 
 def test_split_s3():
-    assert storage.split_s3("s3://bucket/a/b.txt") == ("bucket", "a/b.txt")
-    assert storage.split_s3("s3://bucket") == ("bucket", "")
+    assert s3.split_s3("s3://bucket/a/b.txt") == ("bucket", "a/b.txt")
+    assert s3.split_s3("s3://bucket") == ("bucket", "")
     with pytest.raises(UserError, match="not an S3 URI"):
-        storage.split_s3("s3:///key")
+        s3.split_s3("s3:///key")
 
 
 # ---- S3 ----------------------------------------------------------------------------------------
 
 
 def test_s3_read_list_and_etag(s3_bucket):
-    client = storage.s3_client()
-    bucket = storage.split_s3(s3_bucket)[0]
+    client = s3.s3_client()
+    bucket = s3.split_s3(s3_bucket)[0]
     for key in ("data/a.txt", "data/sub/b.txt", "data2/c.txt", "data/"):
         client.put_object(Bucket=bucket, Key=key, Body=key.encode())
 
     assert storage.read_bytes(f"{s3_bucket}/data/a.txt") == b"data/a.txt"
     # A folder is what lies below `data/`: not `data2/`, not the folder marker object itself.
-    assert storage.list_s3(f"{s3_bucket}/data") == [f"{s3_bucket}/data/a.txt", f"{s3_bucket}/data/sub/b.txt"]
-    assert storage.list_s3(f"{s3_bucket}/data/a.txt") == [f"{s3_bucket}/data/a.txt"]
+    assert s3.list_s3(f"{s3_bucket}/data") == [f"{s3_bucket}/data/a.txt", f"{s3_bucket}/data/sub/b.txt"]
+    assert s3.list_s3(f"{s3_bucket}/data/a.txt") == [f"{s3_bucket}/data/a.txt"]
 
-    before = storage.s3_etag(f"{s3_bucket}/data/a.txt")
+    before = s3.s3_etag(f"{s3_bucket}/data/a.txt")
     client.put_object(Bucket=bucket, Key="data/a.txt", Body=b"changed")
-    assert storage.s3_etag(f"{s3_bucket}/data/a.txt") != before
+    assert s3.s3_etag(f"{s3_bucket}/data/a.txt") != before
 
 
 def test_s3_publish_list_fetch_remove(s3_bucket, tmp_path):
@@ -139,8 +139,8 @@ def test_s3_publish_list_fetch_remove(s3_bucket, tmp_path):
     storage.publish_dir(_tree(tmp_path / "src", CKPT), f"{parent}/checkpoint-10")
     storage.publish_dir(_tree(tmp_path / "src2", {"model.safetensors": "w2"}), f"{parent}/checkpoint-2")
     # An upload that died before its marker: files present, never listed.
-    bucket = storage.split_s3(s3_bucket)[0]
-    storage.s3_client().put_object(Bucket=bucket, Key="run/checkpoints/checkpoint-30/model.safetensors", Body=b"torn")
+    bucket = s3.split_s3(s3_bucket)[0]
+    s3.s3_client().put_object(Bucket=bucket, Key="run/checkpoints/checkpoint-30/model.safetensors", Body=b"torn")
 
     assert storage.list_complete(parent) == [f"{parent}/checkpoint-2", f"{parent}/checkpoint-10"]
     local = storage.fetch_dir(f"{parent}/checkpoint-10", tmp_path / "scratch")
@@ -153,7 +153,7 @@ def test_s3_publish_list_fetch_remove(s3_bucket, tmp_path):
 
     storage.remove_dir(f"{parent}/checkpoint-10")
     assert storage.list_complete(parent) == [f"{parent}/checkpoint-2"]
-    assert storage.list_s3(f"{parent}/checkpoint-10") == []
+    assert s3.list_s3(f"{parent}/checkpoint-10") == []
 
 
 def test_s3_not_found(s3_bucket):
@@ -162,7 +162,7 @@ def test_s3_not_found(s3_bucket):
     with pytest.raises(UserError, match="s3://no-such-bucket-here/x.txt not found"):
         storage.read_bytes("s3://no-such-bucket-here/x.txt")
     with pytest.raises(UserError, match="not found"):
-        storage.s3_etag(f"{s3_bucket}/nope.txt")
+        s3.s3_etag(f"{s3_bucket}/nope.txt")
 
 
 def test_unreachable_endpoint_fails_fast_and_says_which(s3_bucket, monkeypatch):
@@ -179,7 +179,7 @@ def test_unreachable_endpoint_fails_fast_and_says_which(s3_bucket, monkeypatch):
 
 
 def test_wrong_credentials_say_which_variables_without_the_secret(s3_bucket, monkeypatch):
-    storage.s3_client().put_object(Bucket=storage.split_s3(s3_bucket)[0], Key="a.txt", Body=b"x")
+    s3.s3_client().put_object(Bucket=s3.split_s3(s3_bucket)[0], Key="a.txt", Body=b"x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
     with pytest.raises(UserError) as err:
         storage.read_bytes(f"{s3_bucket}/a.txt")
@@ -188,7 +188,7 @@ def test_wrong_credentials_say_which_variables_without_the_secret(s3_bucket, mon
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown-key")
     with pytest.raises(UserError, match="refused the credentials.*InvalidAccessKeyId"):
-        storage.list_s3(s3_bucket)
+        s3.list_s3(s3_bucket)
 
 
 def test_missing_credentials(s3_bucket, monkeypatch, tmp_path):

@@ -3,7 +3,7 @@
 import gzip
 import zlib
 
-from tasks import storage
+from tasks import s3, storage
 from tasks.data import formats, sources
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.errors import UserError
@@ -91,7 +91,7 @@ def _label_prefixed(spec: LabeledSpec, src: str) -> list[dict]:
 
 
 def _one_file(spec: LabeledSpec, split: str, src: str) -> str:
-    expected = src if storage.is_s3(src) else str(storage.file_uri_to_path(src))
+    expected = src if s3.is_s3(src) else str(storage.file_uri_to_path(src))
     if sources.files(src, spec) != [expected]:  # a folder or prefix, even one holding a single file
         raise UserError(f"{src}: format parallel reads two files, not a folder; set labeled.{split} to [prompt_file, response_file]")
     return expected

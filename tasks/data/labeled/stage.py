@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from tasks.data.labeled import read, rows
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
-from tasks.tracking import DIGEST, StageRun, content_digest, dataset_source, log_metrics
+from tasks.storage import dataset_source
+from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 ARTIFACT = "labeled"
 

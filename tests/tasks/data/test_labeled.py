@@ -302,10 +302,10 @@ def test_missing_source_and_unknown_type_name_labeled_settings(tmp_path):
 
 
 def test_s3_label_prefixed_prefix_and_parallel_objects(s3_bucket):
-    from tasks import storage
+    from tasks import s3
 
     def put(key, body):
-        storage.s3_client().put_object(Bucket=storage.split_s3(s3_bucket)[0], Key=key, Body=body)
+        s3.s3_client().put_object(Bucket=s3.split_s3(s3_bucket)[0], Key=key, Body=body)
         return f"{s3_bucket}/{key}"
 
     put("trec/a.label", b"LOC:city Where ?\n")

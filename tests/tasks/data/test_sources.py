@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import storage
+from tasks import s3
 from tasks.data.sources import read_sources, source_digests
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
@@ -303,7 +303,7 @@ def test_package_digest_and_missing_inputs():
 
 
 def _put(bucket_uri, key, body):
-    storage.s3_client().put_object(Bucket=storage.split_s3(bucket_uri)[0], Key=key, Body=body.encode())
+    s3.s3_client().put_object(Bucket=s3.split_s3(bucket_uri)[0], Key=key, Body=body.encode())
     return f"{bucket_uri}/{key}"
 
 
