@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRYPOINTS = ("flows.stages", "flows.pipeline", "flows.retrain", "flows.evaluation")
+# Every spec module too: the CLI and the Prefect form read specs without running a stage.
+SPECS = tuple(sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "tasks").rglob("spec.py")))
+ENTRYPOINTS = ("flows.stages", "flows.pipeline", "flows.retrain", "flows.evaluation", "flows.spec", *SPECS)
 # What only training and scoring need, seconds to import; prefect and mlflow bring numpy, pandas and pyarrow themselves.
 HEAVY = ("torch", "transformers", "peft", "accelerate", "sklearn")
 
@@ -33,7 +35,8 @@ print(json.dumps(found))
 """
 
 
-def test_flow_entrypoints_import_without_torch_or_transformers():
+def test_flow_entrypoints_and_specs_import_without_torch_or_transformers():
+    assert {"tasks.spec", "tasks.finetune.spec", "tasks.gate.spec"} <= set(SPECS)
     args = json.dumps([HEAVY, str(ROOT), ENTRYPOINTS])
     done = subprocess.run([sys.executable, "-c", PROBE, args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 from tasks import model as models
 from tasks.data.spec import TokenizerSpec
 from tasks.errors import UserError
+from tasks.spec import ModelSpec
 from tasks.tokenizer import train_tokenizer
 
 
@@ -17,7 +18,7 @@ def tokenizer():
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_build_sizes_the_model_from_the_spec(tokenizer, arch):
-    spec = models.ModelSpec(arch=arch, n_layer=3, n_head=2, n_embd=16, n_positions=48)
+    spec = ModelSpec(arch=arch, n_layer=3, n_head=2, n_embd=16, n_positions=48)
     model = models.build(spec, tokenizer)
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     assert models.max_positions(model.config) == 48
@@ -26,7 +27,7 @@ def test_build_sizes_the_model_from_the_spec(tokenizer, arch):
 
 
 def test_local_folder_round_trip(tmp_path, tokenizer):
-    model = models.build(models.ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
+    model = models.build(ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded, tok = models.load(str(tmp_path))
@@ -35,7 +36,7 @@ def test_local_folder_round_trip(tmp_path, tokenizer):
 
 
 def test_pickle_only_folder_is_refused_with_the_reason(tmp_path, tokenizer):
-    model = models.build(models.ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
+    model = models.build(ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # the pickle format of older checkpoints
     with pytest.raises(UserError, match="only pickle weights .*pytorch_model.bin.*can run code"):
