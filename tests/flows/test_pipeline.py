@@ -118,7 +118,8 @@ def test_registration_is_idempotent_for_a_stage_key(home, corpus, run):
     result = run(corpus)
     pretrain_run = stage_runs(result["pipeline_run"])["pretrain"]
     ctx = tracking.StageRun(
-        "pretrain", pretrain_run.info.run_id, pretrain_run.data.tags[tracking.STAGE_KEY], {}, {}, None, resumed=True
+        "pretrain", pretrain_run.info.run_id, pretrain_run.data.tags[tracking.STAGE_KEY], code.version("tasks.pretrain.stage"),
+        {}, {}, None, resumed=True,
     )
     source = MlflowClient().get_model_version("tiny-base", "1").source
     assert registry.register(source, "tiny-base", ctx) == "models:/tiny-base/1"
