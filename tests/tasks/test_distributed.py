@@ -77,7 +77,7 @@ def test_more_devices_than_the_worker_has_gpus_are_refused(monkeypatch):
 def test_fsdp_without_cuda_is_refused_before_anything_loads(home, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     tracking.configure("multistep")
-    ctx = tracking.StageRun("pretrain", "no-run", "no-key", {}, {}, None, resumed=False)
+    ctx = tracking.StageRun("pretrain", "no-run", "no-key", "no-code", {}, {}, None, resumed=False)
     spec = PretrainSpec(train=TrainSpec(devices=2, sharding="fsdp"))
     # The dataset URI is never read: the stage refuses first.
     with pytest.raises(UserError, match="pretrain.train.sharding fsdp needs CUDA devices and this worker has none: set pretrain.train.sharding to ddp"):
