@@ -7,6 +7,7 @@ signal stops at once, as kill -9 would: the run still resumes from its newest co
 """
 
 import contextvars
+import logging
 import os
 import shlex
 import signal
@@ -27,6 +28,12 @@ def install() -> None:
     """Take SIGINT and SIGTERM in the main thread from now on (before the heavy imports: a Ctrl-C there stops cleanly too)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
+    logging.getLogger("prefect.flow_runs").addFilter(_no_crash_reports_after_an_interrupt)
+
+
+def _no_crash_reports_after_an_interrupt(record: logging.LogRecord) -> bool:
+    # Prefect takes the interrupt for a crash of each flow run; they end Cancelled, and the CLI says so in one line.
+    return not (interrupt.requested() and record.getMessage().startswith(("Crash detected!", "Finished in state Crashed")))
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -37,7 +44,7 @@ def _on_signal(signum: int, frame) -> None:
         os.write(1, f"multistep: {name} received: stopping at the next training step (with a checkpoint) or before the next stage; again to stop at once\n".encode())
         return
     embedded.stop_prefect_server()
-    os.write(2, f"{resume_hint('stopped at once')}\n".encode())
+    os.write(2, f"{resume_hint('stopped at once, without a new checkpoint')}\n".encode())
     os._exit(interrupt.exit_code())
 
 
@@ -77,7 +84,7 @@ def stopped(exc: interrupt.Interrupted) -> int:
 
 def resume_hint(where: str) -> str:
     command = shlex.join(["multistep", *sys.argv[1:]])
-    return f"multistep: interrupted by {interrupt.signal_name()} ({where}); the same command resumes from there: {command}"
+    return f"multistep: interrupted by {interrupt.signal_name()} ({where}); the same command resumes: {command}"
 
 
 def _cancel_flow_runs() -> None:

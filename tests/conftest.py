@@ -224,13 +224,13 @@ def _cli_env(home: Path, env: dict) -> dict[str, str]:
 def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
     full_env = _cli_env(home, env)
     home.mkdir(parents=True, exist_ok=True)
-    # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding the pipes open.
+    # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding them open for a moment.
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
         proc = subprocess.Popen(CLI + args, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True, start_new_session=True)
         try:
             proc.wait(timeout=timeout)
         finally:
-            try:  # end whatever the run left behind, e.g. that server
+            try:  # end whatever the run left in its group (its Prefect server, in a session of its own, stops once the CLI is gone)
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
