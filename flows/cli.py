@@ -12,6 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+from flows import embedded, supervise
+from tasks.interrupt import Interrupted
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multistep", description="Multi-step LLM training as a Prefect workflow.")
@@ -39,18 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("stack", "deploy"):
         return _operate(args)
     _embedded_defaults()
-    if args.command == "evaluate":
-        return _evaluate(args, _start_prefect_server())
     if args.command == "lineage":
         return _lineage(args)  # reads MLflow only: no Prefect server to start
-    prefect_ready = _start_prefect_server()
+    supervise.install()
+    prefect_ready = embedded.start_prefect_server()
     from tasks.errors import UserError  # after the environment is set: prefect reads it at import
 
     try:
+        if args.command == "evaluate":
+            return _evaluate(args, prefect_ready)
         return _run(args, prefect_ready)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        return supervise.stopped(exc)
 
 
 def _operate(args) -> int:
@@ -87,23 +93,6 @@ def _embedded_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
 
-def _start_prefect_server() -> threading.Thread | None:
-    """Start Prefect's ephemeral API server now, so its few seconds of start-up overlap the heavy imports."""
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-
-    # Imported here, not in the thread: two threads importing at once raced (MLflow's SQLAlchemy mappers met Prefect's
-    # half-defined models; a half-initialised importlib_metadata). Only the server's start-up runs beside the imports.
-    from prefect.server.api.server import SubprocessASGIServer
-
-    def start() -> None:
-        SubprocessASGIServer().start()  # the same singleton the Prefect client would start later
-
-    thread = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
-    thread.start()
-    return thread
-
-
 def _run(args, prefect_ready: threading.Thread | None) -> int:
     from flows.spec import load
     from tasks import tracking
@@ -122,9 +111,9 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            result = llm_pipeline(spec)
+            result = supervise.run(lambda: llm_pipeline(spec))
     else:
-        result = llm_pipeline(spec)
+        result = supervise.run(lambda: llm_pipeline(spec))
     print(pipeline_summary(result, time.perf_counter() - start))
     if args.json:
         print(json.dumps(result))
@@ -167,7 +156,7 @@ def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
         _hide_tracebacks_of_user_errors()
         if prefect_ready:
             prefect_ready.join()
-        result = evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
+        result = supervise.run(lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

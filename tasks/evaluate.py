@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from tasks import registry
+from tasks import interrupt, registry
 from tasks.data import labeled, prepared
 from tasks.errors import UserError
 from tasks.spec import Spec
@@ -161,6 +161,7 @@ def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_row
     found: dict[str, Scored] = {}
     out = {}
     for uri in model_uris:
+        interrupt.check(f"before scoring {uri}")  # after Ctrl-C, the models scored so far keep their runs
         scored = found[uri] = score(uri, dataset, split=split, max_rows=max_rows)
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
         with mlflow.start_run(run_name="evaluate", nested=True, tags={**tags, "multistep.stage": "evaluate", "multistep.input.model": uri, "multistep.input.dataset": dataset}):

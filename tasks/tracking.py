@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, SecretStr
 
+from tasks import interrupt
 from tasks.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def configure(experiment: str) -> str:
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
@@ -56,6 +57,19 @@ def configure(experiment: str) -> str:
         return mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
         return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+@functools.cache
+def _create_sqlite_store(uri: str) -> None:
+    """Create (or upgrade) the embedded store's tables once, under a file lock: two first runs migrating at once broke each other."""
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking store's tables
+        client.search_registered_models(max_results=1)  # the registry's, which its own store creates
 
 
 def _check_server(uri: str) -> None:
@@ -207,6 +221,7 @@ def stage_run(
     """
     from tasks import code as source
 
+    interrupt.check(f"before {stage}")  # after Ctrl-C no new stage starts
     experiment_id = configure(experiment)
     _check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
@@ -234,7 +249,7 @@ def stage_run(
             MlflowClient().set_tag(run_id, k, v)
     ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
     _tag_prefect_flow_run(run_id)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), _killed_on_interrupt():
         for name, uri in inputs.items():
             mlflow.set_tag(f"multistep.input.{name}", uri)
         mlflow.log_params(_flatten(public(spec)))
@@ -242,6 +257,16 @@ def stage_run(
         if not ctx.output:
             raise RuntimeError(f"{stage}: the stage body set no output URI")
         mlflow.set_tag(OUTPUT, ctx.output)
+
+
+@contextmanager
+def _killed_on_interrupt() -> Iterator[None]:
+    """Inside `mlflow.start_run`: an interrupted run ends KILLED, not FAILED (what the run's exit would record for any exception)."""
+    try:
+        yield
+    except interrupt.Interrupted:
+        mlflow.end_run("KILLED")  # the innermost active run is the one this guards; a rerun resumes it as any unfinished run
+        raise
 
 
 def _check_artifact_store(experiment_id: str) -> None:
@@ -280,7 +305,7 @@ def pipeline_run(name: str, spec: BaseModel | None, experiment: str) -> Iterator
     """The pipeline's own MLflow run, the parent of every stage run; yields its id."""
     experiment_id = configure(experiment)
     tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run, _killed_on_interrupt():
         if spec is not None:
             mlflow.log_dict(public(spec), "spec.json")
         _tag_prefect_flow_run(run.info.run_id)

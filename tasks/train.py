@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import threading
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from tasks import storage
+from tasks import interrupt, storage
 from tasks.spec import TrainSpec  # kept there, away from torch; still exported here
 from tasks.tracking import StageRun, home, log_metrics
 
@@ -75,9 +74,21 @@ class PublishCheckpoints(TrainerCallback):
             storage.remove_dir(old)
 
 
+class StopOnInterrupt(TrainerCallback):
+    """After Ctrl-C or SIGTERM (tasks/interrupt.py) end training at this step's boundary, with a checkpoint published like any other."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupt.requested():
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 class FaultInjection(TrainerCallback):
-    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills the
-    worker itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
+    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills or
+    interrupts the process itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if os.environ.get(FAULT_ENV) == str(state.global_step):
@@ -86,8 +97,8 @@ class FaultInjection(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Runs after PublishCheckpoints.on_save (added before this callback): the checkpoint is complete in the store.
         if os.environ.get(HOLD_ENV) == str(state.global_step):
-            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed")
-            threading.Event().wait()
+            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed or interrupted")
+            interrupt.wait()
 
 
 def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArguments:
@@ -157,6 +168,8 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
             print(f"{ctx.stage}: {world} processes train together ({how}, {torch.distributed.get_backend()} backend)")
     trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
     trainer.add_callback(FaultInjection())
+    stop = StopOnInterrupt()
+    trainer.add_callback(stop)
     # Trainer scales a loss by the batch's label count across ranks (×world size, not ÷grad_accum) whenever the model's
     # forward takes **kwargs, yet only causal LMs divide by that count: a masked-LM or classification loss would come out
     # world_size × (or grad_accum ×) too large, in the gradients and on the charts. Such losses are plain batch means.
@@ -171,6 +184,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
+    if stop.stopped_at is not None:  # the checkpoint of that step is published: raise before anything is registered
+        print(f"{ctx.stage}: stopped by {interrupt.signal_name()} at step {stop.stopped_at}, checkpoint-{stop.stopped_at} saved")
+        raise interrupt.Interrupted(f"{ctx.stage} at checkpoint-{stop.stopped_at}")
     steps = trainer.state.global_step - start_step
     stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}
     if lead:
