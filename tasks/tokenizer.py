@@ -85,7 +85,8 @@ def load_tokenizer(path_or_dir: str | Path, gguf_file: str | None = None, fix: s
     try:
         tok = AutoTokenizer.from_pretrained(str(path_or_dir), trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as err:
-        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({err}): point to a folder written by save_pretrained{fix}.") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({reason}): point to a folder written by save_pretrained{fix}.") from None
     special = set(tok.all_special_ids)
     if len(tok) <= len(special):
         raise UserError(
