@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 def run_and_look_for_survivors(args: list[str], home: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run `multistep ARGS`; once it has exited, list the processes still running with its MULTISTEP_HOME, then end them."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"MULTISTEP_HOME": str(home)}
+    # Prefect's default of 20 s to start the embedded server is too short on a loaded 2-core machine (as in conftest).
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
