@@ -88,7 +88,12 @@ def _embedded_defaults() -> None:
         # The ephemeral server starts before anything else would create its folder, and cannot open its database without it.
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the embedded server has no network
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    # Forced, not defaulted: a pickle can run code when loaded, and nothing multistep loads needs one.
+    asked = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    if asked is not None and asked.strip().lower() not in ("false", "0"):
+        print(f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={asked} is ignored: multistep never unpickles models "
+              "(safetensors only), so it runs with false.", file=sys.stderr)
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
@@ -135,16 +140,29 @@ def _lineage(args) -> int:
 
 
 def _hide_tracebacks_of_user_errors() -> None:
-    """Prefect logs every flow exception with its traceback; for input errors the one sentence is enough."""
+    """Prefect logs every flow exception with its traceback; for input errors the one sentence is enough.
+
+    On the terminal it is said once, by the CLI's `error:` line: each flow the error passes through would add two
+    more lines (the exception, then the Failed state). Prefect's API log, which the UI shows, keeps them.
+    """
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     from tasks.errors import UserError
+
+    ensure_logging_setup()  # the console handler must exist to take the filter below
 
     def strip(record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
-            record.exc_info, record.exc_text = None, None
+            record.exc_info, record.exc_text, record.multistep_user_error = None, None, True
+        elif record.getMessage().startswith("Finished in state Failed(") and "exception: UserError: " in record.getMessage():
+            record.multistep_user_error = True  # the state's message is all that says which exception failed it
         return True
 
     logging.getLogger("prefect.flow_runs").addFilter(strip)
-
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(lambda record: not getattr(record, "multistep_user_error", False))
 
 
 def _evaluate(args, prefect_ready: threading.Thread | None) -> int:

@@ -38,7 +38,7 @@ def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     from tasks import model as models
     from tasks.tokenizer import unigram_perplexity
 
-    model, _ = models.load(model_uri)
+    model, _ = models.load(model_uri, tokenizer=False)
     vocab = len(prepared.load_tokenizer(dataset))
     train = prepared.load_blocks(dataset, "train")
     metrics = {}
@@ -111,7 +111,7 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
     task = task_of(dataset)
     if task == "lm":
         blocks = prepared.load_blocks(dataset, split)[:max_rows]
-        model, _ = models.load(model_uri)
+        model, _ = models.load(model_uri, tokenizer=False)
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
         return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])

@@ -74,8 +74,13 @@ class Decision:
     def tags(self) -> dict[str, str]:
         out = {f"gate.{k}": ("" if v is None else json.dumps(v) if isinstance(v, dict) else f"{v:.6g}" if isinstance(v, float) else str(v))
                for k, v in asdict(self).items()}
-        out["gate.decision"] = "promoted" if self.promote else "rejected"
+        out["gate.decision"] = self.verdict
         return out
+
+    @property
+    def verdict(self) -> str:
+        """The one word the log, the registry tag and the run summary use."""
+        return "promoted" if self.promote else "rejected"
 
 
 def direction(metric: str) -> int:
@@ -224,7 +229,7 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
     decision = promote(name, spec.alias, challenger, judge)
     _record(decision, scored, ctx, spec)
     registry.set_tags(challenger, decision.tags())
-    print(f"gate: {'PROMOTED' if decision.promote else 'kept'} — {decision.reason}")
+    print(f"gate: {decision.verdict} — {decision.reason}")
     return f"runs:/{ctx.run_id}/gate"
 
 
@@ -287,7 +292,7 @@ def _figure(d: Decision, spec: GateSpec):
 def _markdown(d: Decision, spec: GateSpec) -> str:
     fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     lines = [
-        f"# Gate: {'promoted' if d.promote else 'not promoted'}", "", d.reason, "",
+        f"# Gate: {d.verdict}", "", d.reason, "",
         "| | model | " + d.metric + " |", "|---|---|---:|",
         f"| challenger | `{d.challenger}` | {fmt(d.challenger_value)} |",
         f"| champion (@{spec.alias}) | `{d.champion or 'none'}` | {fmt(d.champion_value)} |",

@@ -78,7 +78,7 @@ class ModelSpec(Spec):
 
     def model_post_init(self, _context) -> None:
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})")
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head}): change one of them")
 
 
 class MethodSpec(Spec):

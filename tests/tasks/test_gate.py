@@ -130,3 +130,18 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
     tags = registry.get_model_version("m", "2").tags
     assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]
     assert gate.holder("m", "champion") == "models:/m/2" and gate.holder("m", "challenger") == "models:/m/2"
+
+
+def test_the_gate_log_and_the_registry_say_the_same_word(registry, monkeypatch, capsys):
+    import numpy as np
+
+    from tasks import evaluate, tracking
+
+    scored = evaluate.Scored("classification", {"accuracy": 0.5, "macro_f1": 0.5}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+    monkeypatch.setattr(evaluate, "score", lambda uri, dataset, **kw: scored)
+    spec = GateSpec()  # v2 scores as v1, the champion: no gain, so no promotion
+    tracking.run_stage("gate", spec, {"model": "models:/m/2", "dataset": "d"}, lambda ctx: gate.run(spec, "models:/m/2", "d", ctx),
+                       experiment="t", digests={"model": "m2", "dataset": "d"})
+    assert registry.get_model_version("m", "2").tags["gate.decision"] == "rejected"  # what the run summary prints
+    assert "gate: rejected — accuracy 0.5 vs champion 0.5: gain +0.0000" in capsys.readouterr().out
+    assert gate.holder("m", "champion") == "models:/m/1"
