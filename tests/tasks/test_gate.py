@@ -113,7 +113,7 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
 def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
     import numpy as np
 
-    from tasks import evaluate, tracking
+    from tasks import evaluate
     from tasks.errors import UserError
 
     def score(uri, dataset, **kw):
@@ -123,9 +123,7 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
 
     monkeypatch.setattr(evaluate, "score", score)
     spec = GateSpec(threshold=0.8)
-    inputs = {"model": "models:/m/2", "dataset": "d"}
-    with tracking.stage_run("gate", spec, inputs, code="tasks.gate", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
-        ctx.output = gate.run(spec, "models:/m/2", "d", ctx)
+    gate_v2(spec)
     assert "cannot be scored on these test rows" in capsys.readouterr().out
     tags = registry.get_model_version("m", "2").tags
     assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]
@@ -135,13 +133,22 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
 def test_the_gate_log_and_the_registry_say_the_same_word(registry, monkeypatch, capsys):
     import numpy as np
 
-    from tasks import evaluate, tracking
+    from tasks import evaluate
 
     scored = evaluate.Scored("classification", {"accuracy": 0.5, "macro_f1": 0.5}, {"accuracy": np.ones(10)}, [{"text": "t"}])
     monkeypatch.setattr(evaluate, "score", lambda uri, dataset, **kw: scored)
     spec = GateSpec()  # v2 scores as v1, the champion: no gain, so no promotion
-    tracking.run_stage("gate", spec, {"model": "models:/m/2", "dataset": "d"}, lambda ctx: gate.run(spec, "models:/m/2", "d", ctx),
-                       experiment="t", digests={"model": "m2", "dataset": "d"})
+    gate_v2(spec)
     assert registry.get_model_version("m", "2").tags["gate.decision"] == "rejected"  # what the run summary prints
     assert "gate: rejected — accuracy 0.5 vs champion 0.5: gain +0.0000" in capsys.readouterr().out
     assert gate.holder("m", "champion") == "models:/m/1"
+
+
+def gate_v2(spec: GateSpec) -> str:
+    """The gate stage's body on models:/m/2 inside its stage run, as the gate flow runs it."""
+    from tasks import tracking
+
+    inputs = {"model": "models:/m/2", "dataset": "d"}
+    with tracking.stage_run("gate", spec, inputs, code="tasks.gate", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
+        ctx.output = gate.run(spec, "models:/m/2", "d", ctx)
+    return ctx.output
