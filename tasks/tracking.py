@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, SecretStr
 
+from tasks import lease
 from tasks.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -185,12 +186,17 @@ class StageRun:
         return tags
 
 
-def _find(experiment_id: str, key: str, finished: bool):
-    status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
-    runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"], max_results=1
-    )
+def _finished(experiment_id: str, key: str):
+    """The newest finished run of a stage key, or None."""
+    query = f"tags.`{STAGE_KEY}` = '{key}' and attributes.status = 'FINISHED'"
+    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def _unfinished(experiment_id: str, key: str) -> list:
+    """Every unfinished run of a stage key, newest first (more than one only after a race or a crash)."""
+    query = f"tags.`{STAGE_KEY}` = '{key}' and attributes.status != 'FINISHED'"
+    return MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
 def run_stage(
@@ -205,7 +211,8 @@ def run_stage(
     params: dict[str, str] | None = None,
     round: int | None = None,
 ) -> str:
-    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one.
+    """Run `body` inside this stage's MLflow run: reuse a finished run with the same key, resume an unfinished one, wait
+    for one that another live process is running (tasks/lease.py).
 
     `round` (self-training) names the run `<stage>-round<n>` and tags it; it is not part of the key, the inputs differ anyway.
     """
@@ -213,33 +220,54 @@ def run_stage(
     _check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params or {})
-    done = _find(experiment_id, key, finished=True)
-    if done is not None and done.data.tags.get(OUTPUT):
-        output = done.data.tags[OUTPUT]
-        print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
-        if parent_run_id:
-            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
-        return output
-
-    unfinished = _find(experiment_id, key, finished=False)
     tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    if unfinished is None:
-        run_id = MlflowClient().create_run(experiment_id, run_name=stage if round is None else f"{stage}-round{round}", tags=tags).info.run_id
-    else:
-        run_id = unfinished.info.run_id
+    name = stage if round is None else f"{stage}-round{round}"
+    client = MlflowClient()
+    wait = lease.Wait(stage)
+    while True:  # until the result exists (cache hit) or this process holds the stage's run (lease)
+        # Unfinished first: a run that finishes between the two searches is then seen finished, never missed by both.
+        unfinished = _unfinished(experiment_id, key)
+        done = _finished(experiment_id, key)
+        if done is not None and done.data.tags.get(OUTPUT):
+            output = done.data.tags[OUTPUT]
+            print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
+            if parent_run_id:
+                client.set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
+            return output
+        other = lease.holder(unfinished)
+        if other is not None:  # never resume a run whose owner is alive: wait for its result
+            wait(other)
+            continue
+        held = lease.acquire(
+            unfinished[0].info.run_id if unfinished else None,
+            create=lambda claim: client.create_run(experiment_id, run_name=name, tags={**tags, **claim}).info.run_id,
+            rivals=lambda: _unfinished(experiment_id, key),
+        )
+        if held is None:
+            continue
+        if _finished(experiment_id, key) is None:
+            break
+        held.release()  # a rival ran the whole stage while we were electing: take its result instead
+        if held.created:
+            client.delete_run(held.run_id)
+    run_id, resumed = held.run_id, not held.created
+    if resumed:
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
         for k, v in tags.items():
-            MlflowClient().set_tag(run_id, k, v)
-    ctx = StageRun(stage, run_id, key, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
-    _tag_prefect_flow_run(run_id)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        for name, uri in inputs.items():
-            mlflow.set_tag(f"multistep.input.{name}", uri)
-        mlflow.log_params(_flatten(public(spec)))
-        output = body(ctx)
-        mlflow.set_tag(OUTPUT, output)
+            client.set_tag(run_id, k, v)
+    ctx = StageRun(stage, run_id, key, dict(inputs), digests, parent_run_id, resumed=resumed, tags=tags)
+    try:
+        _tag_prefect_flow_run(run_id)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            for input_name, uri in inputs.items():
+                mlflow.set_tag(f"multistep.input.{input_name}", uri)
+            mlflow.log_params(_flatten(public(spec)))
+            output = body(ctx)
+            mlflow.set_tag(OUTPUT, output)
+    finally:
+        held.release()
     return output
 
 
