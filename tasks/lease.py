@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from tasks.errors import UserError
@@ -43,7 +43,7 @@ def expiry_s() -> float:
 
 
 def settle_s() -> float:
-    return _seconds("MULTISTEP_LEASE_SETTLE_S", 0.5)
+    return _seconds("MULTISTEP_LEASE_SETTLE_S", 0.25)
 
 
 def poll_s() -> float:
@@ -120,7 +120,10 @@ def _owner(run: Run) -> Holder | None:
     if OWNER not in tags or HEARTBEAT not in tags:
         return None
     host, pid, token = _split(tags[OWNER])
-    beat = float(tags[HEARTBEAT])
+    try:
+        beat = float(tags[HEARTBEAT])
+    except ValueError:  # not ours to make sense of: as good as no beat
+        return None
     # The owner keeps its claim while it holds the run; the claim says where its pid lives.
     where = _split(tags.get(CLAIM + token, "::"))[2]
     owner = Holder(run.info.run_id, host, pid, token, where, beat)
@@ -149,8 +152,9 @@ class Lease:
     def __init__(self, run_id: str, token: str, created: bool):
         self.run_id, self.token, self.created = run_id, token, created
         self._client = MlflowClient(mlflow.get_tracking_uri())  # the thread must not depend on later global changes
-        self._client.set_tag(run_id, OWNER, f"{socket.gethostname()}:{os.getpid()}:{token}")
-        self._client.set_tag(run_id, HEARTBEAT, f"{time.time():.3f}")
+        # One batch, so that no reader sees the new owner without its first beat.
+        owner = f"{socket.gethostname()}:{os.getpid()}:{token}"
+        self._client.log_batch(run_id, tags=[RunTag(OWNER, owner), RunTag(HEARTBEAT, f"{time.time():.3f}")])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-heartbeat-{run_id[:8]}", daemon=True)
         self._thread.start()
