@@ -2,7 +2,8 @@
 not load are quarantined (moved aside under another name), never loaded less safely and never retried.
 
 What Trainer reads when it resumes, and how: model weights from safetensors (`model.safetensors`, shards, LoRA's
-`adapter_model.safetensors`); optimizer, scheduler, scaler and RNG states (`optimizer.pt`, `scheduler.pt`, `scaler.pt`,
+`adapter_model.safetensors`; a checkpoint with pickled weights instead is refused here, although Trainer would load
+them with weights_only=True); optimizer, scheduler, scaler and RNG states (`optimizer.pt`, `scheduler.pt`, `scaler.pt`,
 `rng_state*.pth`, and under FSDP `pytorch_model_fsdp*.bin`) through `torch.load(weights_only=True)`, which refuses
 anything but tensors and plain containers; `trainer_state.json` as JSON. `training_args.bin` is a full pickle that
 Trainer writes but never reads back, so it is not read here either.
@@ -18,7 +19,9 @@ from pathlib import Path
 from tasks import storage
 
 QUARANTINE = "quarantined-"  # not `checkpoint-…`: Trainer's rotation and list_complete must both pass it by
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model_fsdp.bin")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+FSDP_WEIGHTS = "pytorch_model_fsdp"  # accelerate's FULL_STATE_DICT file (`.bin`), or a folder of shards
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 PICKLED = (".pt", ".pth", ".bin")
 NEVER_READ = {"training_args.bin"}
 
@@ -47,14 +50,23 @@ def resume_point(dest: str, local_dir: str, stage: str, run_id: str) -> str | No
 
 def why_unusable(path: Path) -> str | None:
     """Why Trainer could not, or must not, resume from this folder; None when every file it reads loads safely."""
-    if not any((path / name).is_file() for name in WEIGHTS):
-        return "it holds no safetensors model weights"
+    problem = _weights_problem(path)
+    if problem:
+        return problem
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         try:
             _load(file)
         except Exception as exc:  # noqa: BLE001 - whatever the loader says, the checkpoint is unusable
             return f"{file.relative_to(path).as_posix()}: {_reason(exc)}"
     return None
+
+
+def _weights_problem(path: Path) -> str | None:
+    """Model weights must be safetensors (Trainer would also take a pickle, through weights_only=True); FSDP's are its own."""
+    if any((path / name).is_file() for name in WEIGHTS) or any(p.name.startswith(FSDP_WEIGHTS) for p in path.iterdir()):
+        return None
+    pickled = [name for name in PICKLED_WEIGHTS if (path / name).is_file()]
+    return f"its model weights are a pickle ({', '.join(pickled)}), not safetensors" if pickled else "it holds no model weights"
 
 
 def _load(file: Path) -> None:

@@ -58,7 +58,8 @@ POISONS = {
     "code in scheduler.pt": ("scheduler.pt", "pickle", "scheduler.pt: it would call posix.system when unpickled, which is refused"),
     "garbage rng_state.pth": ("rng_state.pth", b"garbage" * 40, "rng_state.pth: it is not a state file that torch.save wrote, or it is damaged"),
     "garbage weights": ("model.safetensors", b"\x00" * 64, "model.safetensors: SafetensorError: Error while deserializing header: "),
-    "no weights": ("model.safetensors", "delete", "it holds no safetensors model weights"),
+    "no weights": ("model.safetensors", "delete", "it holds no model weights"),
+    "pickled weights": ("model.safetensors", "pytorch_model.bin", "its model weights are a pickle (pytorch_model.bin), not safetensors"),
     "torn trainer_state.json": ("trainer_state.json", b'{"global_step": ', "trainer_state.json: JSONDecodeError: Expecting value: line 1 column 17 (char 16)"),
 }
 
@@ -75,6 +76,8 @@ def test_a_checkpoint_that_does_not_load_is_quarantined_and_the_previous_one_use
         torch.save(RunsCode(tmp_path / "pwned"), target)
     elif content == "pickle":
         target.write_bytes(pickle.dumps(RunsCode(tmp_path / "pwned"), protocol=2))
+    elif content == "pytorch_model.bin":
+        torch.save({"w": torch.zeros(2, 2)}, target.with_name(content))  # loads with weights_only=True, but is no safetensors
     elif content != "delete":
         target.write_bytes(content)
 
