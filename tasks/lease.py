@@ -214,6 +214,30 @@ def _owner_other_than(runs: list[Run], token: str) -> bool:
     return any(owner.token != token for owner in filter(None, map(_owner, runs)))
 
 
+def take(stage: str, result: Callable[[], Run | None], unfinished: Callable[[], list[Run]], create: Callable[[dict[str, str]], str]) -> "Run | Lease":
+    """The stage key's finished run (`result()`: a cache hit), or the lease on the run this process is to run: a new one
+    (`create(tags)`), or the newest unfinished one whose owner is gone. Waits while another live process runs the stage."""
+    wait = Wait(stage)
+    while True:
+        # Unfinished first: a run that finishes between the two searches is then seen finished, never missed by both.
+        runs = unfinished()
+        done = result()
+        if done is not None:
+            return done
+        other = holder(runs)
+        if other is not None:  # never resume a run whose owner is alive: wait for its result
+            wait(other)
+            continue
+        held = acquire(runs[0].info.run_id if runs else None, create=create, rivals=unfinished)
+        if held is None:
+            continue
+        if result() is None:
+            return held
+        held.release()  # a rival ran the whole stage while we were electing: take its result instead
+        if held.created:
+            MlflowClient().delete_run(held.run_id)
+
+
 class Wait:
     """Waiting for another process's run of the same stage key: said once, bounded by MULTISTEP_LEASE_WAIT_S."""
 

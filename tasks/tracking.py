@@ -186,17 +186,9 @@ class StageRun:
         return tags
 
 
-def _finished(experiment_id: str, key: str):
-    """The newest finished run of a stage key, or None."""
-    query = f"tags.`{STAGE_KEY}` = '{key}' and attributes.status = 'FINISHED'"
-    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def _unfinished(experiment_id: str, key: str) -> list:
-    """Every unfinished run of a stage key, newest first (more than one only after a race or a crash)."""
-    query = f"tags.`{STAGE_KEY}` = '{key}' and attributes.status != 'FINISHED'"
-    return MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+def _find(experiment_id: str, key: str, finished: bool) -> list:
+    status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
+    return MlflowClient().search_runs([experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"])
 
 
 def run_stage(
@@ -223,46 +215,30 @@ def run_stage(
     tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    name = stage if round is None else f"{stage}-round{round}"
-    client = MlflowClient()
-    wait = lease.Wait(stage)
-    while True:  # until the result exists (cache hit) or this process holds the stage's run (lease)
-        # Unfinished first: a run that finishes between the two searches is then seen finished, never missed by both.
-        unfinished = _unfinished(experiment_id, key)
-        done = _finished(experiment_id, key)
-        if done is not None and done.data.tags.get(OUTPUT):
-            output = done.data.tags[OUTPUT]
-            print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
-            if parent_run_id:
-                client.set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
-            return output
-        other = lease.holder(unfinished)
-        if other is not None:  # never resume a run whose owner is alive: wait for its result
-            wait(other)
-            continue
-        held = lease.acquire(
-            unfinished[0].info.run_id if unfinished else None,
-            create=lambda claim: client.create_run(experiment_id, run_name=name, tags={**tags, **claim}).info.run_id,
-            rivals=lambda: _unfinished(experiment_id, key),
-        )
-        if held is None:
-            continue
-        if _finished(experiment_id, key) is None:
-            break
-        held.release()  # a rival ran the whole stage while we were electing: take its result instead
-        if held.created:
-            client.delete_run(held.run_id)
-    run_id, resumed = held.run_id, not held.created
+    run_name = stage if round is None else f"{stage}-round{round}"
+    taken = lease.take(
+        stage,
+        result=lambda: next((r for r in _find(experiment_id, key, finished=True) if r.data.tags.get(OUTPUT)), None),
+        unfinished=lambda: _find(experiment_id, key, finished=False),
+        create=lambda claim: MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **claim}).info.run_id,
+    )
+    if not isinstance(taken, lease.Lease):
+        output = taken.data.tags[OUTPUT]
+        print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
+        if parent_run_id:
+            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", taken.info.run_id)
+        return output
+    held, run_id, resumed = taken, taken.run_id, not taken.created
     if resumed:
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
         for k, v in tags.items():
-            client.set_tag(run_id, k, v)
+            MlflowClient().set_tag(run_id, k, v)
     ctx = StageRun(stage, run_id, key, dict(inputs), digests, parent_run_id, resumed=resumed, tags=tags)
     try:
         _tag_prefect_flow_run(run_id)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            for input_name, uri in inputs.items():
-                mlflow.set_tag(f"multistep.input.{input_name}", uri)
+            for name, uri in inputs.items():
+                mlflow.set_tag(f"multistep.input.{name}", uri)
             mlflow.log_params(_flatten(public(spec)))
             output = body(ctx)
             mlflow.set_tag(OUTPUT, output)
