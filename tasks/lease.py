@@ -30,7 +30,10 @@ HEARTBEAT = "multistep.heartbeat"
 
 
 def _seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise UserError(f"{name}={os.environ[name]!r} is not a number of seconds: set it to e.g. {default:g}, or unset it") from None
 
 
 def heartbeat_s() -> float:
@@ -56,7 +59,7 @@ def wait_s() -> float:
 
 @cache
 def place() -> str:
-    """This machine and pid namespace: only there does a pid name the same process (containers share host names)."""
+    """This machine and pid namespace: only there does a pid name the same process (two containers may share a host name)."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:

@@ -239,3 +239,9 @@ def test_a_slow_claim_uncontested_wins():
         assert [r.info.run_id for r in runs()] == [won.run_id]
     finally:
         won and won.release()
+
+
+def test_a_lease_setting_that_is_no_number_is_named(monkeypatch):
+    monkeypatch.setenv("MULTISTEP_LEASE_WAIT_S", "a day")
+    with pytest.raises(UserError, match=r"^MULTISTEP_LEASE_WAIT_S='a day' is not a number of seconds: set it to e.g. 86400, or unset it$"):
+        lease.wait_s()
