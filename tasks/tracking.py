@@ -17,7 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, SecretStr
 
-from tasks import interrupt
+from tasks import interrupt, lease
 from tasks.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -192,12 +192,9 @@ class StageRun:
         return tags
 
 
-def _find(experiment_id: str, key: str, finished: bool):
+def _find(experiment_id: str, key: str, finished: bool) -> list:
     status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
-    runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return runs[0] if runs else None
+    return MlflowClient().search_runs([experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"])
 
 
 @contextmanager
@@ -213,7 +210,8 @@ def stage_run(
     params: dict[str, str] | None = None,
     round: int | None = None,
 ) -> Iterator[StageRun]:
-    """This stage's MLflow run: a finished run with the same key is reused (`cached`, `output` set), an unfinished one resumed.
+    """This stage's MLflow run: a finished run with the same key is reused (`cached`, `output` set), an unfinished one
+    resumed, one that another live process is running waited for (tasks/lease.py).
 
     The body runs inside the `with` when `ctx.cached` is false and sets `ctx.output`, the URI the stage returns. `code` is
     the module the stage runs: its import closure's digest enters the key. `round` (self-training, rounds) names the run
@@ -227,36 +225,41 @@ def stage_run(
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     version = source.version(code)
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params, version)
-    done = _find(experiment_id, key, finished=True)
-    if done is not None and done.data.tags.get(OUTPUT):
-        output = done.data.tags[OUTPUT]
-        print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
-        if parent_run_id:
-            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
-        yield StageRun(stage, done.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
-        return
-
-    unfinished = _find(experiment_id, key, finished=False)
     tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    if unfinished is None:
-        run_id = MlflowClient().create_run(experiment_id, run_name=stage if round is None else f"{stage}-round{round}", tags=tags).info.run_id
-    else:
-        run_id = unfinished.info.run_id
+    run_name = stage if round is None else f"{stage}-round{round}"
+    taken = lease.take(
+        stage,
+        result=lambda: next((r for r in _find(experiment_id, key, finished=True) if r.data.tags.get(OUTPUT)), None),
+        unfinished=lambda: _find(experiment_id, key, finished=False),
+        create=lambda claim: MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **claim}).info.run_id,
+    )
+    if not isinstance(taken, lease.Lease):  # a finished run with this key: a cache hit
+        output = taken.data.tags[OUTPUT]
+        print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
+        if parent_run_id:
+            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", taken.info.run_id)
+        yield StageRun(stage, taken.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
+        return
+    held, run_id, resumed = taken, taken.run_id, not taken.created
+    if resumed:
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
         for k, v in tags.items():
             MlflowClient().set_tag(run_id, k, v)
-    ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
-    _tag_prefect_flow_run(run_id)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), _killed_on_interrupt():
-        for name, uri in inputs.items():
-            mlflow.set_tag(f"multistep.input.{name}", uri)
-        mlflow.log_params(_flatten(public(spec)))
-        yield ctx
-        if not ctx.output:
-            raise RuntimeError(f"{stage}: the stage body set no output URI")
-        mlflow.set_tag(OUTPUT, ctx.output)
+    ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=resumed, tags=tags)
+    try:
+        _tag_prefect_flow_run(run_id)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), _killed_on_interrupt():
+            for name, uri in inputs.items():
+                mlflow.set_tag(f"multistep.input.{name}", uri)
+            mlflow.log_params(_flatten(public(spec)))
+            yield ctx
+            if not ctx.output:
+                raise RuntimeError(f"{stage}: the stage body set no output URI")
+            mlflow.set_tag(OUTPUT, ctx.output)
+    finally:
+        held.release()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import interrupt, storage
+from tasks.checkpoints import resume_point
 from tasks.spec import TrainSpec  # kept there, away from torch; still exported here
 from tasks.tracking import StageRun, home, log_metrics
 
@@ -153,10 +154,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     dest = checkpoints(ctx) if lead else ""
     resume = None
     if lead:
-        complete = storage.list_complete(dest)
-        if complete:
-            resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
-            print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
+        resume = resume_point(dest, trainer.args.output_dir, ctx.stage, ctx.run_id)
+        if resume:
+            print(f"{ctx.stage}: resuming from {os.path.basename(resume)} of run {ctx.run_id}")
     resume = _from_rank_zero(resume)
     # train_batch_size is one process's batch: every rank takes its own.
     tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * world * _tokens_per_example(trainer)
