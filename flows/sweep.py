@@ -107,7 +107,11 @@ class Plan:
 
 @flow(name="sweep", log_prints=True)
 def sweep(spec: SweepSpec) -> dict:
-    """Run one llm_pipeline per cell (condition × grid point × seed) and report each condition against the baseline: mean ± std, paired 95% CI, McNemar p."""
+    """Run one llm_pipeline per cell (condition × grid point × seed) and report each condition against the baseline: mean ± std, paired 95% CI, McNemar p.
+
+    Args:
+        spec: The sweep: the base pipeline, the conditions, the seeds, the grid and the metric reported.
+    """
     found = plan(spec)
     for warning in found.warnings:
         print(f"sweep: warning: {warning}")
@@ -223,8 +227,6 @@ def _metric(spec: SweepSpec, cells: list[PipelineSpec], source: str) -> tuple[st
 
 def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None) -> SweepSpec:
     """A sweep YAML file plus `a.b=c` overrides (base.… reaches into the base pipeline) and --seeds, validated."""
-    from flows.spec import _apply
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Sweep file {path} does not exist: pass one of configs/sweeps/*.yaml or your own YAML file.")
@@ -238,7 +240,7 @@ def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = 
     if isinstance(data["base"], str):  # inlined, so that --set base.… reaches it and the logged spec is the whole recipe
         data["base"] = load_pipeline(data["base"]).model_dump(mode="json", exclude_unset=True)
     for item in overrides:
-        _apply(data, item)
+        _set(data, item)
     if seeds is not None:
         data["seeds"] = seeds
     try:
@@ -249,3 +251,21 @@ def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = 
         return SweepSpec.model_validate({**data, "base": base})
     except ValidationError as exc:
         raise UserError(explain(exc, str(path), SweepSpec)) from None
+
+
+def _set(data: dict, item: str) -> None:
+    """One --set: under overrides, grid and a condition the rest of the key stays one dotted key, as those maps hold them
+    (`conditions.eda.augment.pseudo=null` drops eda's pseudo-labels and keeps its EDA); elsewhere it is a path."""
+    from flows.spec import _apply
+
+    key, sep, raw = item.partition("=")
+    parts = key.split(".")
+    depth = {"overrides": 1, "grid": 1, "conditions": 2}.get(parts[0])
+    if not sep or depth is None or len(parts) <= depth:
+        return _apply(data, item)
+    node = data
+    for part in parts[:depth]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[".".join(parts[depth:])] = yaml.safe_load(raw) if raw else ""

@@ -207,3 +207,18 @@ def test_the_sweep_form_shows_help_for_every_field():
     assert missing == []
     assert models["SweepSpec"]["properties"]["test"]["enum"] == ["test", "validation"]
     assert all(m.get("additionalProperties") is False for m in models.values())
+
+
+def test_set_reaches_into_the_base_and_keeps_dotted_keys_of_conditions_overrides_and_grid():
+    spec = load("configs/sweeps/sst2-augment-gains.yaml", [
+        "base.finetune.train.lr=0.001", "conditions.eda.augment.eda.copies=2", "overrides.execution.mode=pools", "grid.finetune.method=[full, head]",
+    ])  # fmt: skip
+    assert spec.base.finetune.train.lr == 0.001 and spec.base.labeled.max_train_rows == 500  # the preset, inlined
+    assert spec.conditions["eda"] == {"augment.pseudo": None, "augment.eda.copies": 2}
+    assert spec.overrides == {"finetune.attack": {"rows": 200}, "execution.mode": "pools"}
+    found = plan(spec)
+    eda = [c for c in found.cells if c.condition == "eda"]
+    assert {(c.point, c.spec.augment.eda.copies, c.spec.finetune.method) for c in eda} == {
+        ((("finetune.method", "full"),), 2, "full"), ((("finetune.method", "head"),), 2, "head")}
+    assert found.reference["eda finetune.method=head"] == "none finetune.method=head"
+    assert {c.spec.execution.mode for c in found.cells} == {"pools"} and len(found.cells) == 6 * 2 * 3
