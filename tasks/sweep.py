@@ -69,7 +69,10 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
             version = resolve_version(o.outputs["model"])
             value = _value(version.tags, plan.task, plan.metric, plan.split)
             cell.update(model=o.outputs["model"], pipeline_run=o.outputs["pipeline_run"], value=value)
-            found = _per_row(plan, o.outputs, version)
+            try:
+                found = _per_row(plan, o.outputs, version)
+            except (mlflow.exceptions.MlflowException, OSError, KeyError, ValueError) as exc:  # one unreadable cell must not lose the table
+                found = f"its per-row scores could not be read ({type(exc).__name__}: {exc})"
             if isinstance(found, PerRow):
                 per_row[o.row, o.seed] = found
             else:
@@ -87,7 +90,7 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
             "wall_s": round(statistics.fmean(c["wall_s"] for c in mine), 1), "reference": plan.reference[row],
         }  # fmt: skip
         if plan.reference[row] != row:
-            entry.update(_paired(row, plan.reference[row], per_row, seeds, plan.metric, mine))
+            entry.update(paired(row, plan.reference[row], per_row, seeds, plan.metric, mine))
         rows.append(entry)
     return {
         "name": plan.name, "sweep_run": parent, "task": plan.task, "metric": plan.metric, "split": plan.split,
@@ -129,7 +132,7 @@ def _table(run_id: str, path: str) -> list[dict]:
     return [dict(zip(found["columns"], values)) for values in found["data"]]
 
 
-def _paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, mine: list[dict]) -> dict:
+def paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, mine: list[dict]) -> dict:
     """row − reference on the same test rows, each seed against the same seed, pooled: paired bootstrap, McNemar for accuracy."""
     from tasks import metrics
 
@@ -149,7 +152,7 @@ def _paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, mi
     a, b = np.concatenate(a), np.concatenate(b)
     boot = metrics.paired_bootstrap(a, b, samples=BOOTSTRAP_SAMPLES, confidence=CONFIDENCE)
     out = {"delta": boot["delta"], "ci_low": boot["low"], "ci_high": boot["high"], "p_bootstrap": boot["p_value"], "paired_rows": int(len(a))}
-    if metric == "accuracy":
+    if metric in ("accuracy", "exact_match"):  # 0/1 per row: McNemar's exact test on the rows exactly one of the two got right
         out["mcnemar_p"] = metrics.mcnemar(a, b)["p_value"]
     scale = {"chrf": "per-row sentence chrF", "perplexity": "mean block log-loss", "loss": "mean block log-loss"}.get(metric)
     notes += [f"the interval is on the {scale}"] if scale else []
@@ -179,7 +182,8 @@ def render(r: dict) -> str:
                      f"| {f(row.get('mcnemar_p'), '.3g')} | {row['wall_s']:.1f} |")  # fmt: skip
     lines += ["", "| cell | seed | status | model | value | wall s |", "|---|---:|---|---|---:|---:|"]
     for c in r["cells"]:
-        lines.append(f"| {c['row']} | {c['seed']} | {c['status']} | {c.get('model') or c['error']} | {f(c.get('value'))} | {c['wall_s']:.1f} |")
+        what = c.get("model") or " ".join(c["error"].split())[:300].replace("|", "\\|")  # one table row, however long the error
+        lines.append(f"| {c['row']} | {c['seed']} | {c['status']} | {what} | {f(c.get('value'))} | {c['wall_s']:.1f} |")
     notes = [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 

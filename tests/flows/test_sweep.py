@@ -14,9 +14,6 @@ from tasks import metrics, tracking
 from tasks.sweep import render
 from tasks.errors import UserError
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
 def base(corpus: Path, sentiment: Path, tiny_overrides) -> dict:
     """A tiny GPT-2 pretrained on the corpus, then fine-tuned to classify the toy sentiment rows."""
     from flows.spec import load as load_pipeline
@@ -41,7 +38,7 @@ def stage_runs(stage: str) -> list:
     return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{tracking.STAGE}` = '{stage}'", output_format="list")
 
 
-def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_the_registry_numbers(home, corpus, sentiment, tiny_overrides, tmp_path):
+def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_the_registry_numbers(prefect_api, home, corpus, sentiment, tiny_overrides, tmp_path):
     spec = load(write(
         tmp_path, base=base(corpus, sentiment, tiny_overrides), seeds=[0, 1], seed_fields=["finetune.train.seed"],
         conditions={"baseline": {}, "fast": {"finetune.train.lr": 0.03}},
@@ -94,7 +91,7 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
     assert f"| fast | 2 | {rows['fast']['mean']:.4f} ± {rows['fast']['std']:.4f}" in artifact.data
 
 
-def test_a_failed_cell_is_reported_and_the_others_complete_with_paired_block_losses(home, corpus, tiny_overrides, tmp_path):
+def test_a_failed_cell_is_reported_and_the_others_complete_with_paired_block_losses(prefect_api, home, corpus, tiny_overrides, tmp_path):
     from flows.spec import load as load_pipeline
 
     lm = load_pipeline("configs/default.yaml", tiny_overrides(corpus, "lm", steps=4)).model_dump(mode="json", exclude_unset=True)
@@ -222,3 +219,18 @@ def test_set_reaches_into_the_base_and_keeps_dotted_keys_of_conditions_overrides
         ((("finetune.method", "full"),), 2, "full"), ((("finetune.method", "head"),), 2, "head")}
     assert found.reference["eda finetune.method=head"] == "none finetune.method=head"
     assert {c.spec.execution.mode for c in found.cells} == {"pools"} and len(found.cells) == 6 * 2 * 3
+
+
+def test_a_seed_whose_test_rows_differ_from_the_baselines_is_left_out_of_the_paired_statistics_and_said_so():
+    from tasks.sweep import PerRow, paired
+
+    rows, other = [("good film", "1"), ("dull plot", "0")], [("good film", "1"), ("dull cast", "0")]
+    per_row = {
+        ("base", 0): PerRow(rows, np.array([1.0, 0.0])), ("eda", 0): PerRow(rows, np.array([1.0, 1.0])),
+        ("base", 1): PerRow(rows, np.array([0.0, 0.0])), ("eda", 1): PerRow(other, np.array([1.0, 1.0])),
+    }  # fmt: skip
+    found = paired("eda", "base", per_row, [0, 1], "accuracy", [])
+    assert (found["paired_rows"], found["delta"], found["mcnemar_p"]) == (2, 0.5, 1.0)  # seed 0 alone: one row only eda got right
+    assert found["note"] == "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics"
+    alone = paired("eda", "base", {k: v for k, v in per_row.items() if k[1] == 1}, [0, 1], "accuracy", [])
+    assert alone == {"delta": None, "note": "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics"}
