@@ -225,7 +225,7 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     base = {
         "name": "swept", "data": None, "pretrain": None, "evaluate": None, "gate": None,
         "labeled": {"task": "classification", "train": [str(data)], "text_column": "sentence", "split": {"validation": 0.2, "test": 0.2}},
-        "finetune": {"init": "package:minilm", "method": "head", "max_length": 16, "patience": None,
+        "finetune": {"init": str(_tiny_bert(tmp_path / "bert")), "max_length": 16, "patience": None,
                      "train": {"max_steps": 2, "batch_size": 8, "warmup_steps": 0, "checkpoint_every": 2}},
         "execution": {"mode": "pools", "start_timeout_s": 120},
     }  # fmt: skip
@@ -253,3 +253,16 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     assert first.work_pool_name == second.work_pool_name == "gpu"
     assert second.start_time < first.end_time, "the second cell's fine-tune started only after the first one ended"
     assert first.infrastructure_pid != second.infrastructure_pid
+
+
+def _tiny_bert(path: Path) -> Path:
+    """A one-layer BERT classifier over the reviews' words, kilobytes instead of MiniLM's 90 MB on every worker."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    path.mkdir()
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "great", "lovely", "superb", "awful", "dull", "poor", "film", "number"]) + "\n")
+    tok = BertTokenizerFast.from_pretrained(path)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
