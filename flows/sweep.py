@@ -173,8 +173,9 @@ def plan(spec: SweepSpec, source: str = "sweep") -> Plan:
                 cells.append(Cell(condition, point, seed, _seeded(data, unseeded[condition, point], seed, spec.seed_fields, where)))
         for condition in spec.conditions:  # compared with the baseline at the same point; a lone condition, with the first point
             reference[row_name(condition, point)] = row_name(baseline, point if len(spec.conditions) > 1 else points[0])
-            if condition != baseline and unseeded[condition, point] == unseeded[baseline, point]:
-                warnings.append(f"condition {condition} gives the same pipeline as the baseline {baseline}: its cells will reuse the baseline's runs and differ by exactly 0")
+            same = f"condition {condition} gives the same pipeline as the baseline {baseline}: its cells will reuse the baseline's runs and differ by exactly 0"
+            if condition != baseline and unseeded[condition, point] == unseeded[baseline, point] and same not in warnings:
+                warnings.append(same)
     if any(c.spec.execution != cells[0].spec.execution for c in cells):
         raise UserError(f"{source}: a condition or the grid changes execution, which every cell shares: set it in base or overrides")
     task, metric, split = _metric(spec, [c.spec for c in cells], source)
