@@ -1,5 +1,7 @@
 """`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names).
 
+`multistep sweep CONFIG [--seeds 0 1 2] [--set a.b=c ...] [--json]`: conditions × seeds, one pipeline each, and a significance table.
+
 `multistep lineage MODEL_URI [--json]`: print the stages, datasets and sources behind a registered model version.
 """
 
@@ -23,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
     run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
+    sweep = sub.add_parser("sweep", help="run a sweep: conditions × seeds (× grid), one pipeline each, then a table with paired intervals against the baseline")
+    sweep.add_argument("config", help="a sweep YAML file, e.g. configs/sweeps/sst2-augment-gains.yaml")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="the seeds instead of the file's, e.g. --seeds 0 1 2")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field, e.g. base.finetune.train.max_steps=50 or execution.mode=pools")
+    sweep.add_argument("--json", action="store_true", help="end with one line of JSON: the report (rows, cells, MLflow run), for scripts")
     evaluate = sub.add_parser("evaluate", help="score registered model versions on a prepared dataset, side by side")
     evaluate.add_argument("models", nargs="+", metavar="MODEL_URI", help="models:/<name>/<version>, models:/<name>@champion, a folder, package:minilm …; the first is the reference for the intervals")
     evaluate.add_argument("data", metavar="DATASET_URI", help="a dataset a prepare stage returned: runs:/<run_id>/labeled (or /dataset, /augmented)")
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             return _evaluate(args, prefect_ready)
-        return _run(args, prefect_ready)
+        return _sweep(args, prefect_ready) if args.command == "sweep" else _run(args, prefect_ready)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -109,20 +116,39 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     from tasks.report import pipeline_summary
 
     start = time.perf_counter()
-    if prefect_ready:
-        prefect_ready.join()
-        # Heartbeats let a server notice crashed runs; the ephemeral server dies with this process, and each
-        # subflow's exit would wait up to 1 s for the heartbeat thread.
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            result = supervise.run(lambda: llm_pipeline(spec))
-    else:
-        result = supervise.run(lambda: llm_pipeline(spec))
+    result = _call(llm_pipeline, spec, prefect_ready)
     print(pipeline_summary(result, time.perf_counter() - start))
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _sweep(args, prefect_ready: threading.Thread | None) -> int:
+    from flows import sweep
+    from tasks import tracking
+    from tasks.sweep import render
+
+    spec = sweep.load(args.config, args.overrides, args.seeds)
+    found = sweep.plan(spec, source=args.config)  # every input mistake before anything runs
+    tracking.configure(found.cells[0].spec.execution.experiment)
+    _hide_tracebacks_of_user_errors()
+    report = _call(sweep.sweep, spec, prefect_ready)
+    print(render(report))
+    if args.json:
+        print(json.dumps(report))
+    return 1 if any(c["status"] == "failed" for c in report["cells"]) else 0  # every cell ran; the table says which failed
+
+
+def _call(flow, spec, prefect_ready: threading.Thread | None):
+    """Run a flow; on the embedded server, without heartbeats: the ephemeral server dies with this process, and each
+    subflow's exit would wait up to 1 s for the heartbeat thread."""
+    if not prefect_ready:
+        return supervise.run(lambda: flow(spec))
+    prefect_ready.join()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return supervise.run(lambda: flow(spec))
 
 
 def _lineage(args) -> int:

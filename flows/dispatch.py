@@ -119,6 +119,14 @@ def _output(client, flow_run_id, stage: str) -> str:
     return found[0].data.strip().strip("`")
 
 
+def pool_limit(pool: str) -> int | None:
+    """The work pool's concurrency limit (flow runs at once; the gpu pool's is its number of cards), None when unlimited."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_work_pool(pool).concurrency_limit
+
+
 def prepare(stages: list[tuple[str, str]], execution) -> None:
     """Before anything runs: S3 credentials for this process, and in pools mode every (stage, hardware)'s pool and deployment."""
     if execution.s3_secret:  # local stages read it here; dispatched ones get it in their flow run's environment

@@ -6,6 +6,7 @@ the lock the holder is read again; if it changed since the decision, the caller 
 """
 
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -43,9 +44,11 @@ class GateSpec(Spec):
     threshold: float | None = None
     """With no champion yet: promote only when the challenger's metric reaches this (e.g. 0.8 accuracy, 50 perplexity); empty promotes the first challenger."""
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    """The alias that marks the promoted version; the candidate always gets `challenger`."""
+    """The alias that marks the promoted version; the candidate gets `challenger` (unless report_only)."""
     max_rows: int | None = Field(None, ge=10)
     """Score at most this many test rows (blocks for a language model), chosen by content hash; empty scores all."""
+    report_only: bool = False
+    """Score and record the decision but move no alias (neither `challenger` nor the promoted one): what the cells of a sweep do."""
 
     @model_validator(mode="after")
     def _alias_is_not_challenger(self):
@@ -70,17 +73,20 @@ class Decision:
     high: float | None = None
     p_value: float | None = None
     regressions: dict[str, float] = field(default_factory=dict)
+    report_only: bool = False  # the policy's verdict, not carried out: no alias moved
+
+    @property
+    def verdict(self) -> str:
+        """The words the log, the registry tag and the run summary use."""
+        if self.report_only:
+            return "would promote (report only)" if self.promote else "would reject (report only)"
+        return "promoted" if self.promote else "rejected"
 
     def tags(self) -> dict[str, str]:
         out = {f"gate.{k}": ("" if v is None else json.dumps(v) if isinstance(v, dict) else f"{v:.6g}" if isinstance(v, float) else str(v))
                for k, v in asdict(self).items()}
         out["gate.decision"] = self.verdict
         return out
-
-    @property
-    def verdict(self) -> str:
-        """The one word the log, the registry tag and the run summary use."""
-        return "promoted" if self.promote else "rejected"
 
 
 def direction(metric: str) -> int:
@@ -198,7 +204,8 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
     # Both models are scored with the lengths the challenger was fine-tuned with (its version says; defaults otherwise).
     max_length = int(version.tags.get(registry.MAX_LENGTH, 128))
     max_new_tokens = int(version.tags.get(registry.MAX_NEW_TOKENS, 48))
-    MlflowClient().set_registered_model_alias(name, "challenger", version.version)
+    if not spec.report_only:
+        MlflowClient().set_registered_model_alias(name, "challenger", version.version)
     scored: dict[str, evaluate.Scored] = {}
 
     def scores(uri: str) -> evaluate.Scored:
@@ -226,7 +233,10 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
         interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
         return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
 
-    decision = promote(name, spec.alias, challenger, judge)
+    if spec.report_only:  # judged against the holder of the moment, without the lock: nothing will move
+        decision = dataclasses.replace(judge(holder(name, spec.alias)), report_only=True)
+    else:
+        decision = promote(name, spec.alias, challenger, judge)
     _record(decision, scored, ctx, spec)
     registry.set_tags(challenger, decision.tags())
     print(f"gate: {decision.verdict} — {decision.reason}")
@@ -251,7 +261,7 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
                 labels = list(report["per_class"])
                 mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
     values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
-    values["promoted"] = float(decision.promote)
+    values["promoted"] = float(decision.promote and not decision.report_only)
     mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
     log_metrics(ctx.run_id, values)
     mlflow.log_dict(asdict(decision), "gate/decision.json")
@@ -284,7 +294,7 @@ def _figure(d: Decision, spec: GateSpec):
         right.legend(loc="best", fontsize=8)
     else:
         right.axis("off")
-    fig.suptitle(("promoted: " if d.promote else "not promoted: ") + d.challenger, fontsize=9)
+    fig.suptitle(f"{d.verdict}: {d.challenger}", fontsize=9)
     fig.tight_layout()
     return fig
 

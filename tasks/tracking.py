@@ -304,10 +304,12 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
-def pipeline_run(name: str, spec: BaseModel | None, experiment: str) -> Iterator[str]:
-    """The pipeline's own MLflow run, the parent of every stage run; yields its id."""
+def pipeline_run(name: str, spec: BaseModel | None, experiment: str, parent_run_id: str | None = None) -> Iterator[str]:
+    """The pipeline's own MLflow run, the parent of every stage run (nested under `parent_run_id` when given); yields its id."""
     experiment_id = configure(experiment)
     tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run, _killed_on_interrupt():
         if spec is not None:
             mlflow.log_dict(public(spec), "spec.json")

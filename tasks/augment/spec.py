@@ -30,6 +30,8 @@ class AttackSpec(Spec):
     """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
     max_length: int = Field(128, ge=8, le=4096)
     """Longest tokenized example the model sees."""
+    seed: int = 0
+    """Salts the content hash that picks the attacked rows when `rows` caps them (0 keeps the original choice). A sweep's seeds vary augment.adversarial's and keep finetune.attack's, so robust accuracy is measured on the same test rows."""
 
 
 class PseudoLabelSpec(Spec):
@@ -49,6 +51,8 @@ class PseudoLabelSpec(Spec):
     """At most this many rows per predicted label (the most confident first); empty sets no cap."""
     balance: bool = True
     """Keep the same number of rows for every label (the smallest label's count, under the cap), so the teacher's bias toward a class is not amplified."""
+    seed: int = 0
+    """Salts the content hash that picks the pool rows when max_pool_rows caps them (0 keeps the original choice); a sweep sets it from its seeds."""
 
     def setting(self, field: str) -> str:
         """How error messages name a setting (the shared readers ask)."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRYPOINTS = ("flows.stages", "flows.pipeline", "flows.retrain", "flows.evaluation")
+ENTRYPOINTS = ("flows.stages", "flows.pipeline", "flows.retrain", "flows.evaluation", "flows.sweep")
 # What only training and scoring need, seconds to import; prefect and mlflow bring numpy, pandas and pyarrow themselves.
 HEAVY = ("torch", "transformers", "peft", "accelerate", "sklearn")
 

@@ -105,7 +105,8 @@ def _definitions(schema: dict) -> dict:
 def test_run_form_shows_help_for_every_field():
     """Prefect builds the run form from this schema: every field, nested ones too, carries its docstring."""
     schema = parameter_schema(llm_pipeline).model_dump()
-    assert list(schema["properties"]) == ["spec"]
+    assert list(schema["properties"]) == ["spec", "parent_run_id"]
+    assert schema["properties"]["parent_run_id"]["description"].startswith("MLflow run to nest this pipeline's run under")
     models = _definitions(schema)
     assert {"PipelineSpec", "PrepareSpec", "CleanSpec", "SplitSpec", "TokenizerSpec", "PretrainSpec", "ModelSpec", "TrainSpec", "EvaluateSpec", "ExecutionSpec"} <= set(models)
     missing = [f"{name}.{field}" for name, model in models.items() for field, prop in model["properties"].items() if not prop.get("description")]
