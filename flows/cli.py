@@ -1,5 +1,7 @@
 """`multistep run CONFIG [--set a.b=c ...]`: run a preset with the embedded stack (or the servers the environment names).
 
+`multistep sweep CONFIG [--seeds 0 1 2] [--set a.b=c ...] [--json]`: conditions × seeds, one pipeline each, and a significance table.
+
 `multistep lineage MODEL_URI [--json]`: print the stages, datasets and sources behind a registered model version.
 """
 
@@ -12,6 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+from flows import embedded, supervise
+from tasks.interrupt import Interrupted
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multistep", description="Multi-step LLM training as a Prefect workflow.")
@@ -20,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
     run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
+    sweep = sub.add_parser("sweep", help="run a sweep: conditions × seeds (× grid), one pipeline each, then a table with paired intervals against the baseline")
+    sweep.add_argument("config", help="a sweep YAML file, e.g. configs/sweeps/sst2-augment-gains.yaml")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="the seeds instead of the file's, e.g. --seeds 0 1 2")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field, e.g. base.finetune.train.max_steps=50 or execution.mode=pools")
+    sweep.add_argument("--json", action="store_true", help="end with one line of JSON: the report (rows, cells, MLflow run), for scripts")
     evaluate = sub.add_parser("evaluate", help="score registered model versions on a prepared dataset, side by side")
     evaluate.add_argument("models", nargs="+", metavar="MODEL_URI", help="models:/<name>/<version>, models:/<name>@champion, a folder, package:minilm …; the first is the reference for the intervals")
     evaluate.add_argument("data", metavar="DATASET_URI", help="a dataset a prepare stage returned: runs:/<run_id>/labeled (or /dataset, /augmented)")
@@ -39,18 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("stack", "deploy"):
         return _operate(args)
     _embedded_defaults()
-    if args.command == "evaluate":
-        return _evaluate(args, _start_prefect_server())
     if args.command == "lineage":
         return _lineage(args)  # reads MLflow only: no Prefect server to start
-    prefect_ready = _start_prefect_server()
+    supervise.install()
+    prefect_ready = embedded.start_prefect_server()
     from tasks.errors import UserError  # after the environment is set: prefect reads it at import
 
     try:
-        return _run(args, prefect_ready)
+        if args.command == "evaluate":
+            return _evaluate(args, prefect_ready)
+        return _sweep(args, prefect_ready) if args.command == "sweep" else _run(args, prefect_ready)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        return supervise.stopped(exc)
 
 
 def _operate(args) -> int:
@@ -82,53 +95,60 @@ def _embedded_defaults() -> None:
         # The ephemeral server starts before anything else would create its folder, and cannot open its database without it.
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the embedded server has no network
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    # Forced, not defaulted: a pickle can run code when loaded, and nothing multistep loads needs one.
+    asked = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    if asked is not None and asked.strip().lower() not in ("false", "0"):
+        print(f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={asked} is ignored: multistep never unpickles models "
+              "(safetensors only), so it runs with false.", file=sys.stderr)
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
 
-def _start_prefect_server() -> threading.Thread | None:
-    """Start Prefect's ephemeral API server now, so its few seconds of start-up overlap the heavy imports."""
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-
-    # Imported here, not in the thread: two threads importing at once raced (MLflow's SQLAlchemy mappers met Prefect's
-    # half-defined models; a half-initialised importlib_metadata). Only the server's start-up runs beside the imports.
-    from prefect.server.api.server import SubprocessASGIServer
-
-    def start() -> None:
-        SubprocessASGIServer().start()  # the same singleton the Prefect client would start later
-
-    thread = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
-    thread.start()
-    return thread
-
-
 def _run(args, prefect_ready: threading.Thread | None) -> int:
     from flows.spec import load
-    from tasks import tracking
+    from tasks import backend
 
     spec = load(args.config, args.overrides)
-    tracking.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
+    backend.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
     _hide_tracebacks_of_user_errors()
     from flows.pipeline import llm_pipeline
     from tasks.report import pipeline_summary
 
     start = time.perf_counter()
-    if prefect_ready:
-        prefect_ready.join()
-        # Heartbeats let a server notice crashed runs; the ephemeral server dies with this process, and each
-        # subflow's exit would wait up to 1 s for the heartbeat thread.
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            result = llm_pipeline(spec)
-    else:
-        result = llm_pipeline(spec)
+    result = _call(llm_pipeline, spec, prefect_ready)
     print(pipeline_summary(result, time.perf_counter() - start))
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _sweep(args, prefect_ready: threading.Thread | None) -> int:
+    from flows import sweep
+    from tasks import backend
+    from tasks.sweep import render
+
+    spec = sweep.load(args.config, args.overrides, args.seeds)
+    found = sweep.plan(spec, source=args.config)  # every input mistake before anything runs
+    backend.configure(found.cells[0].spec.execution.experiment)
+    _hide_tracebacks_of_user_errors()
+    report = _call(sweep.sweep, spec, prefect_ready)
+    print(render(report))
+    if args.json:
+        print(json.dumps(report))
+    return 1 if any(c["status"] == "failed" for c in report["cells"]) else 0  # every cell ran; the table says which failed
+
+
+def _call(flow, spec, prefect_ready: threading.Thread | None):
+    """Run a flow; on the embedded server, without heartbeats: the ephemeral server dies with this process, and each
+    subflow's exit would wait up to 1 s for the heartbeat thread."""
+    if not prefect_ready:
+        return supervise.run(lambda: flow(spec))
+    prefect_ready.join()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return supervise.run(lambda: flow(spec))
 
 
 def _lineage(args) -> int:
@@ -146,16 +166,29 @@ def _lineage(args) -> int:
 
 
 def _hide_tracebacks_of_user_errors() -> None:
-    """Prefect logs every flow exception with its traceback; for input errors the one sentence is enough."""
+    """Prefect logs every flow exception with its traceback; for input errors the one sentence is enough.
+
+    On the terminal it is said once, by the CLI's `error:` line: each flow the error passes through would add two
+    more lines (the exception, then the Failed state). Prefect's API log, which the UI shows, keeps them.
+    """
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     from tasks.errors import UserError
+
+    ensure_logging_setup()  # the console handler must exist to take the filter below
 
     def strip(record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
-            record.exc_info, record.exc_text = None, None
+            record.exc_info, record.exc_text, record.multistep_user_error = None, None, True
+        elif record.getMessage().startswith("Finished in state Failed(") and "exception: UserError: " in record.getMessage():
+            record.multistep_user_error = True  # the state's message is all that says which exception failed it
         return True
 
     logging.getLogger("prefect.flow_runs").addFilter(strip)
-
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(lambda record: not getattr(record, "multistep_user_error", False))
 
 
 def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
@@ -167,7 +200,7 @@ def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
         _hide_tracebacks_of_user_errors()
         if prefect_ready:
             prefect_ready.join()
-        result = evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
+        result = supervise.run(lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from prefect import Flow
 from pydantic import BaseModel
 
 from flows.stages import OUTPUT_KEY, STAGES
+from tasks import interrupt
 from tasks.errors import UserError
 from tasks.s3 import SECRET_ENV, check_store
 
@@ -54,6 +55,7 @@ def _remote(stage: Flow, execution, params: dict) -> str:
     from prefect import get_client
     from prefect.deployments import run_deployment
 
+    interrupt.check(f"before {stage.name}")  # locally stage_run checks; here no new stage is dispatched after Ctrl-C
     pool = getattr(execution.pools, pool_of(stage.name, params))
     name = deployment_name(stage.name, pool)
     timeout = execution.stage_timeouts.get(stage.name, execution.stage_timeout_s)
@@ -82,25 +84,28 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
         state = run.state
         if state.is_final():
             return run
+        if interrupt.requested():  # the worker stops the stage's process; a rerun resumes from its newest checkpoint
+            _cancel(client, run.id, f"interrupted by {interrupt.signal_name()}")
+            raise interrupt.Interrupted(f"flow run {run.name} cancelled")
         now = time.monotonic()
         if started is None and (state.is_running() or state.name == "Cancelling"):
             started = now
         if started is None and now - created > start_timeout_s:
-            _cancel(client, run.id)
+            _cancel(client, run.id, "timed out")
             raise UserError(
                 f"no worker of work pool {pool!r} took flow run {run.name} within {start_timeout_s:.0f} s: start one "
                 f"(`make stack`, or `prefect worker start --pool {pool}`), or raise execution.start_timeout_s"
             )
         if started is not None and now - started > timeout_s:
-            _cancel(client, run.id)
+            _cancel(client, run.id, "timed out")
             raise StageCrashed(f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled")
         time.sleep(POLL_S)
 
 
-def _cancel(client, flow_run_id) -> None:
+def _cancel(client, flow_run_id, why: str) -> None:
     from prefect.states import Cancelling
 
-    client.set_flow_run_state(flow_run_id, Cancelling(message="multistep: timed out"), force=True)
+    client.set_flow_run_state(flow_run_id, Cancelling(message=f"multistep: {why}"), force=True)
 
 
 def _output(client, flow_run_id, stage: str) -> str:
@@ -112,6 +117,14 @@ def _output(client, flow_run_id, stage: str) -> str:
     if not found:
         raise StageCrashed(f"{stage} flow run {flow_run_id} completed without recording its output (artifact {OUTPUT_KEY})")
     return found[0].data.strip().strip("`")
+
+
+def pool_limit(pool: str) -> int | None:
+    """The work pool's concurrency limit (flow runs at once; the gpu pool's is its number of cards), None when unlimited."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_work_pool(pool).concurrency_limit
 
 
 def prepare(stages: list[tuple[str, str]], execution) -> None:

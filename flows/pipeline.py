@@ -15,16 +15,21 @@ from tasks.tracking import pipeline_run
 
 
 @flow(name="llm-pipeline", log_prints=True)
-def llm_pipeline(spec: PipelineSpec = PipelineSpec()) -> dict[str, str]:
-    """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow."""
-    return run_pipeline(spec)
+def llm_pipeline(spec: PipelineSpec = PipelineSpec(), parent_run_id: str | None = None) -> dict[str, str]:
+    """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow.
+
+    Args:
+        spec: The pipeline: every stage's settings.
+        parent_run_id: MLflow run to nest this pipeline's run under (a sweep sets it for its cells); empty: a top-level run.
+    """
+    return run_pipeline(spec, parent_run_id=parent_run_id)
 
 
-def run_pipeline(spec: PipelineSpec, retrain: bool = False) -> dict[str, str]:
+def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str | None = None) -> dict[str, str]:
     """The DAG; with `retrain`, fine-tuning starts from the gate's champion (see registry.retraining_start)."""
     ex, out, model = spec.execution, {}, None
     dispatch.prepare(planned(spec), ex)
-    with pipeline_run(spec.name, spec, ex.experiment) as parent:
+    with pipeline_run(spec.name, spec, ex.experiment, parent_run_id) as parent:
         if spec.pretrain:
             out["dataset"] = dispatch.call(prepare_stage, ex, parent, spec=spec.data, tokenizer_from=spec.pretrain.init)
             model = out["base"] = dispatch.call(pretrain_stage, ex, parent, spec=spec.pretrain, dataset=out["dataset"], name=spec.name)

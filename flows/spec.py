@@ -1,6 +1,8 @@
 """PipelineSpec, the run form: it only composes the stage specs, which sit beside their stages."""
 
 import difflib
+import re
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -145,44 +147,95 @@ def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise UserError(explain(exc, str(path))) from None
+        raise UserError(explain(exc, str(path), overrides=overrides)) from None
 
 
 def _apply(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise UserError(f"--set {item!r} is not of the form key.path=value: write e.g. --set pretrain.train.max_steps=50.")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"--set {item}: the value is not valid YAML ({problem}): close its brackets and quotes (a list is written [a, b]).") from None
+    set_key(data, key, value, f"--set {item}")
+
+
+def set_key(data: dict, key: str, value, source: str) -> None:
+    """Set the dotted `key` of a nested mapping to `value`, making the sections on the way (a null section becomes one)."""
     *parents, leaf = key.split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise UserError(f"--set {item}: {part} is not a section, so it has no key {leaf}: check the key path.")
-    node[leaf] = yaml.safe_load(raw) if raw else ""
+            raise UserError(f"{source}: {part} is not a section, so it has no key {leaf}: check the key path.")
+    node[leaf] = value
 
 
-def explain(exc: ValidationError, source: str) -> str:
-    """One sentence per spec mistake, naming the key, what is wrong and the fix."""
+def explain(exc: ValidationError, source: str, root: type[Spec] | None = None, overrides: list[str] = ()) -> str:
+    """One sentence per spec mistake, naming where it came from (the file or a --set), the key, what is wrong and the fix
+    (keys are paths in `root`, PipelineSpec by default)."""
+    sets = {tuple(item.partition("=")[0].split(".")): item for item in overrides}  # a later --set of a key wins
     sentences = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = tuple(str(p) for p in err["loc"])
+        where = ".".join(loc)
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             *parent, key = err["loc"]
-            fields = _fields_at([p for p in parent if isinstance(p, str)])
+            fields = _fields_at([p for p in parent if isinstance(p, str)], root or PipelineSpec)
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean `{close[0]}`?" if close else f"valid keys here are {', '.join(fields)}."
-            sentences.append(f"{source}: unknown key `{loc}`: {hint}")
+            sentences.append(f"{_origin(loc, msg, source, sets)}: unknown key `{where}`: {hint}")
+        elif isinstance(err.get("input"), dict) and err["type"] == "value_error":
+            # A check across fields: its input is the whole section, and its message names the fields and the fix.
+            label = f"`{where}`: " if loc else ""
+            sentences.append(f"{_origin(loc, msg, source, sets)}: {label}{msg}.")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            sentences.append(f"{source}: `{loc or 'spec'}` {msg} (got {err.get('input')!r}): fix the value.")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 80 else got[:77] + "..."
+            sentences.append(f"{_origin(loc, msg, source, sets)}: `{where}` {msg} (got {got}): fix the value.")
     return " ".join(sentences)
 
 
-def _fields_at(path: list[str]) -> list[str]:
-    model = PipelineSpec
+def _origin(loc: tuple[str, ...], msg: str, source: str, sets: dict[tuple[str, ...], str]) -> str:
+    """The --set that set this key (or a section around it), else the file, with the --set items a cross-field check names."""
+    for key, item in sets.items():
+        if loc[: len(key)] == key:
+            return f"--set {item}"
+    # A check on a section: the --set items inside it whose key its message mentions took part.
+    named = [f"--set {item}" for key, item in sets.items() if key[: len(loc)] == loc and re.search(rf"\b{re.escape(key[-1])}\b", msg)]
+    return f"{source} with {' and '.join(named)}" if named else source
+
+
+def check_key(key: str, source: str, root: type[Spec] | None = None) -> None:
+    """A dotted key must name a field of the spec (PipelineSpec by default), whatever the sections on the way hold now."""
+    model, parts = root or PipelineSpec, key.split(".")
+    for i, part in enumerate(parts):
+        if part not in model.model_fields:
+            fields = sorted(model.model_fields)
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f"did you mean `{'.'.join([*parts[:i], close[0]])}`?" if close else f"valid keys here are {', '.join(fields)}."
+            raise UserError(f"{source}: unknown key `{key}`: {hint}")
+        annotation = model.model_fields[part].annotation
+        model = _spec_in(annotation)
+        if model is None:
+            if i < len(parts) - 1 and dict not in (typing.get_origin(annotation), annotation):  # a dict field takes any key
+                raise UserError(f"{source}: `{'.'.join(parts[: i + 1])}` is a value, not a section, so `{key}` does not exist: check the key path.")
+            return
+
+
+def _spec_in(annotation) -> type[Spec] | None:
+    """The spec class an annotation holds (`X`, `X | None`), or None for a plain value."""
+    return next((a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, Spec)), None)
+
+
+def _fields_at(path: list[str], model: type[Spec]) -> list[str]:
     for part in path:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        model = next((a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, Spec)), None)
+        model = _spec_in(model.model_fields[part].annotation) if part in model.model_fields else None
         if model is None:
             return []
     return sorted(model.model_fields)

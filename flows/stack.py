@@ -278,7 +278,7 @@ def environ(env: dict[str, str]):
 
 
 def main(argv: list[str]) -> int:
-    from tasks.tracking import home
+    from tasks.backend import home
 
     root = home() / "stack"
     if argv[:1] == ["down"]:

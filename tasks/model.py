@@ -15,7 +15,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     BertConfig,
     GPT2Config,
     LlamaConfig,
@@ -24,6 +23,7 @@ from transformers import (
 
 from tasks.errors import UserError
 from tasks.spec import ModelSpec
+from tasks.tokenizer import load_tokenizer  # still exported here, beside the models it belongs to
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,12 @@ def locate(uri: str) -> Located:
     return Located(root, root)
 
 
+def check_weights(where: Located) -> None:
+    """A local folder's weights must be safetensors (or GGUF): pickles can run code when loaded."""
+    if isinstance(where.model, Path) and not where.gguf_file and not where.adapter_base:
+        _refuse_pickle(where.model)
+
+
 def _refuse_pickle(model_dir: Path) -> None:
     if any(model_dir.glob("*.safetensors")):
         return
@@ -178,20 +184,20 @@ def task_of(model: PreTrainedModel) -> str:
 
 
 def load(
-    uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, where: Located | None = None, **kwargs
+    uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, where: Located | None = None, tokenizer: bool = True, **kwargs
 ) -> tuple[PreTrainedModel, object]:
     """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code.
 
-    Pass `where` when the caller already located the files (registry URIs are downloaded by each `locate`).
+    Pass `where` when the caller already located the files (registry URIs are downloaded by each `locate`);
+    `tokenizer=False` when the caller brings its own (a prepared dataset's): the tokenizer is then None.
     """
     where = where or locate(uri)
     if where.adapter_base:  # base first, then the adapter (never mlflow.transformers for a PeftModel)
         from tasks.methods import load_with_adapter  # here: peft takes ~1 s to import, and only adapters need it
 
-        base, _ = load(where.adapter_base, auto=auto, dtype=dtype, **kwargs)
-        return load_with_adapter(base, where.model), load_tokenizer(where.tokenizer)
-    if isinstance(where.model, Path) and not where.gguf_file:
-        _refuse_pickle(where.model)
+        base, _ = load(where.adapter_base, auto=auto, dtype=dtype, tokenizer=False, **kwargs)
+        return load_with_adapter(base, where.model), load_tokenizer(where.tokenizer) if tokenizer else None
+    check_weights(where)
     weights = {"gguf_file": where.gguf_file} if where.gguf_file else {"use_safetensors": True}
     try:
         model = auto.from_pretrained(where.model, trust_remote_code=False, dtype=dtype, **weights, **kwargs)
@@ -199,7 +205,7 @@ def load(
         raise UserError(f"Cannot load model {uri} ({str(exc).splitlines()[0]}): hf: ids need network access; use a local folder offline.") from None
     if where.gguf_file:
         _unmark_dequantized(model)
-    return model, load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
+    return model, load_tokenizer(where.tokenizer, gguf_file=where.gguf_file) if tokenizer else None
 
 
 def _unmark_dequantized(model: PreTrainedModel) -> None:
@@ -213,14 +219,6 @@ def _unmark_dequantized(model: PreTrainedModel) -> None:
         return
     if all(p.is_floating_point() for p in model.parameters()):
         quantizer.remove_quantization_config(model)
-
-
-def load_tokenizer(path, gguf_file: str | None = None) -> object:
-    """The tokenizer saved beside a model (pad falls back to eos so batches can be padded)."""
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {}))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def log(model: PreTrainedModel, tokenizer, task: str = "text-generation") -> str:

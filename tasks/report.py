@@ -4,7 +4,8 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import STAGE, tracking_uri
+from tasks.backend import tracking_uri
+from tasks.tracking import STAGE
 
 STAGES = ("prepare", "pretrain", "evaluate", "transfer", "prepare-labeled", "augment", "finetune", "gate")
 
@@ -21,8 +22,11 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
     train_seconds = 0.0
     for stage in STAGES:
         for run in ran.get(stage, []):
-            took = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-            lines.append(f"  {run.info.run_name:<15} ran     {took:6.1f} s  MLflow run {run.info.run_id}")
+            # A resumed run was opened by an earlier attempt: show the part of it that this pipeline run spent.
+            resumed = run.info.start_time < parent.info.start_time
+            start = max(run.info.start_time, parent.info.start_time)
+            took = max(0, (run.info.end_time or start) - start) / 1000
+            lines.append(f"  {run.info.run_name:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}")
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
         if stage not in ran and f"multistep.reused.{stage}" in parent.data.tags:
             lines.append(f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")

@@ -80,7 +80,7 @@ class ModelSpec(Spec):
 
     def model_post_init(self, _context) -> None:
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})")
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head}): change one of them")
 
 
 class MethodSpec(Spec):
@@ -128,3 +128,5 @@ class AttackSpec(Spec):
     """Words never substituted (case-insensitive), e.g. negations that would change the true label."""
     max_length: int = Field(128, ge=8, le=4096)
     """Longest tokenized example the model sees."""
+    seed: int = 0
+    """Salts the content hash that picks the attacked rows when `rows` caps them (0 keeps the original choice). A sweep's seeds vary augment.adversarial's and keep finetune.attack's, so robust accuracy is measured on the same test rows."""

@@ -200,6 +200,22 @@ def fetch_dir(uri: str, local_dir) -> Path:
     return final
 
 
+def move_dir(uri: str, dest_uri: str) -> None:
+    """Rename a local folder, or move everything under an S3 prefix (copies, then the old prefix goes marker first)."""
+    if not s3.is_s3(uri):
+        os.replace(file_uri_to_path(uri), file_uri_to_path(dest_uri))
+        return
+    src_bucket, src_key = s3.split_s3(uri.rstrip("/") + "/")
+    dest_bucket, dest_key = s3.split_s3(dest_uri.rstrip("/") + "/")
+    client = s3.s3_client()
+    with s3.errors(uri):
+        for obj in s3.list_s3(uri):
+            key = s3.split_s3(obj)[1]
+            if key != src_key + COMPLETE_MARKER:  # a moved-aside folder never looks complete
+                client.copy_object(Bucket=dest_bucket, Key=dest_key + key[len(src_key) :], CopySource={"Bucket": src_bucket, "Key": key})
+    remove_dir(uri)
+
+
 def remove_dir(uri: str) -> None:
     """Delete a local folder or everything under an S3 prefix; a missing one is not an error."""
     if not s3.is_s3(uri):

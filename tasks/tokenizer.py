@@ -70,18 +70,48 @@ def train_tokenizer(texts: list[str], spec: TokenizerSpec) -> PreTrainedTokenize
     )
 
 
-def load_tokenizer(path_or_dir: str | Path) -> PreTrainedTokenizerFast:
-    """Load a saved tokenizer (never running code from the folder); pad falls back to eos."""
+def load_tokenizer(path_or_dir: str | Path, gguf_file: str | None = None, fix: str = "") -> PreTrainedTokenizerFast:
+    """Load a saved tokenizer (never running code from the folder); pad falls back to eos.
+
+    A folder must hold tokenizer files and the tokenizer a vocabulary: from config.json alone transformers builds an
+    empty tokenizer that encodes every text to nothing. `fix` adds another way out to the message (", or set ...").
+    """
     path = Path(path_or_dir)
-    if path.is_dir() and not any((path / name).exists() for name in TOKENIZER_FILES):
-        raise UserError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): point to a folder written by save_pretrained.")
+    if not gguf_file and path.is_dir() and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"Model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer it was trained "
+            f"with into it (tokenizer.save_pretrained){fix}."
+        )
     try:
-        tok = AutoTokenizer.from_pretrained(str(path_or_dir), trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(str(path_or_dir), trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as err:
-        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({err}): point to a folder written by save_pretrained.") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({reason}): point to a folder written by save_pretrained{fix}.") from None
+    special = set(tok.all_special_ids)
+    if len(tok) <= len(special):
+        raise UserError(
+            f"The tokenizer in {path_or_dir} has no vocabulary ({len(tok)} token{'s' * (len(tok) != 1)}, all special): "
+            f"save the tokenizer the model was trained with into it (tokenizer.save_pretrained){fix}."
+        )
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_coverage(tokenizer, texts: list[str], ids: list[list[int]], source: str) -> None:
+    """Refuse a model's tokenizer that turns the training text into (almost) nothing, or mostly into its unknown token."""
+    chars, tokens = sum(map(len, texts)), sum(map(len, ids))
+    fix = "use a model whose tokenizer covers it, or set data.tokenizer.kind to bpe or char to train one on the corpus"
+    # One token per 100 characters is far below any real tokenizer (BPE makes about one per 4).
+    if tokens * 100 < chars:
+        raise UserError(f"The tokenizer of {source} makes {tokens:,} tokens from {chars:,} characters of training text: it does not fit this text; {fix}.")
+    unk = tokenizer.unk_token_id
+    unknown = sum(t.count(unk) for t in ids) if unk is not None else 0
+    if unknown * 2 > tokens:
+        raise UserError(
+            f"The tokenizer of {source} turns {unknown / tokens:.0%} of the training text into its unknown token "
+            f"{tokenizer.unk_token!r}: it does not fit this text; {fix}."
+        )
 
 
 def _plain_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:

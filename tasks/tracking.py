@@ -3,11 +3,8 @@
 import functools
 import hashlib
 import json
-import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +14,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, SecretStr
 
+from tasks import interrupt, lease
+from tasks.backend import configure
 from tasks.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -27,47 +26,6 @@ DIGEST = "multistep.digest"
 PIPELINE = "multistep.pipeline"
 PREFECT_FLOW_RUN = "prefect.flow_run_id"
 ROUND = "multistep.round"
-
-
-def home() -> Path:
-    """Where the embedded stack keeps its state (`MULTISTEP_HOME`, default `.multistep`)."""
-    return Path(os.environ.get("MULTISTEP_HOME", ".multistep")).resolve()
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under `.multistep/`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
-
-
-def configure(experiment: str) -> str:
-    """Point MLflow at the tracking store, check that it answers, and return the experiment id."""
-    uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    # The embedded store keeps artifacts beside its database; a server decides for itself.
-    location = (home() / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-    try:
-        return mlflow.create_experiment(experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
-        return mlflow.get_experiment_by_name(experiment).experiment_id
-
-
-def _check_server(uri: str) -> None:
-    # MLflow's own client retries for minutes before giving up; one short probe says it at once.
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"The MLflow tracking server at {uri} is unreachable ({reason}): start it (`make ui`) "
-            "or unset MLFLOW_TRACKING_URI to use the embedded store under .multistep/."
-        ) from None
 
 
 @functools.cache
@@ -178,12 +136,9 @@ class StageRun:
         return tags
 
 
-def _find(experiment_id: str, key: str, finished: bool):
+def _find(experiment_id: str, key: str, finished: bool) -> list:
     status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
-    runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return runs[0] if runs else None
+    return MlflowClient().search_runs([experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"])
 
 
 @contextmanager
@@ -199,7 +154,8 @@ def stage_run(
     params: dict[str, str] | None = None,
     round: int | None = None,
 ) -> Iterator[StageRun]:
-    """This stage's MLflow run: a finished run with the same key is reused (`cached`, `output` set), an unfinished one resumed.
+    """This stage's MLflow run: a finished run with the same key is reused (`cached`, `output` set), an unfinished one
+    resumed, one that another live process is running waited for (tasks/lease.py).
 
     The body runs inside the `with` when `ctx.cached` is false and sets `ctx.output`, the URI the stage returns. `code` is
     the module the stage runs: its import closure's digest enters the key. `round` (self-training, rounds) names the run
@@ -208,41 +164,57 @@ def stage_run(
     from tasks import code as source
     from tasks import storage  # here: boto3 adds a quarter second to every import of this module
 
+    interrupt.check(f"before {stage}")  # after Ctrl-C no new stage starts
     experiment_id = configure(experiment)
     storage.check_artifact_store(experiment_id)
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     version = source.version(code)
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params, version)
-    done = _find(experiment_id, key, finished=True)
-    if done is not None and done.data.tags.get(OUTPUT):
-        output = done.data.tags[OUTPUT]
-        print(f"{stage}: cache hit, reusing run {done.info.run_id} (stage key {key[:12]}) → {output}")
-        if parent_run_id:
-            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", done.info.run_id)
-        yield StageRun(stage, done.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
-        return
-
-    unfinished = _find(experiment_id, key, finished=False)
     tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    if unfinished is None:
-        run_id = MlflowClient().create_run(experiment_id, run_name=stage if round is None else f"{stage}-round{round}", tags=tags).info.run_id
-    else:
-        run_id = unfinished.info.run_id
+    run_name = stage if round is None else f"{stage}-round{round}"
+    taken = lease.take(
+        stage,
+        result=lambda: next((r for r in _find(experiment_id, key, finished=True) if r.data.tags.get(OUTPUT)), None),
+        unfinished=lambda: _find(experiment_id, key, finished=False),
+        create=lambda claim: MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **claim}).info.run_id,
+    )
+    if not isinstance(taken, lease.Lease):  # a finished run with this key: a cache hit
+        output = taken.data.tags[OUTPUT]
+        print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
+        if parent_run_id:
+            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", taken.info.run_id)
+        yield StageRun(stage, taken.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
+        return
+    held, run_id, resumed = taken, taken.run_id, not taken.created
+    if resumed:
         print(f"{stage}: resuming unfinished run {run_id} (stage key {key[:12]})")
         for k, v in tags.items():
             MlflowClient().set_tag(run_id, k, v)
-    ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=unfinished is not None, tags=tags)
-    _tag_prefect_flow_run(run_id)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        for name, uri in inputs.items():
-            mlflow.set_tag(f"multistep.input.{name}", uri)
-        mlflow.log_params(_flatten(public(spec)))
-        yield ctx
-        if not ctx.output:
-            raise RuntimeError(f"{stage}: the stage body set no output URI")
-        mlflow.set_tag(OUTPUT, ctx.output)
+    ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=resumed, tags=tags)
+    try:
+        _tag_prefect_flow_run(run_id)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), _killed_on_interrupt():
+            for name, uri in inputs.items():
+                mlflow.set_tag(f"multistep.input.{name}", uri)
+            mlflow.log_params(_flatten(public(spec)))
+            yield ctx
+            if not ctx.output:
+                raise RuntimeError(f"{stage}: the stage body set no output URI")
+            mlflow.set_tag(OUTPUT, ctx.output)
+    finally:
+        held.release()
+
+
+@contextmanager
+def _killed_on_interrupt() -> Iterator[None]:
+    """Inside `mlflow.start_run`: an interrupted run ends KILLED, not FAILED (what the run's exit would record for any exception)."""
+    try:
+        yield
+    except interrupt.Interrupted:
+        mlflow.end_run("KILLED")  # the innermost active run is the one this guards; a rerun resumes it as any unfinished run
+        raise
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -253,11 +225,13 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
-def pipeline_run(name: str, spec: BaseModel | None, experiment: str) -> Iterator[str]:
-    """The pipeline's own MLflow run, the parent of every stage run; yields its id."""
+def pipeline_run(name: str, spec: BaseModel | None, experiment: str, parent_run_id: str | None = None) -> Iterator[str]:
+    """The pipeline's own MLflow run, the parent of every stage run (nested under `parent_run_id` when given); yields its id."""
     experiment_id = configure(experiment)
     tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run:
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run, _killed_on_interrupt():
         if spec is not None:
             mlflow.log_dict(public(spec), "spec.json")
         _tag_prefect_flow_run(run.info.run_id)

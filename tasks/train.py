@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import threading
 import time
 
 import numpy as np
@@ -12,10 +11,12 @@ from mlflow.tracking import MlflowClient
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from tasks import storage
+from tasks import interrupt, storage
+from tasks.checkpoints import resume_point
 from tasks.metrics import curves_figure
 from tasks.spec import TrainSpec
-from tasks.tracking import StageRun, home, log_metrics
+from tasks.backend import home
+from tasks.tracking import StageRun, log_metrics
 
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
 FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
@@ -76,9 +77,21 @@ class PublishCheckpoints(TrainerCallback):
             storage.remove_dir(old)
 
 
+class StopOnInterrupt(TrainerCallback):
+    """After Ctrl-C or SIGTERM (tasks/interrupt.py) end training at this step's boundary, with a checkpoint published like any other."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupt.requested():
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 class FaultInjection(TrainerCallback):
-    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills the
-    worker itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
+    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills or
+    interrupts the process itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if os.environ.get(FAULT_ENV) == str(state.global_step):
@@ -87,8 +100,8 @@ class FaultInjection(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Runs after PublishCheckpoints.on_save (added before this callback): the checkpoint is complete in the store.
         if os.environ.get(HOLD_ENV) == str(state.global_step):
-            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed")
-            threading.Event().wait()
+            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed or interrupted")
+            interrupt.wait()
 
 
 def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArguments:
@@ -143,10 +156,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     dest = checkpoints(ctx) if lead else ""
     resume = None
     if lead:
-        complete = storage.list_complete(dest)
-        if complete:
-            resume = str(storage.fetch_dir(complete[-1], trainer.args.output_dir))
-            print(f"{ctx.stage}: resuming from {complete[-1].rsplit('/', 1)[-1]} of run {ctx.run_id}")
+        resume = resume_point(dest, trainer.args.output_dir, ctx.stage, ctx.run_id)
+        if resume:
+            print(f"{ctx.stage}: resuming from {os.path.basename(resume)} of run {ctx.run_id}")
     resume = _from_rank_zero(resume)
     # train_batch_size is one process's batch: every rank takes its own.
     tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * world * _tokens_per_example(trainer)
@@ -158,6 +170,8 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
             print(f"{ctx.stage}: {world} processes train together ({how}, {torch.distributed.get_backend()} backend)")
     trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
     trainer.add_callback(FaultInjection())
+    stop = StopOnInterrupt()
+    trainer.add_callback(stop)
     # Trainer scales a loss by the batch's label count across ranks (×world size, not ÷grad_accum) whenever the model's
     # forward takes **kwargs, yet only causal LMs divide by that count: a masked-LM or classification loss would come out
     # world_size × (or grad_accum ×) too large, in the gradients and on the charts. Such losses are plain batch means.
@@ -172,6 +186,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
+    if stop.stopped_at is not None:  # the checkpoint of that step is published: raise before anything is registered
+        print(f"{ctx.stage}: stopped by {interrupt.signal_name()} at step {stop.stopped_at}, checkpoint-{stop.stopped_at} saved")
+        raise interrupt.Interrupted(f"{ctx.stage} at checkpoint-{stop.stopped_at}")
     steps = trainer.state.global_step - start_step
     stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}
     if lead:

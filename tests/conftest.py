@@ -212,19 +212,25 @@ def run_cli():
     return _run_cli
 
 
-def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+def _cli_env(home: Path, env: dict) -> dict[str, str]:
+    """The test's environment for a child CLI on `home`, with `env` on top (a None value removes the variable)."""
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an in-process test that ran before would point the child
     # at its own store; the child finds its store through MULTISTEP_HOME unless the test passes a URI itself.
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env = {**inherited, "MULTISTEP_HOME": str(home), **env}
+    full = {**inherited, "MULTISTEP_HOME": str(home), **env}
+    return {k: v for k, v in full.items() if v is not None}
+
+
+def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    full_env = _cli_env(home, env)
     home.mkdir(parents=True, exist_ok=True)
-    # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding the pipes open.
+    # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding them open for a moment.
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
         proc = subprocess.Popen(CLI + args, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True, start_new_session=True)
         try:
             proc.wait(timeout=timeout)
         finally:
-            try:  # end whatever the run left behind, e.g. that server
+            try:  # end whatever the run left in its group (its Prefect server, in a session of its own, stops once the CLI is gone)
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
@@ -232,6 +238,80 @@ def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subpro
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+@dataclass
+class StartedCli:
+    """A `multistep` child process, leader of its own process group as a terminal's foreground job is."""
+
+    proc: subprocess.Popen
+    home: Path
+    out: Path
+    err: Path
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        """Return once `text` appears in the CLI's output; fail if it exits first or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while text not in self.out.read_text(errors="replace") + self.err.read_text(errors="replace"):
+            assert self.proc.poll() is None, f"the CLI exited ({self.proc.returncode}) before printing {text!r}:\n{self.err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n{self.err.read_text()[-3000:]}"
+            time.sleep(0.1)  # poll interval, bounded by the deadline above
+
+    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Wait for the exit; its code and output."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            _end_leftovers(self)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text())
+
+
+@pytest.fixture
+def processes_of():
+    """List the live processes of the runs on a home."""
+    return _processes_of
+
+
+def _processes_of(home: Path) -> list:
+    """The live processes that belong to runs on `home`: those whose environment names it as MULTISTEP_HOME."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("MULTISTEP_HOME") == str(home) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def _end_leftovers(cli: StartedCli) -> None:
+    try:
+        os.killpg(cli.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    cli.proc.wait()
+
+
+@pytest.fixture
+def start_cli():
+    """Start `multistep ARGS` on a home without waiting (`name` names its output files); whatever it leaves is killed at the end."""
+    started: list[StartedCli] = []
+
+    def start(args: list[str], home: Path, name: str = "cli", **env) -> StartedCli:
+        home.mkdir(parents=True, exist_ok=True)
+        out, err = home / f"{name}.out", home / f"{name}.err"
+        with open(out, "w") as out_file, open(err, "w") as err_file:
+            proc = subprocess.Popen(CLI + args, cwd=REPO, env=_cli_env(home, env), stdout=out_file, stderr=err_file, start_new_session=True)
+        started.append(StartedCli(proc, home, out, err))
+        return started[-1]
+
+    yield start
+    for cli in started:
+        _end_leftovers(cli)
+        for proc in _processes_of(cli.home):  # a server that outlived its CLI (the failure tests/faults looks for)
+            proc.kill()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from prefect import Flow
 
+from flows import sweep
 from flows.spec import PipelineSpec
 from flows.stages import STAGES
 
@@ -21,8 +22,12 @@ def flow_of(entrypoint: str) -> Flow:
 
 @pytest.mark.parametrize("deployment", [d for d in DEPLOYMENTS if "parameters" in d], ids=lambda d: d["name"])
 def test_every_deployment_parameter_set_is_a_valid_spec(deployment):
-    spec = PipelineSpec.model_validate(deployment["parameters"]["spec"])
-    assert spec.execution.mode == "pools"
+    if deployment["entrypoint"] == "flows/sweep.py:sweep":
+        found = sweep.plan(sweep.SweepSpec.model_validate(deployment["parameters"]["spec"]))  # every cell a valid pipeline
+        assert {cell.spec.execution.mode for cell in found.cells} == {"pools"}
+    else:
+        spec = PipelineSpec.model_validate(deployment["parameters"]["spec"])
+        assert spec.execution.mode == "pools"
     # The form Prefect builds takes exactly the flow's parameters.
     assert set(deployment["parameters"]) <= set(flow_of(deployment["entrypoint"]).parameters.properties)
 
@@ -31,6 +36,16 @@ def test_preset_deployments_equal_their_config_files():
     presets = CONFIG["definitions"]["presets"]
     for name, spec in presets.items():
         assert spec == yaml.safe_load(Path(f"configs/{name}.yaml").read_text()), f"deployments/prefect.yaml preset {name} drifted from configs/{name}.yaml"
+    for name, spec in CONFIG["definitions"]["sweeps"].items():
+        assert spec == yaml.safe_load(Path(f"configs/sweeps/{name}.yaml").read_text()), f"deployments/prefect.yaml sweep {name} drifted from configs/sweeps/{name}.yaml"
+
+
+def test_sweep_deployments_run_their_preset_with_every_cell_on_the_pools():
+    (gains,) = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/sweep.py:sweep"]
+    preset = yaml.safe_load(Path(f"configs/sweeps/{gains['name']}.yaml").read_text())
+    spec = dict(gains["parameters"]["spec"])
+    assert spec.pop("overrides") == {**preset.pop("overrides"), "execution.mode": "pools"}
+    assert spec == preset
 
 
 def test_each_stage_flow_has_a_deployment_on_the_pool_of_its_hardware():

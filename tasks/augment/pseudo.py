@@ -29,7 +29,7 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
             f"augment.pseudo.pool: all {len(rows)} rows are empty or already in the labeled data (training, validation or test): "
             "give unlabeled texts that are not in the labeled dataset"
         )
-    kept = subset(kept, spec.max_pool_rows, "pool", lambda r: r["text"])
+    kept = subset(kept, spec.max_pool_rows, f"pool:{spec.seed}" if spec.seed else "pool", lambda r: r["text"])
     counts["pool_rows_scored"] = len(kept)
     return kept, counts
 

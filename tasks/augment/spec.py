@@ -60,6 +60,8 @@ class PseudoLabelSpec(Spec):
     """At most this many rows per predicted label (the most confident first); empty sets no cap."""
     balance: bool = True
     """Keep the same number of rows for every label (the smallest label's count, under the cap), so the teacher's bias toward a class is not amplified."""
+    seed: int = 0
+    """Salts the content hash that picks the pool rows when max_pool_rows caps them (0 keeps the original choice); a sweep sets it from its seeds."""
 
     def setting(self, field: str) -> str:
         """How error messages name a setting (the shared readers ask)."""

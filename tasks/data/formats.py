@@ -1,11 +1,16 @@
 """Parse one file's bytes into rows, validating as it goes: strict decoding, JSON lines, named columns."""
 
+import codecs
 import csv
 import io
 import json
 
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
+
+BINARY_SAMPLE = 8192
+# C0 control characters and DEL, except those text uses: tab, line and page breaks, and the escape of ANSI colours.
+CONTROL = bytes(c for c in range(32) if c not in b"\t\n\v\f\r\x1b") + b"\x7f"
 
 
 def setting(spec, field: str) -> str:
@@ -17,8 +22,7 @@ def setting(spec, field: str) -> str:
 def parse(name: str, data: bytes, fmt: str, spec: PrepareSpec) -> list[dict]:
     """Text rows `{"text", "origin"}` of one file."""
     if fmt == "text":
-        _check_file(name, data, fmt, spec)
-        return cut_text(name, decode(name, data, spec.encoding, setting(spec, "encoding")), spec.text_unit)
+        return cut_text(name, decode_file(name, data, spec, fmt), spec.text_unit)
     column, key = spec.text_column, setting(spec, "text_column")
     found = records(name, data, fmt, spec, {column: key})
     return [{"text": text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found]
@@ -26,10 +30,10 @@ def parse(name: str, data: bytes, fmt: str, spec: PrepareSpec) -> list[dict]:
 
 def records(name: str, data: bytes, fmt: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]]:
     """`(origin, {column: value})` for each record of a JSONL, CSV/TSV or Parquet file; `columns` maps each column needed to the setting that names it."""
-    _check_file(name, data, fmt, spec)
     if fmt == "parquet":
+        _check_file(name, data, fmt, spec)
         return _parquet_records(name, data, spec, columns)
-    text = decode(name, data, spec.encoding, setting(spec, "encoding"))
+    text = decode_file(name, data, spec, fmt)
     if fmt == "jsonl":
         return _jsonl_records(name, text, columns)
     if fmt in ("csv", "tsv"):
@@ -37,10 +41,34 @@ def records(name: str, data: bytes, fmt: str, spec, columns: dict[str, str]) -> 
     raise UserError(f"{name}: a {fmt} file has no named columns; set {setting(spec, 'format')} to the file's format")
 
 
-def decode_file(name: str, data: bytes, spec) -> str:
-    """The file's text in the spec's encoding (strict UTF-8 by default); an empty file is an error."""
-    _check_file(name, data, None, spec)
-    return decode(name, data, spec.encoding, setting(spec, "encoding"))
+def decode_file(name: str, data: bytes, spec, fmt: str | None = None) -> str:
+    """The file's text in the spec's encoding (strict UTF-8 by default); an empty or binary file is an error."""
+    _check_file(name, data, fmt, spec)
+    # UTF-16/32 text is full of NUL bytes: judge it by its characters, any other encoding by its bytes (before a
+    # decoding error would send the user off to try encodings: latin-1 reads any binary, and it would be trained on).
+    wide = spec.encoding is not None and codecs.lookup(spec.encoding).name.startswith(("utf-16", "utf-32"))
+    if not wide:
+        _refuse_binary(name, data[:BINARY_SAMPLE], spec)
+    text = decode(name, data, spec.encoding, setting(spec, "encoding"))
+    if wide:
+        _refuse_binary(name, text[:BINARY_SAMPLE], spec)
+    return text
+
+
+def _refuse_binary(name: str, sample: bytes | str, spec) -> None:
+    """A NUL, or a tenth of control characters, in the first 8 KiB (git looks for a NUL in its first 8000 bytes)."""
+    if isinstance(sample, str):
+        nul, kept = sample.find("\0"), len(sample.translate(dict.fromkeys(CONTROL)))
+    else:
+        nul, kept = sample.find(b"\0"), len(sample.translate(None, CONTROL))
+    share = 1 - kept / max(len(sample), 1)
+    if nul < 0 and share <= 0.1:
+        return
+    why = f"a NUL byte at offset {nul}" if nul >= 0 else f"{share:.0%} control characters in its first 8 KiB"
+    raise UserError(
+        f"{name}: a binary file, not text ({why}); no {setting(spec, 'encoding')} reads it as text, "
+        f"so convert it to text or remove it from {setting(spec, 'sources')}"
+    )
 
 
 def _check_file(name: str, data: bytes, fmt: str | None, spec) -> None:
@@ -98,7 +126,8 @@ def _jsonl_records(name: str, text: str, columns: dict[str, str]) -> list[tuple[
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            reason = f"{e.msg} at column {e.colno}"
+            # Some messages end in "at" already ("Unterminated string starting at").
+            reason = f"{e.msg.removesuffix(' at')} at column {e.colno}"
             raise UserError(f"{name}:{i}: not a JSON object: {reason}; write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise UserError(f"{name}:{i}: not a JSON object: found a {type(obj).__name__}; write one JSON object per line")

@@ -36,6 +36,8 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
     tokens = {}
     for name in SPLITS:
         ids = tokenizers.encode(tokenizer, texts[name])
+        if name == "train" and spec.tokenizer.kind == "model":  # a tokenizer trained here always covers its training text
+            tokenizers.check_coverage(tokenizer, texts[name], ids, tokenizer_from)
         tokens[name] = sum(map(len, ids)) + len(ids)  # + one eos per row
         blocks[name] = tokenizers.pack(ids, tokenizer.eos_token_id, spec.block_size)
         wanted = spec.split.validation if name == "validation" else spec.split.test if name == "test" else 1
@@ -73,7 +75,8 @@ def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[
         if not tokenizer_from:
             raise UserError("data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe.")
         where = models.locate(tokenizer_from)
-        return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
+        models.check_weights(where)  # pretrain would refuse pickle weights after this stage: say so now
+        return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file, fix=", or set data.tokenizer.kind to bpe or char")
     return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasks import interrupt, predict
 from tasks import metrics as metrics_
 from tasks import model as models
-from tasks import predict
 from tasks.data import labeled, prepared
 from tasks.data.labeled.rows import subset
 from tasks.errors import UserError
@@ -39,7 +39,7 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
     task = task_of(dataset)
     if task == "lm":
         blocks = prepared.load_blocks(dataset, split)[:max_rows]
-        model, _ = models.load(model_uri)
+        model, _ = models.load(model_uri, tokenizer=False)
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
         return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])
@@ -85,6 +85,7 @@ def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_row
     found: dict[str, Scored] = {}
     out = {}
     for uri in model_uris:
+        interrupt.check(f"before scoring {uri}")  # after Ctrl-C, the models scored so far keep their runs
         scored = found[uri] = score(uri, dataset, split=split, max_rows=max_rows)
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
         with mlflow.start_run(run_name="evaluate", nested=True, tags={**tags, "multistep.stage": "evaluate", "multistep.input.model": uri, "multistep.input.dataset": dataset}):

@@ -18,7 +18,7 @@ from tasks.tracking import StageRun, log_metrics, resolve_version
 
 def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     """Score the model on the dataset's splits; metrics go to the run and onto the model version's tags."""
-    model, _ = models.load(model_uri)
+    model, _ = models.load(model_uri, tokenizer=False)
     vocab = len(prepared.load_tokenizer(dataset))
     train = prepared.load_blocks(dataset, "train")
     metrics = {}

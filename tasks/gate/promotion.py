@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks.backend import configure
 from tasks.gate.spec import GateSpec
-from tasks.tracking import configure, resolve_version
+from tasks.tracking import resolve_version
 
 LOWER_IS_BETTER = {"perplexity", "loss", "ece", "nll"}
 
@@ -38,11 +39,19 @@ class Decision:
     high: float | None = None
     p_value: float | None = None
     regressions: dict[str, float] = field(default_factory=dict)
+    report_only: bool = False  # the policy's verdict, not carried out: no alias moved
+
+    @property
+    def verdict(self) -> str:
+        """The words the log, the registry tag and the run summary use."""
+        if self.report_only:
+            return "would promote (report only)" if self.promote else "would reject (report only)"
+        return "promoted" if self.promote else "rejected"
 
     def tags(self) -> dict[str, str]:
         out = {f"gate.{k}": ("" if v is None else json.dumps(v) if isinstance(v, dict) else f"{v:.6g}" if isinstance(v, float) else str(v))
                for k, v in asdict(self).items()}
-        out["gate.decision"] = "promoted" if self.promote else "rejected"
+        out["gate.decision"] = self.verdict
         return out
 
 

@@ -25,9 +25,11 @@ class GateSpec(Spec):
     threshold: float | None = None
     """With no champion yet: promote only when the challenger's metric reaches this (e.g. 0.8 accuracy, 50 perplexity); empty promotes the first challenger."""
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    """The alias that marks the promoted version; the candidate always gets `challenger`."""
+    """The alias that marks the promoted version; the candidate gets `challenger` (unless report_only)."""
     max_rows: int | None = Field(None, ge=10)
     """Score at most this many test rows (blocks for a language model), chosen by content hash; empty scores all."""
+    report_only: bool = False
+    """Score and record the decision but move no alias (neither `challenger` nor the promoted one): what the cells of a sweep do."""
 
     @model_validator(mode="after")
     def _alias_is_not_challenger(self):

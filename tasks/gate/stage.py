@@ -1,6 +1,7 @@
 """The gate stage's body: mark the challenger, score it and the champion on the same test rows, decide, promote, and
 record the decision (metrics, report, figures, a Prefect artifact)."""
 
+import dataclasses
 import re
 from dataclasses import asdict
 
@@ -14,7 +15,7 @@ from prefect.runtime import flow_run
 from tasks import metrics, registry
 from tasks.errors import UserError
 from tasks.evaluate import scoring
-from tasks.gate.promotion import Decision, decide, promote
+from tasks.gate.promotion import Decision, decide, holder, promote
 from tasks.gate.spec import GateSpec
 from tasks.tracking import log_metrics, resolve_version
 
@@ -26,7 +27,8 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
     # Both models are scored with the lengths the challenger was fine-tuned with (its version says; defaults otherwise).
     max_length = int(version.tags.get(registry.MAX_LENGTH, 128))
     max_new_tokens = int(version.tags.get(registry.MAX_NEW_TOKENS, 48))
-    MlflowClient().set_registered_model_alias(name, "challenger", version.version)
+    if not spec.report_only:
+        MlflowClient().set_registered_model_alias(name, "challenger", version.version)
     scored: dict[str, scoring.Scored] = {}
 
     def scores(uri: str) -> scoring.Scored:
@@ -54,10 +56,13 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
         interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
         return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
 
-    decision = promote(name, spec.alias, challenger, judge)
+    if spec.report_only:  # judged against the holder of the moment, without the lock: nothing will move
+        decision = dataclasses.replace(judge(holder(name, spec.alias)), report_only=True)
+    else:
+        decision = promote(name, spec.alias, challenger, judge)
     _record(decision, scored, ctx, spec)
     registry.set_tags(challenger, decision.tags())
-    print(f"gate: {'PROMOTED' if decision.promote else 'kept'} — {decision.reason}")
+    print(f"gate: {decision.verdict} — {decision.reason}")
     return f"runs:/{ctx.run_id}/gate"
 
 
@@ -74,7 +79,7 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
                 labels = list(report["per_class"])
                 mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
     values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
-    values["promoted"] = float(decision.promote)
+    values["promoted"] = float(decision.promote and not decision.report_only)
     mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
     log_metrics(ctx.run_id, values)
     mlflow.log_dict(asdict(decision), "gate/decision.json")
@@ -102,7 +107,7 @@ def _figure(d: Decision, spec: GateSpec):
         right.legend(loc="best", fontsize=8)
     else:
         right.axis("off")
-    fig.suptitle(("promoted: " if d.promote else "not promoted: ") + d.challenger, fontsize=9)
+    fig.suptitle(f"{d.verdict}: {d.challenger}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -110,7 +115,7 @@ def _figure(d: Decision, spec: GateSpec):
 def _markdown(d: Decision, spec: GateSpec) -> str:
     fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     lines = [
-        f"# Gate: {'promoted' if d.promote else 'not promoted'}", "", d.reason, "",
+        f"# Gate: {d.verdict}", "", d.reason, "",
         "| | model | " + d.metric + " |", "|---|---|---:|",
         f"| challenger | `{d.challenger}` | {fmt(d.challenger_value)} |",
         f"| champion (@{spec.alias}) | `{d.champion or 'none'}` | {fmt(d.champion_value)} |",

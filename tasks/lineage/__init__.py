@@ -11,7 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks import tracking
+from tasks import backend, tracking
 from tasks.errors import UserError
 from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, ROUND, STAGE, resolve_version
 
@@ -23,9 +23,9 @@ HOW_TO_ASK = "pass models:/<name>/<version> or models:/<name>@<alias> (or a data
 
 def connect() -> str:
     """Point MLflow at the tracking store the pipelines wrote to, without creating an empty one; returns its URI."""
-    uri = tracking.tracking_uri()
+    uri = backend.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        tracking._check_server(uri)
+        backend.check_server(uri)
     elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(
             f"There is no MLflow store at {uri.removeprefix('sqlite:///')}: run a pipeline first (`multistep run configs/<preset>.yaml`), "

@@ -46,7 +46,8 @@ def setup(spec: PretrainSpec, dataset: str):
     if mlm and tokenizer.mask_token is None:  # tokenizers trained by prepare have only <|endoftext|>
         tokenizer.add_special_tokens({"mask_token": "[MASK]"})
     if spec.init:
-        model, _ = models.load(spec.init, auto=AutoModelForMaskedLM if mlm else AutoModelForCausalLM)
+        # The dataset's tokenizer is the one trained with: the model folder need not hold one (data.tokenizer.kind bpe/char).
+        model, _ = models.load(spec.init, auto=AutoModelForMaskedLM if mlm else AutoModelForCausalLM, tokenizer=False)
     else:
         model = models.build(spec.model, tokenizer)
     _check_fits(model, tokenizer, blocks.shape[1], spec)

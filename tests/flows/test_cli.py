@@ -1,6 +1,7 @@
 """`multistep run` as a user runs it: bad input ends in one sentence, a non-zero exit, and nothing registered."""
 
 import json
+import os
 import socket
 
 import pytest
@@ -11,6 +12,8 @@ def assert_refused(result, *needles: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(message) == 1, result.stderr[-3000:]
+    # Once: Prefect's flow-run log lines would repeat it for every flow the error passed through.
+    assert result.stderr.count(message[0].removeprefix("error: ")) == 1, result.stderr[-3000:]
     for needle in needles:
         assert needle in message[0], message[0]
 
@@ -71,6 +74,22 @@ def test_unreachable_tracking_server(corpus, refused):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     refused(corpus, f"http://127.0.0.1:{port}", "unreachable", "MLFLOW_TRACKING_URI", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("value, warned", [("true", True), ("1", True), ("false", False), (None, False)])
+def test_unpickling_stays_off_whatever_the_environment_says(tmp_path, monkeypatch, capsys, value, warned):
+    from flows import cli
+
+    monkeypatch.setenv("MULTISTEP_HOME", str(tmp_path))
+    if value is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", value)
+    cli._embedded_defaults()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    warning = (f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={value} is ignored: multistep never unpickles models "
+               "(safetensors only), so it runs with false.\n")
+    assert capsys.readouterr().err == (warning if warned else "")
 
 
 def test_missing_config_file(tmp_path, run_cli):

@@ -7,6 +7,7 @@ from prefect.states import Completed, Crashed, Pending, Running
 
 from flows import dispatch
 from flows.spec import ExecutionSpec
+from tasks import interrupt
 from tasks.errors import UserError
 
 
@@ -93,3 +94,11 @@ def test_deploy_needs_a_prefect_server_and_sane_numbers(tmp_path, run_cli):
     assert done.returncode == 2 and "set PREFECT_API_URL" in done.stderr.strip().splitlines()[-1]
     done = run_cli(["deploy", "--gpus", "0"], tmp_path / "home")
     assert done.returncode == 2 and "--gpus must be at least 1" in done.stderr
+
+
+def test_ctrl_c_cancels_the_dispatched_stage_and_stops_waiting(clock, monkeypatch):
+    monkeypatch.setattr(interrupt, "requested", lambda: True)  # as the CLI's SIGINT handler leaves it
+    client = FakeClient(Pending(), Running())
+    with pytest.raises(interrupt.Interrupted, match="flow run brave-otter cancelled"):
+        dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=60, timeout_s=60)
+    assert client.cancelled == ["r1"]

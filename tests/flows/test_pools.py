@@ -1,6 +1,7 @@
 """execution.mode pools on a real team stack on 127.0.0.1: Prefect server, MLflow server proxying to SeaweedFS's S3,
 a cpu and a gpu process worker, deployments/prefect.yaml registered by `multistep deploy`."""
 
+import json
 import os
 import random
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from flows import deploy, s3server, stack
@@ -214,3 +216,53 @@ def test_bad_configuration_ends_in_one_sentence_and_registers_nothing(problem, t
     assert error.startswith("error: ") and expected in error, error
     assert "not-the-secret" not in done.stdout + done.stderr and team.secret_key not in done.stdout + done.stderr
     assert MlflowClient(team.env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{name}-base'") == []
+
+
+def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, run_cli):
+    """Two cells, one gpu stage each: with two cards (pool limit 2, two workers) their fine-tunes run at the same time."""
+    data = tmp_path / "reviews.tsv"
+    data.write_text(_reviews(80))
+    base = {
+        "name": "swept", "data": None, "pretrain": None, "evaluate": None, "gate": None,
+        "labeled": {"task": "classification", "train": [str(data)], "text_column": "sentence", "split": {"validation": 0.2, "test": 0.2}},
+        "finetune": {"init": str(_tiny_bert(tmp_path / "bert")), "max_length": 16, "patience": None,
+                     "train": {"max_steps": 2, "batch_size": 8, "warmup_steps": 0, "checkpoint_every": 2}},
+        "execution": {"mode": "pools", "start_timeout_s": 120},
+    }  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": base, "seeds": [0, 1], "seed_fields": ["finetune.train.seed"]}))
+    with stack.environ(team.env):
+        deploy.ensure_pools(gpus=2)
+    team.start_worker("gpu", limit=1, name="worker-gpu-2")
+    try:
+        done = cli(team, ["sweep", str(path), "--json"], tmp_path / "client", run_cli)
+    finally:
+        stack.kill(team, "worker-gpu-2")
+        with stack.environ(team.env):
+            deploy.ensure_pools(gpus=1)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [(c["seed"], c["status"]) for c in report["cells"]] == [(0, "completed"), (1, "completed")]
+
+    mlflow = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    finetunes = []
+    for cell in report["cells"]:
+        flow_run = mlflow.get_run(cell["pipeline_run"]).data.tags["prefect.flow_run_id"]
+        finetunes += [run for flow, run in stage_runs(team, flow_run) if flow == "finetune"]
+    first, second = sorted(finetunes, key=lambda r: r.start_time)
+    assert first.work_pool_name == second.work_pool_name == "gpu"
+    assert second.start_time < first.end_time, "the second cell's fine-tune started only after the first one ended"
+    assert first.infrastructure_pid != second.infrastructure_pid
+
+
+def _tiny_bert(path: Path) -> Path:
+    """A one-layer BERT classifier over the reviews' words, kilobytes instead of MiniLM's 90 MB on every worker."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    path.mkdir()
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "great", "lovely", "superb", "awful", "dull", "poor", "film", "number"]) + "\n")
+    tok = BertTokenizerFast.from_pretrained(path)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

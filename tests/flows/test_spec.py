@@ -55,6 +55,42 @@ def test_mistakes_name_the_key_and_the_fix(overrides, needles):
         assert needle in str(caught.value)
 
 
+def refusal(overrides, config="configs/default.yaml") -> str:
+    with pytest.raises(UserError) as caught:
+        load(config, overrides)
+    return str(caught.value)
+
+
+def test_a_malformed_set_value_is_one_sentence_naming_the_set():
+    assert refusal(["data.sources=[a.txt,b.txt"]) == (
+        "--set data.sources=[a.txt,b.txt: the value is not valid YAML (expected ',' or ']', but got '<stream end>'): "
+        "close its brackets and quotes (a list is written [a, b])."
+    )
+
+
+def test_set_mistakes_name_the_set_not_the_config_file(tmp_path):
+    assert refusal(["pretrain.train.max_step=3"]) == "--set pretrain.train.max_step=3: unknown key `pretrain.train.max_step`: did you mean `max_steps`?"
+    assert refusal(["pretrain.train.lr=-1"]) == "--set pretrain.train.lr=-1: `pretrain.train.lr` Input should be greater than 0 (got -1): fix the value."
+    assert refusal(["pretrain={zzz: 1}"]).startswith("--set pretrain={zzz: 1}: unknown key `pretrain.zzz`")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("pretrain:\n  train:\n    max_step: 3\n")  # the same typo, in the file
+    assert refusal(["name=x"], typo) == f"{typo}: unknown key `pretrain.train.max_step`: did you mean `max_steps`?"
+
+
+def test_a_cross_field_mistake_has_a_short_label_and_no_dump_of_the_input(tmp_path):
+    assert refusal(["data.block_size=512", "name=x"]) == (
+        "configs/default.yaml with --set data.block_size=512: data.block_size (512) is larger than pretrain.model.n_positions (128): "
+        "lower data.block_size or raise pretrain.model.n_positions."
+    )
+    assert refusal(["data.split.validation=0.6", "data.split.test=0.5"]) == (
+        "configs/default.yaml with --set data.split.validation=0.6 and --set data.split.test=0.5: `data.split`: "
+        "split.validation + split.test must be below 1 so that rows remain for training: lower them."
+    )
+    both = tmp_path / "both.yaml"
+    both.write_text("finetune: {}\n")
+    assert refusal([], both) == f"{both}: finetune and labeled go together: set both (the model to tune and its labeled data) or neither."
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata:\n  sources: [a\n  block_size: 3\n")
@@ -69,7 +105,8 @@ def _definitions(schema: dict) -> dict:
 def test_run_form_shows_help_for_every_field():
     """Prefect builds the run form from this schema: every field, nested ones too, carries its docstring."""
     schema = parameter_schema(llm_pipeline).model_dump()
-    assert list(schema["properties"]) == ["spec"]
+    assert list(schema["properties"]) == ["spec", "parent_run_id"]
+    assert schema["properties"]["parent_run_id"]["description"].startswith("MLflow run to nest this pipeline's run under")
     models = _definitions(schema)
     assert {"PipelineSpec", "PrepareSpec", "CleanSpec", "SplitSpec", "TokenizerSpec", "PretrainSpec", "ModelSpec", "TrainSpec", "EvaluateSpec", "ExecutionSpec"} <= set(models)
     missing = [f"{name}.{field}" for name, model in models.items() for field, prop in model["properties"].items() if not prop.get("description")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tasks import distributed, tracking
+from tasks import backend, distributed, tracking
 from tasks.errors import UserError
 from tasks.pretrain import stage as pretrain
 from tasks.pretrain.spec import PretrainSpec
@@ -76,7 +76,7 @@ def test_more_devices_than_the_worker_has_gpus_are_refused(monkeypatch):
 
 def test_fsdp_without_cuda_is_refused_before_anything_loads(home, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    tracking.configure("multistep")
+    backend.configure("multistep")
     ctx = tracking.StageRun("pretrain", "no-run", "no-key", "no-code", {}, {}, None, resumed=False)
     spec = PretrainSpec(train=TrainSpec(devices=2, sharding="fsdp"))
     # The dataset URI is never read: the stage refuses first.

@@ -115,7 +115,6 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
 def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
     import numpy as np
 
-    from tasks import tracking
     from tasks.evaluate import scoring
     from tasks.errors import UserError
 
@@ -126,10 +125,32 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
 
     monkeypatch.setattr(scoring, "score", score)
     spec = GateSpec(threshold=0.8)
-    inputs = {"model": "models:/m/2", "dataset": "d"}
-    with tracking.stage_run("gate", spec, inputs, code="tasks.gate.stage", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
-        ctx.output = stage.run(spec, "models:/m/2", "d", ctx)
+    gate_v2(spec)
     assert "cannot be scored on these test rows" in capsys.readouterr().out
     tags = registry.get_model_version("m", "2").tags
     assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]
     assert gate.holder("m", "champion") == "models:/m/2" and gate.holder("m", "challenger") == "models:/m/2"
+
+
+def test_the_gate_log_and_the_registry_say_the_same_word(registry, monkeypatch, capsys):
+    import numpy as np
+
+    from tasks.evaluate import scoring
+
+    scored = scoring.Scored("classification", {"accuracy": 0.5, "macro_f1": 0.5}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+    monkeypatch.setattr(scoring, "score", lambda uri, dataset, **kw: scored)
+    spec = GateSpec()  # v2 scores as v1, the champion: no gain, so no promotion
+    gate_v2(spec)
+    assert registry.get_model_version("m", "2").tags["gate.decision"] == "rejected"  # what the run summary prints
+    assert "gate: rejected — accuracy 0.5 vs champion 0.5: gain +0.0000" in capsys.readouterr().out
+    assert gate.holder("m", "champion") == "models:/m/1"
+
+
+def gate_v2(spec: GateSpec) -> str:
+    """The gate stage's body on models:/m/2 inside its stage run, as the gate flow runs it."""
+    from tasks import tracking
+
+    inputs = {"model": "models:/m/2", "dataset": "d"}
+    with tracking.stage_run("gate", spec, inputs, code="tasks.gate.stage", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
+        ctx.output = stage.run(spec, "models:/m/2", "d", ctx)
+    return ctx.output

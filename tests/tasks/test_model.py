@@ -43,6 +43,24 @@ def test_pickle_only_folder_is_refused_with_the_reason(tmp_path, tokenizer):
         models.load(str(tmp_path))
 
 
+def test_folder_without_tokenizer_files_is_refused_unless_the_tokenizer_is_not_needed(tmp_path, tokenizer):
+    model = models.build(ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
+    model.save_pretrained(tmp_path)  # config.json + model.safetensors, no tokenizer
+    # transformers would build an empty GPT2Tokenizer from config.json alone: every text encodes to [].
+    with pytest.raises(UserError, match=rf"^Model folder {tmp_path} has no tokenizer files \(tokenizer.json, .*\): save the tokenizer it was trained with into it"):
+        models.load(str(tmp_path))
+    # Continued pretraining on a prepared dataset takes the dataset's tokenizer: the weights alone are enough.
+    loaded, tok = models.load(str(tmp_path), tokenizer=False)
+    assert tok is None and loaded.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def test_a_tokenizer_without_a_vocabulary_is_refused(tmp_path, tokenizer):
+    models.build(ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer).save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}')  # a config, no vocabulary
+    with pytest.raises(UserError, match=rf"^The tokenizer in {tmp_path} has no vocabulary \(1 token, all special\)"):
+        models.load(str(tmp_path))
+
+
 def test_missing_folder_and_unknown_package(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         models.load(str(tmp_path / "nothing"))

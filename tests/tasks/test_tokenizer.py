@@ -4,7 +4,7 @@ from pydoc_data.topics import topics
 
 from tasks.data.spec import TokenizerSpec
 from tasks.errors import UserError
-from tasks.tokenizer import EOS, encode, load_tokenizer, pack, train_tokenizer, unigram_perplexity
+from tasks.tokenizer import EOS, check_coverage, encode, load_tokenizer, pack, train_tokenizer, unigram_perplexity
 
 # CPython's bundled documentation: real English prose and code, ~0.5 MB, offline.
 CORPUS = [p for t in topics.values() for p in t.split("\n\n") if p.strip()]
@@ -101,6 +101,22 @@ def test_load_tokenizer_uses_eos_as_missing_pad(bpe, tmp_path):
     cfg = tmp_path / "tokenizer_config.json"
     cfg.write_text(cfg.read_text().replace('"pad_token": "<|endoftext|>",', ""))
     assert load_tokenizer(tmp_path).pad_token == EOS
+
+
+def test_a_tokenizer_that_maps_the_text_to_its_unknown_token_is_refused():
+    tok = train_tokenizer(["abc"], TokenizerSpec(kind="char"))  # a model's tokenizer that has never seen this script
+    texts = ["Съешь же ещё этих мягких французских булок", "abc"]
+    with pytest.raises(UserError, match=r"^The tokenizer of models:/m/1 turns 93% of the training text into its unknown token '<unk>': "
+                                        r"it does not fit this text; .*set data.tokenizer.kind to bpe or char"):
+        check_coverage(tok, texts, encode(tok, texts), "models:/m/1")
+    check_coverage(tok, ["abc cab"], encode(tok, ["abc cab"]), "models:/m/1")  # a space in seven characters is fine
+
+
+def test_a_tokenizer_that_makes_almost_no_tokens_is_refused(char):
+    texts = ["x" * 5000]
+    with pytest.raises(UserError, match=r"^The tokenizer of /m makes 12 tokens from 5,000 characters of training text: it does not fit"):
+        check_coverage(char, texts, [[5] * 12], "/m")
+    check_coverage(char, texts, [[5] * 50], "/m")  # one token per 100 characters is still a tokenizer
 
 
 def test_pack_shapes_eos_and_dtype():

@@ -87,6 +87,15 @@ def test_label_prefixed_latin1_with_coarse_labels(tmp_path):
     assert [r["label"] for r in fine["train"]] == ["DESC:manner", "LOC:city", "NUM:date", "LOC:country"]
 
 
+@pytest.mark.parametrize("name, fmt", [("train.tsv", "auto"), ("train.label", "label-prefixed"), ("train.label.gz", "label-prefixed")])
+def test_binary_file_is_refused_as_binary_even_with_latin1(tmp_path, name, fmt):
+    binary = b"PK\x03\x04\x14\x00\x00\x00" + bytes(range(256)) * 8  # a zip archive's start, then anything
+    f = write(tmp_path / name, gzip.compress(binary) if name.endswith(".gz") else binary)
+    with pytest.raises(UserError, match=rf"^{f}: a binary file, not text \(a NUL byte at offset 5\); no labeled.encoding reads it as text, "
+                                         r"so convert it to text or remove it from labeled.train, labeled.validation or labeled.test$"):
+        splits(train=[f], format=fmt, encoding="latin-1")
+
+
 def test_parallel_gz_files_become_sft_prompts(tmp_path):
     de = write(tmp_path / "train.de.gz", gzip.compress("Zwei Männer .\nEin Hund läuft .\n".encode()))
     en = write(tmp_path / "train.en.gz", gzip.compress(b"Two men .\nA dog runs .\n"))

@@ -62,6 +62,34 @@ def test_invalid_utf8_names_file_line_and_the_fix(tmp_path):
     assert texts(read_sources(spec(f, encoding="latin-1", text_unit="line")))[-1] == "café"
 
 
+# A gzip stream: what a .txt.gz renamed to .txt, or any compressed or executable file, looks like to a reader.
+BINARY = bytes.fromhex("1f8b0800000000000003") + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("encoding", [None, "latin-1"])
+def test_binary_file_is_refused_as_binary_whatever_the_encoding(tmp_path, encoding):
+    f = write(tmp_path / "model.txt", BINARY)
+    # latin-1 decodes any bytes: without the check, following the old advice trained on the binary.
+    with pytest.raises(UserError, match=rf"^{f}: a binary file, not text \(a NUL byte at offset 3\); .*remove it from data.sources$"):
+        read_sources(spec(f, encoding=encoding))
+
+
+def test_control_characters_without_nul_are_binary_but_tabs_and_escapes_are_text(tmp_path):
+    noisy = write(tmp_path / "noisy.jsonl", b"\x01\x02\x03\x04 ab\x05\x06\x07\x08 " * 50)
+    with pytest.raises(UserError, match=rf"^{noisy}: a binary file, not text \(67% control characters in its first 8 KiB\)"):
+        read_sources(spec(noisy))
+    log = write(tmp_path / "log.txt", "\x1b[31mred\x1b[0m\tcol\fpage\r\n" * 20)
+    assert len(read_sources(spec(log, text_unit="line"))) == 20
+
+
+def test_utf16_text_is_not_mistaken_for_binary(tmp_path):
+    f = write(tmp_path / "wide.txt", "one line\nanother line\n".encode("utf-16"))
+    assert texts(read_sources(spec(f, encoding="utf-16", text_unit="line"))) == ["one line", "another line"]
+    f = write(tmp_path / "wide-binary.txt", BINARY[:4] + "text".encode("utf-16-le"))
+    with pytest.raises(UserError, match="a binary file, not text"):
+        read_sources(spec(f, encoding="utf-16-le"))
+
+
 def test_unknown_encoding(tmp_path):
     f = write(tmp_path / "a.txt", "x")
     with pytest.raises(UserError, match="data.encoding 'utf-9' is not a known text encoding"):
@@ -107,7 +135,7 @@ def test_jsonl_rows_and_blank_lines(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ('{"text": "broken', r":2: not a JSON object: Unterminated string"),
+        ('{"text": "broken', r":2: not a JSON object: Unterminated string starting at column 10; write one JSON"),
         ('["text", "a list"]', r":2: not a JSON object: found a list"),
         ('{"body": "no text key"}', r":2: no key 'text' \(found: body\); set data.text_column"),
         ('{"text": 42}', r":2: 'text' is int, not a string"),

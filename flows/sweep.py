@@ -1,0 +1,272 @@
+"""sweep: conditions × grid points × seeds, one llm_pipeline per cell, then a significance table against the baseline.
+
+Cells that share a stage key share the stage: the data preparation, or a pretraining that only fine-tune seeds differ
+on, runs once (locally the next cell finds the finished run in MLflow). In pools mode the cells run side by side, each a
+thread of this flow run that dispatches its own stages to the pools; no cell takes a worker slot while it waits.
+"""
+
+import contextvars
+import copy
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import flow
+from pydantic import Field, ValidationError, field_validator
+
+from flows import dispatch
+from flows.pipeline import llm_pipeline, planned
+from flows.spec import PipelineSpec, check_key, explain, set_key
+from flows.spec import load as load_pipeline
+from tasks import sweep as results
+from tasks.errors import UserError
+from tasks.spec import Spec
+
+# Every seed a pipeline has; the split salts (data.split.salt, labeled.split.salt) are not seeds: every cell sees the same rows.
+SEED_FIELDS = ("pretrain.train.seed", "transfer.seed", "augment.eda.seed", "augment.pseudo.seed", "augment.adversarial.seed", "finetune.train.seed")
+SeedField = Literal["pretrain.train.seed", "transfer.seed", "augment.eda.seed", "augment.pseudo.seed", "augment.adversarial.seed", "finetune.train.seed"]
+Metric = Literal["auto", "accuracy", "macro_f1", "ece", "nll", "robust_accuracy", "attack_success_rate", "chrf", "bleu", "exact_match", "perplexity", "loss"]
+
+
+class SweepSpec(Spec):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Name of the sweep's MLflow run and Prefect artifact; empty: `<base name>-sweep`."""
+    base: str | PipelineSpec
+    """The pipeline every cell starts from: a preset path (e.g. configs/sst2-augment.yaml, relative to the working directory) or the pipeline spec itself."""
+    overrides: dict[str, Any] = {}
+    """Dotted overrides of the base that every cell gets before its condition's, e.g. {finetune.attack.rows: 200, execution.mode: pools}."""
+    conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}}, min_length=1)
+    """Named overrides of the base with dotted keys, e.g. {none: {augment: null}, eda: {augment.pseudo: null}}; the one named `baseline`, else the first, is what the others are compared with."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    """One cell per seed and condition; a seed sets every seed of seed_fields that the cell's pipeline has (the split salts stay fixed, so every cell sees the same rows)."""
+    seed_fields: list[SeedField] = Field(default_factory=lambda: list(SEED_FIELDS), min_length=1)
+    """The seeds a sweep seed sets: all by default; leave pretrain.train.seed out to pretrain once and share it across the seeds."""
+    grid: dict[str, list[Any]] = {}
+    """A small hyper-parameter grid crossed with the conditions: dotted keys with lists of values, e.g. {finetune.train.lr: [5e-5, 1e-4]}; each condition is compared with the baseline at the same grid point (with one condition, with the first point)."""
+    metric: Metric = "auto"
+    """The metric reported; auto: the gate's (gate.metric, else accuracy for classification, chrf for SFT, perplexity for a language model)."""
+    test: Literal["test", "validation"] = "test"
+    """The split whose scores are reported; validation only for pipelines that do not fine-tune (fine-tuning picks its checkpoints, rounds and students on validation, so those scores are biased upwards)."""
+    max_parallel: int = Field(4, ge=1, le=64)
+    """pools mode (execution.mode of the cells): cells running at once, at most the gpu pool's concurrency limit; local mode runs the cells one after another."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("is empty: give at least one seed, e.g. seeds: [0, 1, 2]")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("repeats a seed: a repeated seed is the same cell again (a cache hit), so list each once")
+        return seeds
+
+    @field_validator("grid")
+    @classmethod
+    def _some_values(cls, grid: dict[str, list]) -> dict[str, list]:
+        empty = [k for k, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"key {empty[0]} has no values: give it a list of at least one value, or drop it")
+        return grid
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pipeline of the sweep: a condition at a grid point, with one seed."""
+
+    condition: str
+    point: tuple[tuple[str, Any], ...]  # the grid point: (dotted key, value) pairs
+    seed: int
+    spec: PipelineSpec
+
+    @property
+    def row(self) -> str:
+        """The table row the cell belongs to: its condition and grid point."""
+        return row_name(self.condition, self.point)
+
+
+def row_name(condition: str, point: tuple[tuple[str, Any], ...]) -> str:
+    return " ".join([condition, *(f"{k}={v}" for k, v in point)])
+
+
+@dataclass
+class Plan:
+    """What a sweep will run and how it will report it; made before anything runs, so that bad input runs nothing."""
+
+    name: str
+    cells: list[Cell]
+    baseline: str
+    reference: dict[str, str]  # row → the row it is compared with (itself for a baseline row)
+    task: str
+    metric: str
+    split: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(spec: SweepSpec) -> dict:
+    """Run one llm_pipeline per cell (condition × grid point × seed) and report each condition against the baseline: mean ± std, paired 95% CI, McNemar p.
+
+    Args:
+        spec: The sweep: the base pipeline, the conditions, the seeds, the grid and the metric reported.
+    """
+    found = plan(spec)
+    for warning in found.warnings:
+        print(f"sweep: warning: {warning}")
+    execution = found.cells[0].spec.execution
+    dispatch.prepare(sorted({stage for cell in found.cells for stage in planned(cell.spec)}), execution)
+    parallel = 1 if execution.mode == "local" else min(spec.max_parallel, dispatch.pool_limit(execution.pools.gpu) or spec.max_parallel)
+    print(f"sweep {found.name}: {len(found.cells)} cells, {parallel} at a time; {found.metric} on {found.split}, baseline {found.baseline}")
+    started = time.perf_counter()
+    with results.sweep_run(found.name, spec, execution.experiment) as parent:
+        outcomes = run_cells(found.cells, parent, parallel)
+        report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)
+        results.record(report, parent)
+    print(f"sweep {found.name}: done in {report['wall_s']:.1f} s; the table is on MLflow run {parent} and in the Prefect artifact")
+    return report
+
+
+def run_cells(cells: list[Cell], parent: str, parallel: int) -> list[results.Outcome]:
+    """Every cell's pipeline as a subflow: one after another, or `parallel` at once in threads (each with this flow run's context)."""
+    if parallel == 1:
+        return [run_cell(cell, parent) for cell in cells]
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep-cell") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, run_cell, cell, parent) for cell in cells]
+        return [f.result() for f in futures]
+
+
+def run_cell(cell: Cell, parent: str) -> results.Outcome:
+    """One cell's pipeline; its failure is a row in the table, not the end of the sweep."""
+    start = time.perf_counter()
+    try:
+        out = llm_pipeline.with_options(flow_run_name=f"{cell.row} seed {cell.seed}")(cell.spec, parent_run_id=parent)
+    except Exception as exc:  # noqa: BLE001 — whatever broke the cell, the other cells go on and the table says what it was
+        print(f"sweep: cell {cell.row} seed {cell.seed} failed: {type(exc).__name__}: {exc}")
+        return results.Outcome(cell.row, cell.seed, time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+    return results.Outcome(cell.row, cell.seed, time.perf_counter() - start, outputs=out)
+
+
+def plan(spec: SweepSpec, source: str = "sweep") -> Plan:
+    """The cells, each a validated PipelineSpec, and the metric; every input mistake is one UserError sentence."""
+    base = (load_pipeline(spec.base) if isinstance(spec.base, str) else spec.base).model_dump(mode="json")
+    for key, value in spec.overrides.items():
+        check_key(key, f"{source}: overrides")
+        set_key(base, key, value, f"{source}: overrides")
+    for name, overrides in spec.conditions.items():
+        for key in overrides:
+            check_key(key, f"{source}: condition {name}")
+    for key in spec.grid:
+        check_key(key, f"{source}: grid")
+    baseline = "baseline" if "baseline" in spec.conditions else next(iter(spec.conditions))
+    points = [tuple(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
+    cells, unseeded, reference, warnings = [], {}, {}, []
+    for point in points:
+        for condition, overrides in spec.conditions.items():
+            where = f"{source}: condition {condition}" + "".join(f", {k}={v}" for k, v in point)
+            data = copy.deepcopy(base)
+            for key, value in [*overrides.items(), *point]:
+                set_key(data, key, value, where)
+            unseeded[condition, point] = _validate(data, where)
+            for seed in spec.seeds:
+                cells.append(Cell(condition, point, seed, _seeded(data, unseeded[condition, point], seed, spec.seed_fields, where)))
+        for condition in spec.conditions:  # compared with the baseline at the same point; a lone condition, with the first point
+            reference[row_name(condition, point)] = row_name(baseline, point if len(spec.conditions) > 1 else points[0])
+            same = f"condition {condition} gives the same pipeline as the baseline {baseline}: its cells will reuse the baseline's runs and differ by exactly 0"
+            if condition != baseline and unseeded[condition, point] == unseeded[baseline, point] and same not in warnings:
+                warnings.append(same)
+    if any(c.spec.execution != cells[0].spec.execution for c in cells):
+        raise UserError(f"{source}: a condition or the grid changes execution, which every cell shares: set it in base or overrides")
+    task, metric, split = _metric(spec, [c.spec for c in cells], source)
+    name = spec.name or f"{cells[0].spec.name}-sweep"
+    return Plan(name, cells, baseline, reference, task, metric, split, warnings)
+
+
+def _validate(data: dict, where: str) -> PipelineSpec:
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(explain(exc, where)) from None
+
+
+def _seeded(data: dict, spec: PipelineSpec, seed: int, fields: list[str], where: str) -> PipelineSpec:
+    """The cell's spec: the seed in every seed field its pipeline has, and a gate that reports without promoting."""
+    data = copy.deepcopy(data)
+    for path in fields:
+        *sections, _ = path.split(".")
+        node = spec
+        for part in sections:
+            node = getattr(node, part) if node is not None else None
+        if node is not None:  # e.g. no augment.eda in this condition: nothing to seed there
+            set_key(data, path, seed, where)
+    if spec.gate:
+        set_key(data, "gate.report_only", True, where)
+    return _validate(data, where)
+
+
+def _metric(spec: SweepSpec, cells: list[PipelineSpec], source: str) -> tuple[str, str, str]:
+    """(task, metric, split) that every cell reports, or a UserError naming the setting to change."""
+    tasks = {c.labeled.task if c.finetune else "lm" for c in cells}
+    if len(tasks) > 1:
+        raise UserError(f"{source}: the conditions make {' and '.join(sorted(tasks))} models, which share no metric: sweep one kind of model")
+    (task,) = tasks
+    first = cells[0]
+    metric = spec.metric
+    if metric == "auto":
+        metric = first.gate.metric if first.gate and first.gate.metric != "auto" else results.GATE_METRIC[task]
+    if metric not in results.METRICS[task]:
+        raise UserError(f"{source}: metric {metric} is not measured for {task} models: use one of {', '.join(results.METRICS[task])}")
+    if metric in ("robust_accuracy", "attack_success_rate") and not all(c.finetune.attack for c in cells):
+        raise UserError(f"{source}: metric {metric} is measured by finetune.attack, which not every cell sets: set base.finetune.attack")
+    if spec.test == "validation" and task != "lm":
+        raise UserError(f"{source}: test validation is the split fine-tuning picks its checkpoints on, so its scores are biased: report test")
+    if task == "lm" and not all(c.evaluate and spec.test in c.evaluate.splits for c in cells):
+        raise UserError(f"{source}: {metric} on {spec.test} comes from the evaluate stage: set base.evaluate with {spec.test} in its splits")
+    return task, metric, spec.test
+
+
+def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None) -> SweepSpec:
+    """A sweep YAML file plus `a.b=c` overrides (base.… reaches into the base pipeline) and --seeds, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Sweep file {path} does not exist: pass one of configs/sweeps/*.yaml or your own YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"{f'{path}:{mark.line + 1}' if mark else path}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax.") from None
+    if not isinstance(data, dict) or "base" not in data:
+        raise UserError(f"{path} must hold a mapping with at least `base` (a preset path or a pipeline spec), `conditions` and `seeds`.")
+    if isinstance(data["base"], str):  # inlined, so that --set base.… reaches it and the logged spec is the whole recipe
+        data["base"] = load_pipeline(data["base"]).model_dump(mode="json", exclude_unset=True)
+    for item in overrides:
+        _set(data, item)
+    if seeds is not None:
+        data["seeds"] = seeds
+    try:
+        base = PipelineSpec.model_validate(data["base"])
+    except ValidationError as exc:
+        raise UserError(explain(exc, f"{path} (base)")) from None
+    try:
+        return SweepSpec.model_validate({**data, "base": base})
+    except ValidationError as exc:
+        raise UserError(explain(exc, str(path), SweepSpec)) from None
+
+
+def _set(data: dict, item: str) -> None:
+    """One --set: under overrides, grid and a condition the rest of the key stays one dotted key, as those maps hold them
+    (`conditions.eda.augment.pseudo=null` drops eda's pseudo-labels and keeps its EDA); elsewhere it is a path."""
+    from flows.spec import _apply
+
+    key, sep, raw = item.partition("=")
+    parts = key.split(".")
+    depth = {"overrides": 1, "grid": 1, "conditions": 2}.get(parts[0])
+    if not sep or depth is None or len(parts) <= depth:
+        return _apply(data, item)
+    node = data
+    for part in parts[:depth]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[".".join(parts[depth:])] = yaml.safe_load(raw) if raw else ""

@@ -1,0 +1,235 @@
+"""A sweep's results: each cell's metric and per-row test scores read back from MLflow, the paired statistics against the
+baseline, and the table, chart and artifacts they make (flows/sweep.py runs the cells)."""
+
+import json
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from tasks.backend import configure
+from tasks.tracking import _prefect_tags, _tag_prefect_flow_run, git_commit, public, resolve_version
+
+# What each task's versions carry as `metric.<split>_<name>` (SFT's generation scores as `metric.<name>`, on test rows).
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "ece", "nll", "robust_accuracy", "attack_success_rate"),
+    "sft": ("chrf", "bleu", "exact_match", "loss"),
+    "lm": ("perplexity", "loss"),
+}
+GATE_METRIC = {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}  # the gate's `auto`
+LOWER_IS_BETTER = {"ece", "nll", "perplexity", "loss", "attack_success_rate"}
+BOOTSTRAP_SAMPLES, CONFIDENCE = 2000, 0.95
+SWEEP = "multistep.sweep"
+
+
+@dataclass
+class Outcome:
+    """What running one cell gave: the pipeline's result URIs, or the error that stopped it."""
+
+    row: str
+    seed: int
+    wall_s: float
+    outputs: dict | None = None
+    error: str | None = None
+
+
+@dataclass
+class PerRow:
+    """A cell's score on each test row: `keys` identify the rows (in order), `values` [n] score them."""
+
+    keys: list
+    values: np.ndarray
+
+
+@contextmanager
+def sweep_run(name: str, spec, experiment: str) -> Iterator[str]:
+    """The sweep's MLflow run, parent of the cells' pipeline runs. Never the active run: each cell opens its own, in any thread."""
+    experiment_id = configure(experiment)
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=name, tags={SWEEP: name, "git.commit": git_commit(), **_prefect_tags()}).info.run_id
+    client.log_dict(run_id, public(spec), "sweep/spec.json")
+    _tag_prefect_flow_run(run_id)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+
+
+def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
+    """Per row: n, mean ± std, min/max, wall time, and the paired difference to its reference row pooled over seeds."""
+    cells, per_row = [], {}
+    for o in outcomes:
+        cell = {"row": o.row, "seed": o.seed, "status": "failed" if o.error else "completed", "wall_s": round(o.wall_s, 1), "error": o.error}
+        if o.outputs:
+            version = resolve_version(o.outputs["model"])
+            value = _value(version.tags, plan.task, plan.metric, plan.split)
+            cell.update(model=o.outputs["model"], pipeline_run=o.outputs["pipeline_run"], value=value)
+            try:
+                found = _per_row(plan, o.outputs, version)
+            except (mlflow.exceptions.MlflowException, OSError, KeyError, ValueError) as exc:  # one unreadable cell must not lose the table
+                found = f"its per-row scores could not be read ({type(exc).__name__}: {exc})"
+            if isinstance(found, PerRow):
+                per_row[o.row, o.seed] = found
+            else:
+                cell["no_per_row"] = found
+        cells.append(cell)
+    seeds = sorted({o.seed for o in outcomes})
+    rows = []
+    for row in dict.fromkeys(o.row for o in outcomes):  # in the plan's order
+        mine = [c for c in cells if c["row"] == row]
+        values = [c["value"] for c in mine if c.get("value") is not None]
+        entry = {
+            "row": row, "n": len(values), "failed": sum(c["status"] == "failed" for c in mine),
+            "mean": statistics.fmean(values) if values else None, "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values, default=None), "max": max(values, default=None),
+            "wall_s": round(statistics.fmean(c["wall_s"] for c in mine), 1), "reference": plan.reference[row],
+        }  # fmt: skip
+        if plan.reference[row] != row:
+            entry.update(paired(row, plan.reference[row], per_row, seeds, plan.metric, mine))
+        rows.append(entry)
+    return {
+        "name": plan.name, "sweep_run": parent, "task": plan.task, "metric": plan.metric, "split": plan.split,
+        "baseline": plan.baseline, "seeds": seeds, "wall_s": round(wall_s, 1), "rows": rows, "cells": cells, "warnings": plan.warnings,
+    }  # fmt: skip
+
+
+def _value(tags: dict, task: str, metric: str, split: str) -> float | None:
+    """The metric the registering stage put on the version: the numbers of the table are the registry's."""
+    name = metric if task == "sft" and metric != "loss" else f"{split}_{metric}"
+    value = tags.get(f"metric.{name}")
+    return float(value) if value is not None else None
+
+
+def _per_row(plan, outputs: dict, version) -> PerRow | str:
+    """The cell's per-row scores of the metric on the reported split's rows, or why there are none."""
+    if plan.split != "test":
+        return f"no per-row scores are kept for {plan.split}"
+    if plan.task == "classification" and plan.metric == "accuracy":
+        table = _table(version.run_id, "evaluation/test_predictions.json")
+        return PerRow([(r["text"], str(r["label"])) for r in table], np.array([float(str(r["predicted"]) == str(r["label"])) for r in table]))
+    if plan.task == "sft" and plan.metric in ("exact_match", "chrf"):
+        from tasks import metrics
+
+        table = _table(version.run_id, "generations.json")
+        hyps, refs = [r["after"] for r in table], [r["reference"] for r in table]
+        scores = np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]) if plan.metric == "exact_match" else metrics.generation_per_example(hyps, refs)
+        return PerRow([(r["prompt"], r["reference"]) for r in table], scores)
+    if plan.task == "lm" and "gate" in outputs:  # the gate scored the final model's test blocks one by one
+        table = _table(outputs["gate"].removeprefix("runs:/").split("/")[0], "gate/challenger_predictions.json")
+        return PerRow([(outputs["dataset"], r["block"]) for r in table], np.array([float(r["loss"]) for r in table]))
+    return f"no per-row {plan.metric} is kept" + (" (the gate is off)" if plan.task == "lm" else "")
+
+
+def _table(run_id: str, path: str) -> list[dict]:
+    """An MLflow table artifact ({"columns": [...], "data": [[...]]}) as row dicts."""
+    with open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)) as f:
+        found = json.load(f)
+    return [dict(zip(found["columns"], values)) for values in found["data"]]
+
+
+def paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, mine: list[dict]) -> dict:
+    """row − reference on the same test rows, each seed against the same seed, pooled: paired bootstrap, McNemar for accuracy."""
+    from tasks import metrics
+
+    a, b, notes = [], [], []
+    for seed in seeds:
+        mine_, theirs = per_row.get((row, seed)), per_row.get((ref, seed))
+        if mine_ is None or theirs is None:
+            continue
+        if mine_.keys != theirs.keys:  # different rows (or order): a difference of means would not be paired
+            notes.append(f"seed {seed}: the test rows differ from {ref}'s ({len(mine_.keys)} vs {len(theirs.keys)} rows), so it is left out of the paired statistics")
+            continue
+        a.append(mine_.values)
+        b.append(theirs.values)
+    reasons = {c["no_per_row"] for c in mine if "no_per_row" in c}
+    if not a:
+        return {"delta": None, "note": "; ".join([*notes, *reasons]) or f"no seed completed in both {row} and {ref}"}
+    a, b = np.concatenate(a), np.concatenate(b)
+    boot = metrics.paired_bootstrap(a, b, samples=BOOTSTRAP_SAMPLES, confidence=CONFIDENCE)
+    out = {"delta": boot["delta"], "ci_low": boot["low"], "ci_high": boot["high"], "p_bootstrap": boot["p_value"], "paired_rows": int(len(a))}
+    if metric in ("accuracy", "exact_match"):  # 0/1 per row: McNemar's exact test on the rows exactly one of the two got right
+        out["mcnemar_p"] = metrics.mcnemar(a, b)["p_value"]
+    scale = {"chrf": "per-row sentence chrF", "perplexity": "mean block log-loss", "loss": "mean block log-loss"}.get(metric)
+    notes += [f"the interval is on the {scale}"] if scale else []
+    return {**out, "note": "; ".join(notes)} if notes else out
+
+
+def render(r: dict) -> str:
+    """The report as Markdown: the CLI prints it, MLflow and Prefect keep it."""
+    f = lambda v, fmt=".4f": "—" if v is None else format(v, fmt)  # noqa: E731
+    better = "lower" if r["metric"] in LOWER_IS_BETTER else "higher"
+    lines = [
+        f"# Sweep {r['name']}: {r['split']} {r['metric']} ({better} is better), seeds {', '.join(map(str, r['seeds']))}", "",
+        f"Baseline `{r['baseline']}`; Δ is a row minus its baseline on the same test rows, pooled over seeds, with a paired-bootstrap "
+        f"{CONFIDENCE:.0%} interval. MLflow run `{r['sweep_run']}`, {r['wall_s']:.1f} s in all.", "",
+        f"| condition | n | {r['metric']} mean ± std | min | max | Δ vs baseline [{CONFIDENCE:.0%} CI] | McNemar p | wall s/cell |",
+        "|---|---:|---|---:|---:|---|---:|---:|",
+    ]  # fmt: skip
+    for row in r["rows"]:
+        n = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        if row["reference"] == row["row"]:
+            delta = "baseline"
+        elif row.get("delta") is None:
+            delta = "—"
+        else:
+            delta = f"{row['delta']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+        lines.append(f"| {row['row']} | {n} | {f(row['mean'])} ± {f(row['std'])} | {f(row['min'])} | {f(row['max'])} | {delta} "
+                     f"| {f(row.get('mcnemar_p'), '.3g')} | {row['wall_s']:.1f} |")  # fmt: skip
+    lines += ["", "| cell | seed | status | model | value | wall s |", "|---|---:|---|---|---:|---:|"]
+    for c in r["cells"]:
+        what = c.get("model") or " ".join(c["error"].split())[:300].replace("|", "\\|")  # one table row, however long the error
+        lines.append(f"| {c['row']} | {c['seed']} | {c['status']} | {what} | {f(c.get('value'))} | {c['wall_s']:.1f} |")
+    notes = [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [f"warning: {w}" for w in r["warnings"]]
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+
+def record(r: dict, parent: str) -> None:
+    """On the sweep's MLflow run: the report (Markdown, JSON), the table, a bar chart, per-row metrics; and a Prefect artifact."""
+    import pandas as pd
+
+    from tasks.metrics import metric_name
+    from tasks.tracking import log_metrics
+
+    client, markdown = MlflowClient(), render(r)
+    client.log_text(parent, markdown, "sweep/report.md")
+    client.log_dict(parent, r, "sweep/report.json")
+    client.log_table(parent, pd.DataFrame([{k: v for k, v in row.items()} for row in r["rows"]]), "sweep/table.json")
+    client.log_figure(parent, figure(r), "sweep/chart.png")
+    values = {f"{metric_name(row['row'])}.{stat}": row[stat] for row in r["rows"] for stat in ("mean", "std", "delta") if row.get(stat) is not None}
+    if values:
+        log_metrics(parent, values)
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        key = "sweep-" + "".join(c if c.isalnum() else "-" for c in r["name"].lower())  # Prefect keys: a-z, 0-9, dashes
+        create_markdown_artifact(markdown, key=key[:100], description=f"Sweep {r['name']}: {r['metric']} per condition against {r['baseline']}")
+
+
+def figure(r: dict):
+    """Left: each row's mean with its std over seeds; right: each Δ with its interval. The sweep at a glance."""
+    from matplotlib.figure import Figure
+
+    rows = r["rows"]
+    fig = Figure(figsize=(10, 0.5 * len(rows) + 2.5), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))
+    means = [row["mean"] if row["mean"] is not None else np.nan for row in rows]
+    left.barh(y, means, xerr=[row["std"] or 0 for row in rows], capsize=4,
+              color=["tab:gray" if row["reference"] == row["row"] else "tab:blue" for row in rows])  # fmt: skip
+    left.set_yticks(y, [row["row"] for row in rows])
+    left.invert_yaxis()
+    left.set_xlabel(f"{r['split']} {r['metric']} (mean ± std over seeds)")
+    for i, row in enumerate(rows):
+        if row.get("delta") is not None:
+            right.errorbar([row["delta"]], [i], xerr=[[row["delta"] - row["ci_low"]], [row["ci_high"] - row["delta"]]], fmt="o", capsize=4, color="tab:blue")
+    right.axvline(0, color="gray", lw=1)
+    right.set_xlabel(f"Δ vs baseline ({CONFIDENCE:.0%} paired CI)")
+    fig.suptitle(f"sweep {r['name']}", fontsize=10)
+    return fig

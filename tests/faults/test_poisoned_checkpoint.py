@@ -1,0 +1,73 @@
+"""A checkpoint whose optimizer state was replaced by a pickle that would run code: the rerun runs no code, says so in one
+line, quarantines it, resumes from the previous checkpoint and registers exactly one version."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RunsCode:
+    """Unpickling this calls os.system (what `torch.load(weights_only=False)` would do with it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cli(args: list[str], home: Path, name: str, **env) -> tuple[int, str]:
+    """`multistep ARGS` against `home`; (exit code, stdout + stderr). Output to a file: a SIGKILLed run's server keeps pipes open."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / f"{name}.out", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env={**inherited, "MULTISTEP_HOME": str(home), **env},
+            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            proc.wait(timeout=300)
+        finally:
+            try:  # whatever the run left behind in its group, e.g. its Prefect server
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return proc.returncode, (home / f"{name}.out").read_text()
+
+
+def test_a_poisoned_checkpoint_is_quarantined_and_the_stage_resumes_from_the_previous_one(tmp_path, corpus, tiny_overrides, registered_versions):
+    import torch
+
+    home = tmp_path / "home"
+    args = ["run", "configs/default.yaml", *sum((["--set", o] for o in tiny_overrides(corpus, steps=8)), [])]
+    code, _ = cli(args, home, "killed", MULTISTEP_FAULT_KILL_AT_STEP="7")  # after checkpoint-3 and checkpoint-6
+    assert code == -signal.SIGKILL
+    (store,) = home.glob("artifacts/*/artifacts/checkpoints")
+    assert sorted(p.name for p in store.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    run_id = store.parent.parent.name
+    poisoned = store / "checkpoint-6" / "optimizer.pt"
+    poisoned.unlink()  # the published file is a hard link of the Trainer's own copy: replace it, as an attacker would
+    torch.save(RunsCode(tmp_path / "pwned"), poisoned)
+
+    code, said = cli(args, home, "rerun")
+
+    assert code == 0, said[-3000:]
+    assert not (tmp_path / "pwned").exists()
+    lines = [line for line in said.splitlines() if "checkpoint-6" in line]
+    assert len(lines) == 1, lines
+    assert re.search(
+        rf"pretrain: checkpoint-6 of run {run_id} cannot be loaded \(optimizer\.pt: it would call posix\.system when unpickled, "
+        rf"which is refused\); moved aside as quarantined-checkpoint-6-\d{{8}}T\d{{6}}Z, resuming from checkpoint-3 instead$",
+        lines[0],
+    ), lines[0]
+    assert f"pretrain: resuming from checkpoint-3 of run {run_id}" in said
+    assert "Traceback" not in said and "weights_only" not in said and "attempt 1 failed" not in said
+    assert [(v.name, int(v.version)) for v in registered_versions(home)] == [("tiny-base", 1)]
+    # The finished stage deletes its checkpoints; the quarantined one stays for whoever looks into it.
+    assert [p.name for p in store.iterdir()] == [re.search(r"quarantined-checkpoint-6-\w+", lines[0]).group(0)]
