@@ -1,17 +1,15 @@
 """The end-of-run summary: what ran, what was reused, where results are, how to browse them."""
 
 import os
+from collections.abc import Iterable
 
 from mlflow.tracking import MlflowClient
 
 from tasks.backend import tracking_uri
 from tasks.tracking import STAGE
 
-STAGES = ("prepare", "pretrain", "evaluate", "transfer", "prepare-labeled", "augment", "finetune", "gate")
-
-
-def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
-    """A few lines for the terminal, read back from MLflow so they show what was recorded."""
+def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
+    """A few lines for the terminal, read back from MLflow so they show what was recorded; `stages` in the DAG's order."""
     client = MlflowClient()
     parent = client.get_run(result["pipeline_run"])
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -20,7 +18,7 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float) -> str:
         ran.setdefault(r.data.tags.get(STAGE), []).append(r)
     lines = [f"multistep: pipeline {parent.data.tags.get('multistep.pipeline')} finished in {wall_seconds:.1f} s", "stages:"]
     train_seconds = 0.0
-    for stage in STAGES:
+    for stage in stages:
         for run in ran.get(stage, []):
             # A resumed run was opened by an earlier attempt: show the part of it that this pipeline run spent.
             resumed = run.info.start_time < parent.info.start_time
