@@ -145,7 +145,7 @@ def finetune_stage(
         if not ctx.cached:
             from tasks.finetune import stage as finetune
 
-            ctx.output = finetune.run(spec, model, dataset, register_as, ctx)
+            ctx.output = finetune.body(dataset).run(spec, model, dataset, register_as, ctx)  # classify or sft
     return record_output(ctx.output)
 
 

@@ -15,11 +15,6 @@ def body(data: str) -> ModuleType:
     return classify if labeled.card(data)["task"] == "classification" else sft
 
 
-def run(spec: FinetuneSpec, init: str, data: str, register_as: str, ctx: StageRun) -> str:
-    """Fine-tune on the dataset's task and register the best checkpoint as `register_as`; returns its version URI."""
-    return body(data).run(spec, init, data, register_as, ctx)
-
-
 def trainer(spec: FinetuneSpec, init: str, data: str, ctx: StageRun) -> Trainer:
     """What each torchrun rank trains: the classification or SFT Trainer of the single-process path."""
     return body(data).trainer(spec, init, data, ctx)
