@@ -64,7 +64,7 @@ def dispatch_overhead(team, corpus: Path, work: Path, repeat: int) -> None:
               f"per-stage overhead {(pools - local) / STAGES:5.1f} s")  # fmt: skip
     local, pools = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     print(f"dispatch: median local {local:.1f} s, pools {pools:.1f} s for {STAGES} stages: "
-          f"ratio pools/local {statistics.median(p / l for l, p in pairs):.2f}, "
+          f"ratio pools/local {statistics.median(p / loc for loc, p in pairs):.2f}, "
           f"per-stage overhead {(pools - local) / STAGES:.1f} s")  # fmt: skip
 
 

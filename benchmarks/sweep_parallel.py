@@ -90,7 +90,7 @@ def main() -> None:
                           base | team.env | {"MULTISTEP_HOME": str(work / f"pools{i}")})  # fmt: skip
             pairs.append((local, pools))
             print(f"run {i + 1}: local {local:7.1f} s   pools {pools:7.1f} s   ratio {pools / local:.2f}", flush=True)
-        ratio = statistics.median(p / l for l, p in pairs)
+        ratio = statistics.median(p / loc for loc, p in pairs)
         local, pools = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         verdict = "meets" if ratio <= 0.6 else "misses"
         print(f"sweep_parallel: 4 cells, local {local:.1f} s, pools with two gpu workers {pools:.1f} s: ratio pools/local {ratio:.2f} "

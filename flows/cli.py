@@ -154,6 +154,7 @@ def _call(flow, spec, prefect_ready: threading.Thread | None):
 
 def _lineage(args) -> int:
     from tasks import lineage
+    from tasks.lineage.render import render
     from tasks.errors import UserError
 
     try:
@@ -162,7 +163,7 @@ def _lineage(args) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(tree, indent=2) if args.json else lineage.render(tree))
+    print(json.dumps(tree, indent=2) if args.json else render(tree))
     return 0
 
 

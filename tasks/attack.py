@@ -36,7 +36,7 @@ class Outcome:
 def attack(model, tokenizer, rows: list[dict], labels: list[str], spec: AttackSpec, synonyms: Synonyms, *, salt: str = "attack", desc: str = "attack") -> list[Outcome]:
     """Attack up to `spec.rows` of `rows` (`text`, `label`); one Outcome per attacked row."""
     chosen = subset(rows, spec.rows, f"{salt}:{spec.seed}" if spec.seed else salt, lambda r: r["text"])
-    label_id = {l: i for i, l in enumerate(labels)}
+    label_id = {label: i for i, label in enumerate(labels)}
     protected = {w.lower() for w in spec.protected}
     return [
         _attack_one(model, tokenizer, row, label_id[row["label"]], spec, synonyms, protected)

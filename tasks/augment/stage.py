@@ -53,7 +53,7 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
             added += rows
             report["operations"]["pseudo"] = {"rows": len(rows), "teacher": teacher_uri, **counts, **stats}
             log_metrics(ctx.run_id, {"pseudo_rows": len(rows), **counts, "pseudo_mean_confidence": stats["pseudo_mean_confidence"]})
-            missing = [l for l, n in stats["pseudo_confident"].items() if n == 0]
+            missing = [label for label, n in stats["pseudo_confident"].items() if n == 0]
             if missing and spec.pseudo.balance:
                 print(
                     f"augment: the teacher gave no pool row the label {', '.join(missing)} with confidence ≥ {spec.pseudo.threshold}, and "
@@ -100,7 +100,7 @@ def _write(ctx: StageRun, card: dict, splits: dict[str, list[dict]], report: dic
     new_card = {
         **card,
         "columns": card["columns"] + [c for c, _ in PROVENANCE],
-        "splits": {**card["splits"], "train": {"rows": len(splits["train"]), "labels": {l: train_labels.get(l, 0) for l in card["labels"]}}},
+        "splits": {**card["splits"], "train": {"rows": len(splits["train"]), "labels": {label: train_labels.get(label, 0) for label in card["labels"]}}},
         "augment": report,
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,7 +42,7 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
         model, _ = models.load(model_uri, tokenizer=False)
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
-        return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(l)} for i, l in enumerate(losses)])
+        return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(loss)} for i, loss in enumerate(losses)])
     if task == "sft" and max_rows is None:
         max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
     rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])

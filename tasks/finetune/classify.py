@@ -38,7 +38,7 @@ def load_classifier(uri: str, labels: list[str]):
     kept = list(getattr(source, "id2label", {}).values()) == labels and any("ForSequenceClassification" in a for a in source.architectures or [])
     model, tok = models.load(
         uri, where=where, auto=AutoModelForSequenceClassification, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, ignore_mismatched_sizes=True,
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
     )
     if not kept and any("ForSequenceClassification" in a for a in source.architectures or []):
         model = classification_head(model, tok, labels)  # same size, other labels: a trained head would lie
@@ -79,7 +79,7 @@ def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> di
 def _prefect_table(found: dict, labels: list[str]) -> None:
     """Per-class test scores as a table artifact on the Prefect flow run."""
     if flow_run.id:
-        rows = [{"label": l, **{k: round(float(v), 4) for k, v in found["per_class"][l].items()}} for l in labels]
+        rows = [{"label": label, **{k: round(float(v), 4) for k, v in found["per_class"][label].items()}} for label in labels]
         rows.append({"label": "all", "precision": None, "recall": None, "f1": round(found["macro_f1"], 4), "support": sum(r["support"] for r in rows)})
         create_table_artifact(rows, description=f"Test accuracy {found['accuracy']:.4f}, macro-F1 {found['macro_f1']:.4f}, ECE {found['ece']:.4f}")
 
@@ -102,7 +102,7 @@ def setup(spec, init: str, data: str):
     set_seed(spec.train.seed)
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
-    label2id = {l: i for i, l in enumerate(labels)}
+    label2id = {label: i for i, label in enumerate(labels)}
     splits = {s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")}
     return model, tok, splits, labels
 

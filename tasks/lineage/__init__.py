@@ -11,7 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks import backend, tracking
+from tasks import backend
 from tasks.errors import UserError
 from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, ROUND, STAGE, resolve_version
 
@@ -215,6 +215,3 @@ def _few(items: list[str], limit: int = 10) -> str:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
-
-
-from tasks.lineage.render import render  # noqa: E402  (the text form of the tree)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks import registry
 from tasks.errors import UserError
-from tasks.lineage import ancestry, render
+from tasks.lineage import ancestry
+from tasks.lineage.render import render
 from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, content_digest, stage_run
 
 FLOW_RUNS = {stage: hashlib.md5(stage.encode()).hexdigest() for stage in ("prepare-labeled", "augment", "finetune", "transfer")}
