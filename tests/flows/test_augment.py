@@ -198,7 +198,7 @@ def test_bad_augment_settings_name_the_key(sentiment, setting, message):
 
 
 def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
-    # Round 1's learning rate is too low to learn anything in 12 steps; round 2's strategy multiplies it by 100, learns
+    # Round 1's learning rate is too low to learn anything in 20 steps; round 2's strategy multiplies it by 100, learns
     # the separable set and takes over; round 3 (the same strategy again) cannot beat it by min_delta, so patience 1 stops.
     spec = load("configs/sst2-augment.yaml", overrides(
         sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
