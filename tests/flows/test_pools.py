@@ -140,9 +140,10 @@ def test_retraining_twice_on_unchanged_data_reuses_every_stage_and_new_data_goes
         "name=retrained", "data=null", "pretrain=null", "evaluate=null",
         "labeled.task=classification", f"labeled.train=[{data}]", "labeled.text_column=sentence",
         "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        # 6 steps at 3e-4 teach minilm the three words of each label: the first version gets every review right.
-        "finetune.init=package:minilm", "finetune.max_length=16", "finetune.train.max_steps=6", "finetune.train.batch_size=8",
-        "finetune.train.lr=0.0003", "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.patience=null",
+        # 12 steps at 3e-4 teach minilm the three words of each label: the first version gets every review right
+        # (seed 42; 6 steps reach only 0.62 on the third run's test rows, and that run's challenger 1.0).
+        "finetune.init=package:minilm", "finetune.max_length=16", "finetune.train.max_steps=12", "finetune.train.batch_size=8",
+        "finetune.train.lr=0.0003", "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=12", "finetune.patience=null",
         "execution.mode=pools",
     ]  # fmt: skip
     spec = load("configs/default.yaml", overrides).model_dump(mode="json")
