@@ -16,11 +16,15 @@ from tasks import model as models
 from tasks.augment import synonyms
 from tasks.augment.teacher import probabilities
 from tasks.errors import UserError
+from tests.conftest import REPO
 from tests.tasks.augment.keyword_model import save_keyword_classifier
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 COMPLAINTS, NOUNS = ["awful", "dull", "bad", "poor"], ["film", "plot", "cast", "score"]
+# minilm's pooler and head train, its 6 blocks stay frozen: the package ships no pooler weights, and a random frozen pooler
+# squeezes the features so much that the head alone learns slowly and erratically; with the pooler, 4 steps suffice.
+POOLER_AND_HEAD = ("finetune.method=full", "finetune.freeze_layers=6")
 
 
 @pytest.fixture
@@ -57,23 +61,25 @@ def write_rows(path: Path, rows: list[str]) -> Path:
     return path
 
 
-def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path):
+def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path, monkeypatch):
     # Gold rows say "zorp" (1) or "blick" (0); validation rows say "quax" (1) or "vremp" (0), words the teacher never
     # sees. Each pool row pairs a known word with a new one of the same polarity, so the teacher labels it right and its
-    # student learns the new words: the student beats the teacher and becomes the next teacher; the next student has
-    # nothing left to learn, gains less than min_gain, and the loop keeps the first student.
+    # student learns the new words: the student beats the teacher by min_gain and becomes the next teacher; the next
+    # student learns nothing more, gains less than min_gain, and the loop keeps the first student.
+    # EDA seeds each row's edits by its origin (file:line); relative paths keep them, and so the models, the same every run.
+    monkeypatch.chdir(tmp_path)
     rng = random.Random(4)
     polarity = {"1": ("zorp", "quax"), "0": ("blick", "vremp")}
-    gold = write_rows(tmp_path / "gold.tsv", ["sentence\tlabel"] + [
+    gold = write_rows(Path("gold.tsv"), ["sentence\tlabel"] + [
         f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][0]} {i}\t{i % 2}" for i in range(80)])
-    validation = write_rows(tmp_path / "validation.tsv", ["sentence\tlabel"] + [
+    validation = write_rows(Path("validation.tsv"), ["sentence\tlabel"] + [
         f"{polarity[str(i % 2)][1]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}\t{i % 2}" for i in range(100, 152)])
-    pool = write_rows(tmp_path / "pool.tsv", ["sentence"] + [
+    pool = write_rows(Path("pool.tsv"), ["sentence"] + [
         f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}" for i in range(200, 300)])
-    spec = load("configs/sst2-augment.yaml", overrides(
+    spec = load(REPO / "configs/sst2-augment.yaml", overrides(
         gold, f"labeled.validation=[{validation}]", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0",
-        "augment.pseudo.per_class=20", "augment.rounds=3", "augment.min_gain=0.1",
-        "finetune.train={max_steps: 20, batch_size: 16, lr: 0.1, warmup_steps: 0, checkpoint_every: 20, log_every: 10}",
+        "augment.pseudo.per_class=20", "augment.rounds=3", "augment.min_gain=0.2", *POOLER_AND_HEAD,
+        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
     ))
     result = llm_pipeline(spec)
 
@@ -81,7 +87,7 @@ def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path
     assert {f"{stage}-round{r}" for stage in ("augment", "finetune") for r in (0, 1, 2)} <= set(runs) and "augment-round3" not in runs
     assert runs["augment-round1"].data.tags["multistep.hardware"] == "gpu"  # a teacher runs in it
     accuracy = {r: float(MlflowClient().get_model_version("mini", str(r + 1)).tags["metric.validation_accuracy"]) for r in (0, 1, 2)}
-    assert accuracy[1] - accuracy[0] > 0.1 and accuracy[1] == 1.0  # seed 42: 0.62 → 1.0; nothing can beat 1.0 in round 2
+    assert accuracy[1] - accuracy[0] > 0.2 and accuracy[2] - accuracy[1] < 0.2  # 0.46 → 0.88 → 0.87
     assert result["model"] == "models:/mini/2"  # round 1's student beat its teacher by min_gain; round 2's did not beat it
     assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/2"  # the kept student teaches round 2
     for r in (1, 2):
@@ -198,11 +204,12 @@ def test_bad_augment_settings_name_the_key(sentiment, setting, message):
 
 
 def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
-    # Round 1's learning rate is too low to learn anything in 20 steps; round 2's strategy multiplies it by 100, learns
+    # Round 1's learning rate is too low to learn anything in 4 steps; round 2's strategy multiplies it by 100, learns
     # the separable set and takes over; round 3 (the same strategy again) cannot beat it by min_delta, so patience 1 stops.
     spec = load("configs/sst2-augment.yaml", overrides(
         sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
-        "augment.pseudo.per_class=5", "finetune.train={max_steps: 20, batch_size: 16, lr: 0.001, warmup_steps: 0, checkpoint_every: 20, log_every: 10}",
+        "augment.pseudo.per_class=5", *POOLER_AND_HEAD,
+        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.00003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
         "rounds={max_rounds: 4, patience: 1, min_delta: 0.2, strategies: [{lr_factor: 100, pseudo_refresh: true}]}",
     ))
     result = llm_pipeline(spec)
@@ -210,10 +217,10 @@ def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
     assert {"finetune-round1", "finetune-round2", "finetune-round3"} <= set(runs) and "finetune-round4" not in runs
     history = MlflowClient().get_metric_history(result["pipeline_run"], "round_validation_accuracy")
     scores = {m.step: m.value for m in history}
-    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2  # seed 42: 0.52, 0.85, 0.88
+    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2
     assert result["model"] == result["finetuned"] == "models:/mini/2"  # round 2 took over and stayed the best
     assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "2"
-    assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx([1e-3, 0.1, 0.1])  # lr ×100
+    assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx([3e-5, 3e-3, 3e-3])  # lr ×100
     assert "teacher" not in " ".join(runs["augment-round1"].data.tags)  # round 1 has no teacher yet
     # Pseudo-labels come from the best model so far: round 1's for round 2, round 2's (which took over) for round 3.
     assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/1"
