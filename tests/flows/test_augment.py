@@ -205,7 +205,7 @@ def test_bad_augment_settings_name_the_key(sentiment, setting, message):
 
 def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
     # Round 1's learning rate is too low to learn anything in 4 steps; round 2's strategy multiplies it by 100, learns
-    # the separable set and takes over; round 3 (the same strategy again) cannot beat it by min_delta, so patience 1 stops.
+    # and takes over; round 3 (the same strategy again) does not beat it by min_delta, so patience 1 stops the loop.
     spec = load("configs/sst2-augment.yaml", overrides(
         sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
         "augment.pseudo.per_class=5", *POOLER_AND_HEAD,
@@ -217,7 +217,7 @@ def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
     assert {"finetune-round1", "finetune-round2", "finetune-round3"} <= set(runs) and "finetune-round4" not in runs
     history = MlflowClient().get_metric_history(result["pipeline_run"], "round_validation_accuracy")
     scores = {m.step: m.value for m in history}
-    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2
+    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2  # 0.48, 0.77, 0.87
     assert result["model"] == result["finetuned"] == "models:/mini/2"  # round 2 took over and stayed the best
     assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "2"
     assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx([3e-5, 3e-3, 3e-3])  # lr ×100
