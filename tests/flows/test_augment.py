@@ -8,14 +8,23 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
+from tasks.augment import synonyms
+from tasks.augment.teacher import probabilities
 from tasks.errors import UserError
+from tests.conftest import REPO
+from tests.tasks.augment.keyword_model import save_keyword_classifier
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
+
+COMPLAINTS, NOUNS = ["awful", "dull", "bad", "poor"], ["film", "plot", "cast", "score"]
+# minilm's pooler and head train, its 6 blocks stay frozen: the package ships no pooler weights, and a random frozen pooler
+# squeezes the features so much that the head alone learns slowly and erratically; with the pooler, 4 steps suffice.
+POOLER_AND_HEAD = ("finetune.method=full", "finetune.freeze_layers=6")
 
 
 @pytest.fixture
@@ -47,22 +56,45 @@ def stage_runs(pipeline_run: str) -> dict[str, mlflow.entities.Run]:
     return {r.info.run_name: r for r in found}
 
 
-def test_eda_then_a_self_training_round_that_keeps_the_better_model(home, sentiment, pool):
-    spec = load("configs/sst2-augment.yaml", overrides(
-        sentiment, f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.per_class=10", "augment.pseudo.balance=false",
-        "augment.rounds=2", "augment.min_gain=1.0",  # no student can gain a whole point: the loop stops after one round
+def write_rows(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path, monkeypatch):
+    # Gold rows say "zorp" (1) or "blick" (0); validation rows say "quax" (1) or "vremp" (0), words the teacher never
+    # sees. Each pool row pairs a known word with a new one of the same polarity, so the teacher labels it right and its
+    # student learns the new words: the student beats the teacher by min_gain and becomes the next teacher; the next
+    # student learns nothing more, gains less than min_gain, and the loop keeps the first student.
+    # EDA seeds each row's edits by its origin (file:line); relative paths keep them, and so the models, the same every run.
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(4)
+    polarity = {"1": ("zorp", "quax"), "0": ("blick", "vremp")}
+    gold = write_rows(Path("gold.tsv"), ["sentence\tlabel"] + [
+        f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][0]} {i}\t{i % 2}" for i in range(80)])
+    validation = write_rows(Path("validation.tsv"), ["sentence\tlabel"] + [
+        f"{polarity[str(i % 2)][1]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}\t{i % 2}" for i in range(100, 152)])
+    pool = write_rows(Path("pool.tsv"), ["sentence"] + [
+        f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}" for i in range(200, 300)])
+    spec = load(REPO / "configs/sst2-augment.yaml", overrides(
+        gold, f"labeled.validation=[{validation}]", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0",
+        "augment.pseudo.per_class=20", "augment.rounds=3", "augment.min_gain=0.2", *POOLER_AND_HEAD,
+        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
     ))
     result = llm_pipeline(spec)
 
     runs = stage_runs(result["pipeline_run"])
-    assert {"prepare-labeled", "augment-round0", "finetune-round0", "augment-round1", "finetune-round1"} <= set(runs)
-    assert "augment-round2" not in runs
+    assert {f"{stage}-round{r}" for stage in ("augment", "finetune") for r in (0, 1, 2)} <= set(runs) and "augment-round3" not in runs
     assert runs["augment-round1"].data.tags["multistep.hardware"] == "gpu"  # a teacher runs in it
-    teacher = "models:/mini/1"
-    assert result["model"] == teacher  # the student did not gain min_gain, so the teacher stays
-    student = MlflowClient().get_model_version("mini", "2")
-    assert student.run_id == runs["finetune-round1"].info.run_id and runs["finetune-round1"].data.tags["multistep.round"] == "1"
+    accuracy = {r: float(MlflowClient().get_model_version("mini", str(r + 1)).tags["metric.validation_accuracy"]) for r in (0, 1, 2)}
+    assert accuracy[1] - accuracy[0] > 0.2 and accuracy[2] - accuracy[1] < 0.2  # 0.46 → 0.88 → 0.87
+    assert result["model"] == "models:/mini/2"  # round 1's student beat its teacher by min_gain; round 2's did not beat it
+    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/2"  # the kept student teaches round 2
+    for r in (1, 2):
+        student = MlflowClient().get_model_version("mini", str(r + 1))
+        assert student.run_id == runs[f"finetune-round{r}"].info.run_id and runs[f"finetune-round{r}"].data.tags["multistep.round"] == str(r)
 
+    teacher = "models:/mini/1"
     labeled = {s: dataset_rows(result["labeled"], s) for s in ("train", "validation", "test")}
     round1 = runs["augment-round1"].data.tags["multistep.output"]
     rows = {s: dataset_rows(round1, s) for s in ("train", "validation", "test")}
@@ -77,31 +109,63 @@ def test_eda_then_a_self_training_round_that_keeps_the_better_model(home, sentim
     assert all(r["label"] == source_label[r["source_row"]] for r in by_op["eda"])  # EDA keeps each row's label
     assert all(r["text"].split().count("the") == labeled_text.split().count("the")
                for r in by_op["eda"] for labeled_text in [next(x["text"] for x in labeled["train"] if x["origin"] == r["source_row"])])
-    assert 0 < len(by_op["pseudo"]) <= 20 and all(r["teacher"] == teacher and 0 <= r["confidence"] <= 1 for r in by_op["pseudo"])
-    assert {r["text"] for r in by_op["pseudo"]}.isdisjoint(r["text"] for split in labeled.values() for r in split)
+    # The teacher labels every pool row by its known word; balance keeps the 20 most confident of each label.
+    pseudo = by_op["pseudo"]
+    assert len(pseudo) == 40 and all(r["teacher"] == teacher for r in pseudo)
+    assert all(polarity[r["label"]][0] in r["text"].split() for r in pseudo) and sorted(r["label"] for r in pseudo) == ["0"] * 20 + ["1"] * 20
+    model, tok = models.load(teacher, auto=AutoModelForSequenceClassification)
+    probs = probabilities(model.eval(), tok, [r["text"] for r in pseudo])
+    assert [r["confidence"] for r in pseudo] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-5)  # the teacher's own probability
+    assert {r["text"] for r in pseudo}.isdisjoint(r["text"] for split in labeled.values() for r in split)
     card = json.loads(Path(mlflow.artifacts.download_artifacts(round1.rstrip("/") + "/card.json")).read_text())
     assert card["augment"]["operations"]["pseudo"]["teacher"] == teacher and card["splits"]["train"]["rows"] == len(rows["train"])
 
 
-def test_adversarial_examples_from_a_teacher_and_adversarial_training(home, sentiment):
-    first = llm_pipeline(load("configs/sst2-augment.yaml", overrides(sentiment, "augment=null")))
+@pytest.fixture
+def keyword_reviews(tmp_path) -> Path:
+    """Label 1 rows hold the word "great" once, label 0 rows one complaint: a "great" detector gets every row right."""
+    rng = random.Random(2)
+    return write_rows(tmp_path / "keyword.tsv", ["sentence\tlabel"] + [
+        f"{'great' if i % 2 else rng.choice(COMPLAINTS)} the {rng.choice(NOUNS)} was {i}\t{i % 2}" for i in range(120)])
+
+
+def test_adversarial_examples_from_a_teacher_and_adversarial_training(home, keyword_reviews, tmp_path):
+    # The teacher says 1 exactly when "great" is in the text: it gets every row right, and swapping "great" for any
+    # synonym (none of which it knows) flips every label-1 row, while no synonym of a complaint can flip a label-0 row.
+    teacher = tmp_path / "great-detector"
+    save_keyword_classifier(teacher, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
     spec = load("configs/sst2-augment.yaml", overrides(
-        sentiment, "augment.eda=null", "augment.pseudo=null", f"augment.teacher={first['model']}", "augment.adversarial.rows=30",
+        keyword_reviews, "augment.eda=null", "augment.pseudo=null", f"augment.teacher={teacher}",
+        "augment.adversarial={rows: null, synonyms: wordnet}",
         "finetune.adversarial.method=pgd", "finetune.adversarial.steps=2", "finetune.attack.rows=20",
     ))
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
+    train = dataset_rows(result["labeled"], "train")
+    positive = {r["origin"]: r["text"] for r in train if r["label"] == "1"}
+    assert len(train) == 60 and 0 < len(positive) < 60
     augment = runs["augment-round1"].data.metrics
-    assert 0 <= augment["attack_attack_success_rate"] <= 1 and augment["attack_attacked_rows"] == 30
+    assert augment["attack_attacked_rows"] == 60 and augment["attack_clean_accuracy"] == 1.0
+    assert augment["attack_attack_success_rate"] == pytest.approx(len(positive) / 60)
+    assert augment["attack_robust_accuracy"] == pytest.approx(1 - len(positive) / 60) and augment["attack_mean_edits"] == 1.0
     rows = dataset_rows(runs["augment-round1"].data.tags["multistep.output"], "train")
-    adversarial = [r for r in rows if r["operation"] == "adversarial"]
-    correct = round(augment["attack_clean_accuracy"] * 30)
-    assert len(adversarial) == round(augment["attack_attack_success_rate"] * correct) == augment["adversarial_rows"]
+    adversarial = {r["source_row"]: r for r in rows if r["operation"] == "adversarial"}
+    assert augment["adversarial_rows"] == len(adversarial) and set(adversarial) == set(positive)
+    substitute = synonyms.wordnet()("great")[0]  # every substitute scores alike; the attack keeps WordNet's first
+    for origin, row in adversarial.items():
+        assert row["text"] == positive[origin].replace("great", substitute) and row["label"] == "1" and row["teacher"] == str(teacher)
+        assert json.loads(row["params"])["edits"] == [[0, "great", substitute]]
+
+    # The student trained adversarially (PGD) and was attacked on 20 test rows; the numbers must agree with each other.
     tags = MlflowClient().get_model_version("mini", result["model"].rsplit("/", 1)[1]).tags
-    robust, clean = float(tags["metric.test_robust_accuracy"]), float(tags["metric.test_clean_accuracy"])
-    assert 0 <= robust <= clean <= 1 and "metric.test_attack_success_rate" in tags
-    history = MlflowClient().get_metric_history(runs["finetune-round1"].info.run_id, "adv_loss")
-    assert history and all(m.value >= 0 for m in history)
+    robust, clean, success = (float(tags[f"metric.test_{k}"]) for k in ("robust_accuracy", "clean_accuracy", "attack_success_rate"))
+    assert float(tags["metric.test_attacked_rows"]) == 20 and robust == pytest.approx(clean * (1 - success))
+    client, run_id = MlflowClient(), runs["finetune-round1"].info.run_id
+    loss, clean_loss, adv_loss = (client.get_metric_history(run_id, k) for k in ("loss", "clean_loss", "adv_loss"))
+    assert [m.step for m in adv_loss] == [m.step for m in clean_loss] == [m.step for m in loss] == [2, 4]
+    for total, c, a in zip(loss, clean_loss, adv_loss):
+        assert total.value == pytest.approx(c.value + a.value, abs=1e-3)  # weight 1: the loss is the clean plus the adversarial
+        assert a.value > c.value  # PGD moves the embeddings up the loss
 
 
 def test_a_teacher_with_other_labels_stops_the_run_before_anything_is_registered(home, sentiment, tmp_path):
@@ -140,22 +204,30 @@ def test_bad_augment_settings_name_the_key(sentiment, setting, message):
 
 
 def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
+    # Round 1's learning rate is too low to learn anything in 4 steps; round 2's strategy multiplies it by 100, learns
+    # and takes over; round 3 (the same strategy again) does not beat it by min_delta, so patience 1 stops the loop.
     spec = load("configs/sst2-augment.yaml", overrides(
         sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
-        "rounds={max_rounds: 4, patience: 1, min_delta: 1.0, strategies: [{lr_factor: 0.5, pseudo_refresh: true}]}",
+        "augment.pseudo.per_class=5", *POOLER_AND_HEAD,
+        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.00003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
+        "rounds={max_rounds: 4, patience: 1, min_delta: 0.2, strategies: [{lr_factor: 100, pseudo_refresh: true}]}",
     ))
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
-    assert {"finetune-round1", "finetune-round2"} <= set(runs) and "finetune-round3" not in runs  # no gain of 1.0: patience 1 stops it
-    assert result["model"] == result["finetuned"] == "models:/mini/1"  # round 1 stays the best, so it is the challenger
-    assert float(runs["finetune-round2"].data.params["train.lr"]) == pytest.approx(0.005)  # lr ×0.5
-    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/1"  # pseudo-labels from the best so far
-    assert "teacher" not in " ".join(runs["augment-round1"].data.tags)  # round 1 has no teacher yet
-    pipeline = MlflowClient().get_run(result["pipeline_run"])
+    assert {"finetune-round1", "finetune-round2", "finetune-round3"} <= set(runs) and "finetune-round4" not in runs
     history = MlflowClient().get_metric_history(result["pipeline_run"], "round_validation_accuracy")
-    assert [m.step for m in history] == [1, 2]
-    assert pipeline.data.tags["multistep.round.2"].startswith("lr ×0.5, pseudo-label refresh → models:/mini/2")
-    assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "1"
+    scores = {m.step: m.value for m in history}
+    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2  # 0.48, 0.77, 0.87
+    assert result["model"] == result["finetuned"] == "models:/mini/2"  # round 2 took over and stayed the best
+    assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "2"
+    assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx([3e-5, 3e-3, 3e-3])  # lr ×100
+    assert "teacher" not in " ".join(runs["augment-round1"].data.tags)  # round 1 has no teacher yet
+    # Pseudo-labels come from the best model so far: round 1's for round 2, round 2's (which took over) for round 3.
+    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/1"
+    assert runs["augment-round3"].data.tags["multistep.input.teacher"] == "models:/mini/2"
+    pipeline = MlflowClient().get_run(result["pipeline_run"])
+    assert pipeline.data.tags["multistep.round.2"].startswith("lr ×100, pseudo-label refresh → models:/mini/2")
+    assert pipeline.data.tags["multistep.round.3"].startswith("lr ×100, pseudo-label refresh → models:/mini/3")
 
 
 def test_rounds_settings_that_do_not_fit_name_the_fix(sentiment):

@@ -35,13 +35,17 @@ def finetune_overrides(data: Path, *extra: str) -> list[str]:
 
 
 def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_overrides):
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + finetune_overrides(sentiment))
+    # 24 steps over whole rows (32 characters) learn the separable set: seed 42 reaches accuracy 1.0 on validation and
+    # test; a classifier that learned nothing, or learned shuffled labels, stays near 0.5.
+    spec = load("configs/default.yaml", tiny_overrides(corpus) + finetune_overrides(
+        sentiment, "finetune.train.max_steps=24", "finetune.train.checkpoint_every=12", "finetune.train.log_every=6", "finetune.max_length=32"))
     result = llm_pipeline(spec)
     assert result["finetuned"] == result["model"] == "models:/tiny/1"
     version = MlflowClient().get_model_version("tiny", "1")
     assert version.tags["multistep.parent_model"] == "models:/tiny-base/1"
     assert version.tags["multistep.labels"] == "0,1" and version.tags["multistep.method"] == "full"
-    assert 0.0 <= float(version.tags["metric.test_accuracy"]) <= 1.0 and "metric.validation_macro_f1" in version.tags
+    assert float(version.tags["metric.validation_accuracy"]) >= 0.95 and float(version.tags["metric.test_accuracy"]) >= 0.95
+    assert float(version.tags["metric.test_macro_f1"]) >= 0.95
     assert {"metric.test_ece", "metric.test_nll", "metric.test_precision_0", "metric.test_recall_1"} <= set(version.tags)
     files = {f.path for f in MlflowClient().list_artifacts(version.run_id, "evaluation")}
     assert {"evaluation/test_confusion.png", "evaluation/test_calibration.png",

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from prefect.utilities.callables import parameter_schema
+from pydantic import ValidationError
 
 from flows.pipeline import llm_pipeline
 from flows.spec import PipelineSpec, load
@@ -30,8 +31,11 @@ def test_overrides_are_parsed_as_yaml_values():
 
 
 def test_spec_is_frozen():
-    with pytest.raises(Exception):
-        load("configs/default.yaml").pretrain.train.max_steps = 3
+    spec = load("configs/default.yaml")
+    with pytest.raises(ValidationError, match="Instance is frozen") as caught:
+        spec.pretrain.train.max_steps = 3
+    assert [(e["type"], e["loc"]) for e in caught.value.errors()] == [("frozen_instance", ("max_steps",))]
+    assert spec.pretrain.train.max_steps == load("configs/default.yaml").pretrain.train.max_steps
 
 
 @pytest.mark.parametrize(
