@@ -13,8 +13,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
-from tasks.augment import synonyms
-from tasks.augment.teacher import probabilities
+from tasks import synonyms
+from tasks.predict import probabilities
 from tasks.errors import UserError
 from tests.conftest import REPO
 from tests.tasks.augment.keyword_model import save_keyword_classifier

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 import torch
-from transformers import BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 WORDS = ["good", "great", "decent", "fine", "movie", "film", "plot", "the", "was", "not", "bad", "dull"]
 
@@ -46,13 +46,11 @@ def save_keyword_classifier(folder, words: list[str], keyword: str, labels=("0",
     averages all tokens into [CLS], whose layer norms turn any positive share of the keyword into (1, -1); the pooler and
     classifier read that first coordinate. Any other word, a synonym that replaces the keyword included, is evidence of nothing.
     """
-    from transformers import BertConfig, BertForSequenceClassification
-
     folder.mkdir(parents=True, exist_ok=True)
     tok = tokenizer(folder, words=words)
     config = BertConfig(
         vocab_size=len(tok.get_vocab()), hidden_size=2, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
-        max_position_embeddings=64, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        max_position_embeddings=64, id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )
     model = BertForSequenceClassification(config)
     with torch.no_grad():
