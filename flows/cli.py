@@ -154,8 +154,8 @@ def _call(flow, spec, prefect_ready: threading.Thread | None):
 
 def _lineage(args) -> int:
     from tasks import lineage
-    from tasks.lineage.render import render
     from tasks.errors import UserError
+    from tasks.lineage.render import render
 
     try:
         lineage.connect()

@@ -7,7 +7,14 @@ from prefect import flow
 from flows import dispatch
 from flows.spec import PipelineSpec
 from flows.stages import (
-    STAGES, augment_stage, evaluate_stage, finetune_stage, gate_stage, prepare_labeled_stage, prepare_stage, pretrain_stage,
+    STAGES,
+    augment_stage,
+    evaluate_stage,
+    finetune_stage,
+    gate_stage,
+    prepare_labeled_stage,
+    prepare_stage,
+    pretrain_stage,
     transfer_stage,
 )  # fmt: skip
 from tasks import registry, rounds

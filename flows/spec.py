@@ -10,6 +10,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from flows.stages import STAGES
+from tasks import rounds as rounds_
 from tasks.augment.spec import AugmentSpec
 from tasks.data.labeled.spec import LabeledSpec
 from tasks.data.spec import PrepareSpec
@@ -18,7 +19,6 @@ from tasks.evaluate.spec import EvaluateSpec
 from tasks.finetune.spec import FinetuneSpec
 from tasks.gate.spec import GateSpec
 from tasks.pretrain.spec import PretrainSpec
-from tasks import rounds as rounds_
 from tasks.rounds import RoundsSpec
 from tasks.spec import Spec
 from tasks.transfer.spec import TransferSpec

@@ -26,7 +26,6 @@ from tasks.pretrain.spec import PretrainSpec
 from tasks.tracking import digest, stage_run
 from tasks.transfer.spec import TransferSpec
 
-
 OUTPUT_KEY = "multistep-output"  # the Prefect artifact in which a stage flow run leaves its result URI
 
 

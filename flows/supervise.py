@@ -90,7 +90,12 @@ def resume_hint(where: str) -> str:
 def _cancel_flow_runs() -> None:
     """End this process's unfinished flow runs Cancelled (Prefect recorded an interrupt as a crash)."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 

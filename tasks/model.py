@@ -1,8 +1,8 @@
 """Build, load and log models: from-scratch configs, registry versions, local folders, hf: ids."""
 
 import importlib.metadata
-import json
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

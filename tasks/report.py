@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from tasks.backend import tracking_uri
 from tasks.tracking import STAGE
 
+
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
     """A few lines for the terminal, read back from MLflow so they show what was recorded; `stages` in the DAG's order."""
     client = MlflowClient()

@@ -12,10 +12,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import interrupt, storage
+from tasks.backend import home
 from tasks.checkpoints import resume_point
 from tasks.metrics import curves_figure
 from tasks.spec import TrainSpec
-from tasks.backend import home
 from tasks.tracking import StageRun, log_metrics
 
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).

@@ -1,13 +1,14 @@
 """What classification and SFT share: a Trainer that scores validation at each checkpoint, stops early, and registers the best."""
 
 import tempfile
+
 import mlflow
 from peft import PeftModel
 from transformers import EarlyStoppingCallback, Trainer
 
 from tasks import distributed, methods, registry
-from tasks.finetune.adversarial import trainer_class
 from tasks import model as models
+from tasks.finetune.adversarial import trainer_class
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
 

@@ -14,8 +14,8 @@ from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
 from tasks import synonyms
-from tasks.predict import probabilities
 from tasks.errors import UserError
+from tasks.predict import probabilities
 from tests.conftest import REPO
 from tests.tasks.augment.keyword_model import save_keyword_classifier
 

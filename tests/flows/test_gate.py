@@ -19,7 +19,7 @@ def pipeline(corpus, tiny_overrides, *extra):
 
 
 def test_first_model_is_promoted_then_new_data_is_gated_against_it(home, corpus, tiny_overrides, caplog):
-    first = pipeline(corpus, tiny_overrides)
+    pipeline(corpus, tiny_overrides)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny-base", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny-base", "challenger").version) == "1"

@@ -8,8 +8,6 @@ from pydantic import ValidationError
 
 from flows.pipeline import llm_pipeline
 from flows.spec import PipelineSpec, load
-from pydantic import ValidationError
-
 from tasks.errors import UserError
 
 PRESETS = sorted(Path("configs").glob("*.yaml"))

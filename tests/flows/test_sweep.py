@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from flows.sweep import SweepSpec, load, plan, sweep
 from tasks import metrics, tracking
-from tasks.sweep import render
 from tasks.errors import UserError
+from tasks.sweep import render
+
 
 def base(corpus: Path, sentiment: Path, tiny_overrides) -> dict:
     """A tiny GPT-2 pretrained on the corpus, then fine-tuned to classify the toy sentiment rows."""
@@ -66,7 +67,7 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
     def correct(cell) -> np.ndarray:
         run_id = client.get_model_version("swept", cell["model"].rsplit("/", 1)[1]).run_id
         table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/test_predictions.json")).read_text())
-        return np.array([float(str(p) == str(l)) for l, p in zip(*([row[table["columns"].index(c)] for row in table["data"]] for c in ("label", "predicted")))])
+        return np.array([float(str(p) == str(label)) for label, p in zip(*([row[table["columns"].index(c)] for row in table["data"]] for c in ("label", "predicted")))])
 
     cells = {(c["row"], c["seed"]): c for c in report["cells"]}
     fast = np.concatenate([correct(cells["fast", 0]), correct(cells["fast", 1])])

@@ -7,7 +7,12 @@ import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
-    BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, Trainer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    Trainer,
     TrainingArguments,
 )  # fmt: skip
 

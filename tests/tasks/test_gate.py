@@ -115,8 +115,8 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
 def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
     import numpy as np
 
-    from tasks.evaluate import scoring
     from tasks.errors import UserError
+    from tasks.evaluate import scoring
 
     def score(uri, dataset, **kw):
         if uri == "models:/m/1":

@@ -7,14 +7,13 @@ import sys
 import threading
 import time
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from tasks import code, lease
-from tasks.errors import UserError
 from tasks.backend import configure
+from tasks.errors import UserError
 from tasks.tracking import STAGE_KEY, stage_key, stage_run
 
 OWNER, HEARTBEAT, CLAIM = "multistep.owner", "multistep.heartbeat", "multistep.claim."

@@ -7,7 +7,11 @@ import pytest
 import torch
 from peft import PeftModel
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, GPT2Config, LlamaConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
 )  # fmt: skip
 
 from tasks import methods

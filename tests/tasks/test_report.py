@@ -2,8 +2,8 @@
 
 from mlflow.tracking import MlflowClient
 
-from tasks.report import pipeline_summary
 from tasks.backend import configure
+from tasks.report import pipeline_summary
 from tasks.tracking import PIPELINE, STAGE
 
 T0 = 1_700_000_000_000  # ms

@@ -3,7 +3,8 @@
 import nltk
 import pytest
 import torch
-from tokenizers import Tokenizer, models as tok_models
+from tokenizers import Tokenizer
+from tokenizers import models as tok_models
 from transformers import BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from tasks import synonyms

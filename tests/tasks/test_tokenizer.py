@@ -1,6 +1,7 @@
+from pydoc_data.topics import topics
+
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
 
 from tasks.data.spec import TokenizerSpec
 from tasks.errors import UserError
