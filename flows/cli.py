@@ -126,10 +126,11 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
 
 def _sweep(args, prefect_ready: threading.Thread | None) -> int:
     from flows import sweep
+    from flows.sweep_spec import load
     from tasks import backend
     from tasks.sweep import render
 
-    spec = sweep.load(args.config, args.overrides, args.seeds)
+    spec = load(args.config, args.overrides, args.seeds)
     found = sweep.plan(spec, source=args.config)  # every input mistake before anything runs
     backend.configure(found.cells[0].spec.execution.experiment)
     _hide_tracebacks_of_user_errors()

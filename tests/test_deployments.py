@@ -10,6 +10,7 @@ from prefect import Flow
 from flows import sweep
 from flows.spec import PipelineSpec
 from flows.stages import STAGES
+from flows.sweep_spec import SweepSpec
 
 CONFIG = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
 DEPLOYMENTS = CONFIG["deployments"]
@@ -23,7 +24,7 @@ def flow_of(entrypoint: str) -> Flow:
 @pytest.mark.parametrize("deployment", [d for d in DEPLOYMENTS if "parameters" in d], ids=lambda d: d["name"])
 def test_every_deployment_parameter_set_is_a_valid_spec(deployment):
     if deployment["entrypoint"] == "flows/sweep.py:sweep":
-        found = sweep.plan(sweep.SweepSpec.model_validate(deployment["parameters"]["spec"]))  # every cell a valid pipeline
+        found = sweep.plan(SweepSpec.model_validate(deployment["parameters"]["spec"]))  # every cell a valid pipeline
         assert {cell.spec.execution.mode for cell in found.cells} == {"pools"}
     else:
         spec = PipelineSpec.model_validate(deployment["parameters"]["spec"])

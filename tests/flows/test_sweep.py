@@ -9,7 +9,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from flows.sweep import SweepSpec, load, plan, sweep
+from flows.sweep import plan, sweep
+from flows.sweep_spec import SweepSpec, load
 from tasks import metrics, tracking
 from tasks.errors import UserError
 from tasks.sweep import render
