@@ -52,6 +52,8 @@ demo: install
 # subprocesses, so two files side by side take ~11 minutes here instead of ~20 one after the other.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # Browse what ran: Prefect and MLflow on 127.0.0.1, reading the embedded stores under .multistep/.

@@ -39,8 +39,11 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4, help="EDA copies per sentence (EdaSpec.copies)")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes per variant, alternating")
     parser.add_argument("--data", default=DEFAULT_DATA, help="an SST-2 train.tsv (read only)")
-    parser.add_argument("--parallel-tokenizer", action="store_true",
-                        help="let the tokenizer use every core (default: one thread, like EDA)")
+    parser.add_argument(
+        "--parallel-tokenizer",
+        action="store_true",
+        help="let the tokenizer use every core (default: one thread, like EDA)",
+    )
     args = parser.parse_args()
     if not Path(args.data).is_file():
         sys.exit(f"{args.data} does not exist: pass --data with the path of SST-2's train.tsv")
@@ -62,16 +65,22 @@ def main() -> None:
         sys.exit(f"WordNet is not installed: {synonyms.INSTALL_HINT}")
     tok = models.load_tokenizer(models.locate("package:minilm").tokenizer)
     words = sum(len(r["text"].split()) for r in rows)
-    print(f"eda_throughput: {len(rows):,} SST-2 sentences ({words / len(rows):.1f} words each), {args.copies} copies each, "
-          f"{args.rounds} rounds, {wordnet.where}, tokenizer {type(tok).__name__} "
-          f"({'parallel' if args.parallel_tokenizer else 'one thread'})", flush=True)
+    print(
+        f"eda_throughput: {len(rows):,} SST-2 sentences ({words / len(rows):.1f} words each), {args.copies} copies each, "
+        f"{args.rounds} rounds, {wordnet.where}, tokenizer {type(tok).__name__} "
+        f"({'parallel' if args.parallel_tokenizer else 'one thread'})",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     added = augment(rows, spec, wordnet)
     first_s = time.perf_counter() - t0
     texts = [r["text"] for r in rows] + [r["text"] for r in added]  # the augmented training set
-    print(f"  WordNet load {load_s:.2f} s; first EDA pass (cold caches) {first_s:.2f} s, {len(added) / first_s:,.0f} rows/s; "
-          f"{len({w.lower() for r in rows for w in r['text'].split()}):,} distinct words", flush=True)
+    print(
+        f"  WordNet load {load_s:.2f} s; first EDA pass (cold caches) {first_s:.2f} s, {len(added) / first_s:,.0f} rows/s; "
+        f"{len({w.lower() for r in rows for w in r['text'].split()}):,} distinct words",
+        flush=True,
+    )
 
     ratios, eda_rate, tok_rate = [], [], []
     for r in range(1, args.rounds + 1):
@@ -79,22 +88,29 @@ def main() -> None:
         t0 = time.perf_counter()
         out = augment(rows, spec, source)
         eda_s = time.perf_counter() - t0
-        assert [x["text"] for x in out] == texts[len(rows):], "EDA gave other rows for the same seed"
+        assert [x["text"] for x in out] == texts[len(rows) :], "EDA gave other rows for the same seed"
         t0 = time.perf_counter()
         tok(texts)
         tok_s = time.perf_counter() - t0
         eda_rate.append(len(out) / eda_s)
         tok_rate.append(len(texts) / tok_s)
         ratios.append(eda_rate[-1] / tok_rate[-1])
-        print(f"  round {r}: EDA {eda_rate[-1]:>9,.0f} rows/s ({eda_s:.2f} s)  tokenizer {tok_rate[-1]:>9,.0f} rows/s ({tok_s:.2f} s)  "
-              f"ratio {ratios[-1]:.3f}  load before {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"  round {r}: EDA {eda_rate[-1]:>9,.0f} rows/s ({eda_s:.2f} s)  tokenizer {tok_rate[-1]:>9,.0f} rows/s ({tok_s:.2f} s)  "
+            f"ratio {ratios[-1]:.3f}  load before {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
     if max(ratios) - min(ratios) > 0.25 * statistics.median(ratios):
-        print("  warning: the rounds disagree by more than 25%, so something else was using the CPUs; rerun with more --rounds")
+        print(
+            "  warning: the rounds disagree by more than 25%, so something else was using the CPUs; rerun with more --rounds"
+        )
     ratio = statistics.median(ratios)
     first = len(added) / first_s
-    print(f"eda_throughput: ratio {ratio:.3f} (EDA {statistics.median(eda_rate):,.0f} rows/s, tokenizer {statistics.median(tok_rate):,.0f} rows/s); "
-          f"first pass {first:,.0f} rows/s (ratio {first / statistics.median(tok_rate):.3f}), WordNet load {load_s:.2f} s")
+    print(
+        f"eda_throughput: ratio {ratio:.3f} (EDA {statistics.median(eda_rate):,.0f} rows/s, tokenizer {statistics.median(tok_rate):,.0f} rows/s); "
+        f"first pass {first:,.0f} rows/s (ratio {first / statistics.median(tok_rate):.3f}), WordNet load {load_s:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -41,11 +41,15 @@ def _rows(n: int, synthetic: bool) -> tuple[list[dict], str]:
     if not synthetic and all(f.is_file() for f in files):
         with gzip.open(files[0], "rt", encoding="utf-8") as de, gzip.open(files[1], "rt", encoding="utf-8") as en:
             pairs = [(d.strip(), e.strip()) for d, e, _ in zip(de, en, range(n))]
-        return [{"prompt": TEMPLATE.format(prompt=d), "response": e} for d, e in pairs], f"multi30k first {len(pairs)} pairs"
+        return [
+            {"prompt": TEMPLATE.format(prompt=d), "response": e} for d, e in pairs
+        ], f"multi30k first {len(pairs)} pairs"
     # Fixed, deterministic pairs of similar length to Multi30k's (a sentence in, a short sentence out).
     rows = [
-        {"prompt": f"Write the sum of {i} and {3 * i + 7} in words, then say which of the two numbers is larger.",
-         "response": f"The sum of {i} and {3 * i + 7} is {4 * i + 7}; {3 * i + 7} is the larger of the two numbers."}
+        {
+            "prompt": f"Write the sum of {i} and {3 * i + 7} in words, then say which of the two numbers is larger.",
+            "response": f"The sum of {i} and {3 * i + 7} is {4 * i + 7}; {3 * i + 7} is the larger of the two numbers.",
+        }
         for i in range(n)
     ]
     return rows, f"synthetic {n} pairs"
@@ -74,8 +78,15 @@ def child(args) -> None:
     # The finetune stage's optimisation defaults (lr 5e-5, warmup, weight decay 0.01), sized for this run; checkpoints
     # past the last step and save_strategy "no", since transformers 5 otherwise saves once more at max_steps.
     defaults = FinetuneSpec().train.model_dump()
-    train = TrainSpec(**{**defaults, "max_steps": total_steps, "batch_size": args.batch_size, "checkpoint_every": total_steps + 1,
-                         "log_every": total_steps})
+    train = TrainSpec(
+        **{
+            **defaults,
+            "max_steps": total_steps,
+            "batch_size": args.batch_size,
+            "checkpoint_every": total_steps + 1,
+            "log_every": total_steps,
+        }
+    )
 
     class StepClock(TrainerCallback):
         """Times the steps after the warm-up; notes any save."""
@@ -110,8 +121,12 @@ def child(args) -> None:
     with tempfile.TemporaryDirectory() as out_dir:
         clock = StepClock()
         trainer = Trainer(
-            model=model, args=arguments(train, out_dir, save_strategy="no"), train_dataset=Examples(encoded),
-            data_collator=collate(tok.pad_token_id), processing_class=tok, callbacks=[clock],
+            model=model,
+            args=arguments(train, out_dir, save_strategy="no"),
+            train_dataset=Examples(encoded),
+            data_collator=collate(tok.pad_token_id),
+            processing_class=tok,
+            callbacks=[clock],
         )
         # As tasks.train.fit does: count the parameters for the FLOP estimate once, not on every step.
         n_params = trainer.model.num_parameters(exclude_embeddings=True)
@@ -138,8 +153,24 @@ def child(args) -> None:
 
 
 def measure(variant: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--model", args.model, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--rows", str(args.rows)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--rows",
+        str(args.rows),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.synthetic:
@@ -149,22 +180,31 @@ def measure(variant: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="package:smollm2-135m", help="model URI to fine-tune (package:, a local folder, models:/...)")
+    parser.add_argument(
+        "--model", default="package:smollm2-135m", help="model URI to fine-tune (package:, a local folder, models:/...)"
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the clock starts")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per variant, alternating")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per step")
-    parser.add_argument("--max-length", type=int, default=64, help="longest encoded example (prompt + response), tokens")
+    parser.add_argument(
+        "--max-length", type=int, default=64, help="longest encoded example (prompt + response), tokens"
+    )
     parser.add_argument("--rows", type=int, default=256, help="prompt/response pairs to encode")
-    parser.add_argument("--synthetic", action="store_true", help="use the fixed synthetic pairs even when Multi30k is present")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="use the fixed synthetic pairs even when Multi30k is present"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each child (default: torch's default)")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    print(f"finetune_memory: {args.model}, batch {args.batch_size} × {args.max_length}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up, {args.rounds} rounds, threads {args.threads or 'torch default'}", flush=True)
+    print(
+        f"finetune_memory: {args.model}, batch {args.batch_size} × {args.max_length}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up, {args.rounds} rounds, threads {args.threads or 'torch default'}",
+        flush=True,
+    )
     results = {v: [] for v in VARIANTS}
     time_ratios, rss_ratios = [], []
     for r in range(1, args.rounds + 1):
@@ -172,32 +212,46 @@ def main() -> None:
             load = os.getloadavg()[0]
             res = measure(variant, args)
             results[variant].append(res)
-            print(f"  round {r} {variant:<4} {res['seconds_per_step']:7.3f} s/step  peak RSS {res['peak_rss_mb']:6,.0f} MB "
-                  f"(after loading {res['peak_rss_before_train_mb']:,.0f} MB)  trainable {res['trainable']:,} of {res['total']:,}  "
-                  f"last loss {res['loss']:.3f}  load {res['load_seconds']:.1f} s  threads {res['threads']}  load avg before {load:.1f}",
-                  flush=True)
+            print(
+                f"  round {r} {variant:<4} {res['seconds_per_step']:7.3f} s/step  peak RSS {res['peak_rss_mb']:6,.0f} MB "
+                f"(after loading {res['peak_rss_before_train_mb']:,.0f} MB)  trainable {res['trainable']:,} of {res['total']:,}  "
+                f"last loss {res['loss']:.3f}  load {res['load_seconds']:.1f} s  threads {res['threads']}  load avg before {load:.1f}",
+                flush=True,
+            )
         time_ratios.append(results["lora"][-1]["seconds_per_step"] / results["full"][-1]["seconds_per_step"])
         rss_ratios.append(results["lora"][-1]["peak_rss_mb"] / results["full"][-1]["peak_rss_mb"])
-        print(f"  round {r} ratio lora/full: step time {time_ratios[-1]:.3f}, peak RSS {rss_ratios[-1]:.3f}", flush=True)
+        print(
+            f"  round {r} ratio lora/full: step time {time_ratios[-1]:.3f}, peak RSS {rss_ratios[-1]:.3f}", flush=True
+        )
 
     first = results["lora"][0]
     # encode drops a pair whose prompt (chat template included) fills max_length and truncates the response of the rest.
-    print(f"  data: {first['data']}; {first['examples']} have a prompt shorter than {args.max_length} tokens and are used "
-          f"(mean length {first['mean_tokens']:.1f} tokens after truncation)")
+    print(
+        f"  data: {first['data']}; {first['examples']} have a prompt shorter than {args.max_length} tokens and are used "
+        f"(mean length {first['mean_tokens']:.1f} tokens after truncation)"
+    )
     step = {v: statistics.median(x["seconds_per_step"] for x in results[v]) for v in VARIANTS}
     rss = {v: statistics.median(x["peak_rss_mb"] for x in results[v]) for v in VARIANTS}
     time_ratio, rss_ratio = statistics.median(time_ratios), statistics.median(rss_ratios)
     fraction = first["trainable"] / first["total"]
-    print(f"  step time ratios {', '.join(f'{x:.3f}' for x in time_ratios)}; median {time_ratio:.3f} "
-          f"(lora {step['lora']:.3f} s/step, full {step['full']:.3f} s/step)")
+    print(
+        f"  step time ratios {', '.join(f'{x:.3f}' for x in time_ratios)}; median {time_ratio:.3f} "
+        f"(lora {step['lora']:.3f} s/step, full {step['full']:.3f} s/step)"
+    )
     print(f"  peak RSS ratios {', '.join(f'{x:.3f}' for x in rss_ratios)}; median {rss_ratio:.3f}")
-    print(f"  trainable: lora {first['trainable']:,} of {first['total']:,} ({100 * fraction:.2f}%), "
-          f"full {results['full'][0]['trainable']:,} of {results['full'][0]['total']:,}")
+    print(
+        f"  trainable: lora {first['trainable']:,} of {first['total']:,} ({100 * fraction:.2f}%), "
+        f"full {results['full'][0]['trainable']:,} of {results['full'][0]['total']:,}"
+    )
     if len(time_ratios) > 1 and max(time_ratios) - min(time_ratios) > 0.10:
-        print("  warning: the rounds' step-time ratios disagree by more than 0.10, so something else was using the CPUs; "
-              "rerun on an idle machine, with more --rounds, or with --threads 1")
-    print(f"finetune_memory: lora/full step time {time_ratio:.2f}, peak RSS {rss_ratio:.2f} (lora {rss['lora']:,.0f} MB, "
-          f"full {rss['full']:,.0f} MB), trainable {100 * fraction:.2f}% — {args.model}, batch {args.batch_size} × {args.max_length}")
+        print(
+            "  warning: the rounds' step-time ratios disagree by more than 0.10, so something else was using the CPUs; "
+            "rerun on an idle machine, with more --rounds, or with --threads 1"
+        )
+    print(
+        f"finetune_memory: lora/full step time {time_ratio:.2f}, peak RSS {rss_ratio:.2f} (lora {rss['lora']:,.0f} MB, "
+        f"full {rss['full']:,.0f} MB), trainable {100 * fraction:.2f}% — {args.model}, batch {args.batch_size} × {args.max_length}"
+    )
 
 
 if __name__ == "__main__":

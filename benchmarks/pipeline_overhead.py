@@ -24,7 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_FRACTION, GOAL_SECONDS = 0.10, 15.0
 # Cleared so the run uses the embedded stack under its fresh home and nothing of the caller's.
-CLEARED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "MULTISTEP_HOME")
+CLEARED = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "PREFECT_PROFILES_PATH",
+    "MULTISTEP_HOME",
+)
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -54,7 +61,13 @@ def run_once(config: str, passthrough: list[str], keep: bool, warm: bool) -> dic
     env = {k: v for k, v in os.environ.items() if k not in CLEARED} | OFFLINE | {"MULTISTEP_HOME": str(home)}
     if warm:
         warm_env = env | {"PREFECT_HOME": str(home / "prefect")}  # where the CLI puts it
-        subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", WARM_UP], cwd=ROOT, env=warm_env, check=True, capture_output=True)
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-c", WARM_UP],
+            cwd=ROOT,
+            env=warm_env,
+            check=True,
+            capture_output=True,
+        )
     cmd = [str(ROOT / ".venv" / "bin" / "multistep"), "run", config, *passthrough]
     log = home / "run.log"
     t0 = time.perf_counter()
@@ -65,7 +78,11 @@ def run_once(config: str, passthrough: list[str], keep: bool, warm: bool) -> dic
         tail = log.read_text(errors="replace")[-4000:]
         sys.exit(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); home kept at {home}. Log tail:\n{tail}")
     result = {"wall": wall, **read_store(home)}
-    summary = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(("multistep: pipeline", "time:"))]
+    summary = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith(("multistep: pipeline", "time:"))
+    ]
     result["summary"] = summary
     if keep:
         result["home"] = str(home)
@@ -92,18 +109,26 @@ def read_store(home: Path) -> dict:
         elif "multistep.pipeline" in run.data.tags:
             pipeline = seconds
     if not train:
-        sys.exit(f"No stage run in {home / 'mlflow.db'} has a train_seconds metric: did the pretrain stage run (not a cache hit)?")
+        sys.exit(
+            f"No stage run in {home / 'mlflow.db'} has a train_seconds metric: did the pretrain stage run (not a cache hit)?"
+        )
     return {"training": sum(train.values()), "train_by_stage": train, "stage_seconds": stages, "pipeline_run": pipeline}
 
 
 def report(i: int, r: dict) -> None:
     overhead = r["wall"] - r["training"]
     stages = ", ".join(f"{s} {t:.1f} s" for s, t in r["stage_seconds"].items())
-    print(f"  run {i}: wall {r['wall']:.1f} s, training {r['training']:.1f} s, overhead {overhead:.1f} s "
-          f"({overhead / r['wall']:.0%} of wall)", flush=True)
+    print(
+        f"  run {i}: wall {r['wall']:.1f} s, training {r['training']:.1f} s, overhead {overhead:.1f} s "
+        f"({overhead / r['wall']:.0%} of wall)",
+        flush=True,
+    )
     outside = r["wall"] - (r["pipeline_run"] or 0.0)
-    print(f"         stage runs: {stages}; pipeline MLflow run {r['pipeline_run'] or 0:.1f} s, "
-          f"so {outside:.1f} s before/after it (imports, servers, summary)", flush=True)
+    print(
+        f"         stage runs: {stages}; pipeline MLflow run {r['pipeline_run'] or 0:.1f} s, "
+        f"so {outside:.1f} s before/after it (imports, servers, summary)",
+        flush=True,
+    )
     for line in r["summary"]:
         print(f"         | {line}")
     if "home" in r:
@@ -111,18 +136,35 @@ def report(i: int, r: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Unknown arguments (e.g. --set k=v) go to `multistep run`.")
-    parser.add_argument("config", nargs="?", default="configs/default.yaml", help="the preset to run (relative to the repository root)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh MULTISTEP_HOME; the median is reported")
-    parser.add_argument("--keep", action="store_true", help="keep each run's MULTISTEP_HOME (MLflow store, log) for inspection")
-    parser.add_argument("--warm-home", action="store_true", help="create the home's Prefect and MLflow databases before the timed run, as a second run in the same home finds them")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="Unknown arguments (e.g. --set k=v) go to `multistep run`."
+    )
+    parser.add_argument(
+        "config", nargs="?", default="configs/default.yaml", help="the preset to run (relative to the repository root)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs, each with a fresh MULTISTEP_HOME; the median is reported"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each run's MULTISTEP_HOME (MLflow store, log) for inspection"
+    )
+    parser.add_argument(
+        "--warm-home",
+        action="store_true",
+        help="create the home's Prefect and MLflow databases before the timed run, as a second run in the same home finds them",
+    )
     # Declared so that its value is not taken for the config; passed on to `multistep run` like any unknown argument.
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="passed to `multistep run`")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="passed to `multistep run`"
+    )
     args, passthrough = parser.parse_known_args()
     passthrough = [a for kv in args.overrides for a in ("--set", kv)] + passthrough
 
     home = "warm homes (databases created beforehand)" if args.warm_home else "fresh homes"
-    print(f"pipeline_overhead: multistep run {' '.join([args.config, *passthrough])}, {args.repeat} run(s), {home}", flush=True)
+    print(
+        f"pipeline_overhead: multistep run {' '.join([args.config, *passthrough])}, {args.repeat} run(s), {home}",
+        flush=True,
+    )
     results = []
     for i in range(1, args.repeat + 1):
         results.append(run_once(args.config, passthrough, args.keep, args.warm_home))
@@ -133,8 +175,10 @@ def main() -> None:
     share = statistics.median((r["wall"] - r["training"]) / r["wall"] for r in results)
     verdict = "meets" if share <= GOAL_FRACTION or overhead <= GOAL_SECONDS else "misses"
     label = "median " if args.repeat > 1 else ""
-    print(f"pipeline_overhead: {label}wall {wall:.1f} s, training {training:.1f} s, overhead {overhead:.1f} s "
-          f"({share:.0%} of wall; {verdict} the goal of <= {GOAL_FRACTION:.0%} or <= {GOAL_SECONDS:.0f} s)")
+    print(
+        f"pipeline_overhead: {label}wall {wall:.1f} s, training {training:.1f} s, overhead {overhead:.1f} s "
+        f"({share:.0%} of wall; {verdict} the goal of <= {GOAL_FRACTION:.0%} or <= {GOAL_SECONDS:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

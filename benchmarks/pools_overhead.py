@@ -39,7 +39,14 @@ def tiny(corpus: Path, experiment: str) -> list[str]:
         "pretrain.train.max_steps=6", "pretrain.train.batch_size=8", "pretrain.train.warmup_steps=2",
         "pretrain.train.checkpoint_every=3", "evaluate.max_blocks=16", f"execution.experiment={experiment}",
     ]  # fmt: skip
-    return [sys.executable, "-m", "flows.cli", "run", "configs/default.yaml", *sum((["--set", o] for o in overrides), [])]
+    return [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "configs/default.yaml",
+        *sum((["--set", o] for o in overrides), []),
+    ]
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -71,7 +78,12 @@ def dispatch_overhead(team, corpus: Path, work: Path, repeat: int) -> None:
 def checkpoint_folder(path: Path, mb: int) -> int:
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(os.urandom(mb << 20))
-    for name, size in (("optimizer.pt", 2 * mb << 20), ("scheduler.pt", 1 << 10), ("rng_state.pth", 16 << 10), ("trainer_state.json", 4 << 10)):
+    for name, size in (
+        ("optimizer.pt", 2 * mb << 20),
+        ("scheduler.pt", 1 << 10),
+        ("rng_state.pth", 16 << 10),
+        ("trainer_state.json", 4 << 10),
+    ):
         (path / name).write_bytes(os.urandom(size))
     return sum(p.stat().st_size for p in path.iterdir())
 
@@ -107,7 +119,9 @@ def throughput(team, work: Path, mb: int, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--mb", type=int, default=64, help="size of the checkpoint's weights file; the optimizer state is twice that")
+    parser.add_argument(
+        "--mb", type=int, default=64, help="size of the checkpoint's weights file; the optimizer state is twice that"
+    )
     args = parser.parse_args()
     os.environ.update(OFFLINE)
     from flows import deploy, stack

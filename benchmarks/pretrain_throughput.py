@@ -84,13 +84,19 @@ def _pipeline(args, model_spec, train_spec, blocks, tok) -> dict:
     model = build(model_spec, tok)
     with tempfile.TemporaryDirectory() as out_dir:
         clock = StepClock()
-        trainer = Trainer(model=model, args=arguments(train_spec, out_dir), train_dataset=BlockDataset(blocks), callbacks=[clock])
+        trainer = Trainer(
+            model=model, args=arguments(train_spec, out_dir), train_dataset=BlockDataset(blocks), callbacks=[clock]
+        )
         trainer.train()
     # transformers 5 saves once more at max_steps whatever save_steps says; that save follows the last timed step.
     timed = [step for step, inside in clock.saves if inside]
     assert not timed, f"the Trainer saved checkpoints at steps {timed} inside the timed window"
-    return {"seconds": clock.t1 - clock.t0, "loss": clock.loss, "optimizer": _describe(trainer.optimizer),
-            "saves": [step for step, _ in clock.saves]}
+    return {
+        "seconds": clock.t1 - clock.t0,
+        "loss": clock.loss,
+        "optimizer": _describe(trainer.optimizer),
+        "saves": [step for step, _ in clock.saves],
+    }
 
 
 def _bare(args, model_spec, train_spec, blocks, tok) -> dict:
@@ -111,7 +117,9 @@ def _bare(args, model_spec, train_spec, blocks, tok) -> dict:
     ]
     fused = "fused" in torch.optim.AdamW.__init__.__code__.co_varnames
     # TrainingArguments' defaults: betas (0.9, 0.999), eps 1e-8.
-    opt = torch.optim.AdamW(groups, lr=train_spec.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {}))
+    opt = torch.optim.AdamW(
+        groups, lr=train_spec.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {})
+    )
     warm, total = train_spec.warmup_steps, train_spec.max_steps
 
     def cosine(step: int) -> float:  # transformers' get_cosine_schedule_with_warmup
@@ -148,7 +156,10 @@ def _bare(args, model_spec, train_spec, blocks, tok) -> dict:
 def _describe(opt) -> dict:
     d = opt.defaults
     return {
-        "fused": bool(d.get("fused")), "lr": d["lr"], "betas": list(d["betas"]), "eps": d["eps"],
+        "fused": bool(d.get("fused")),
+        "lr": d["lr"],
+        "betas": list(d["betas"]),
+        "eps": d["eps"],
         "groups": [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups],
     }
 
@@ -188,17 +199,34 @@ def profile(args) -> None:
     prof.enable()
     result = run(args, model_spec, train_spec, blocks, tok)
     prof.disable()
-    print(f"{args.profile}: {1000 * result['seconds'] / args.steps:.1f} ms/step under cProfile; "
-          f"below, seconds over all {args.warmup + args.steps} steps (the last line of each list is set-up or the final save)")
+    print(
+        f"{args.profile}: {1000 * result['seconds'] / args.steps:.1f} ms/step under cProfile; "
+        f"below, seconds over all {args.warmup + args.steps} steps (the last line of each list is set-up or the final save)"
+    )
     stats = pstats.Stats(prof).sort_stats("cumulative")
     # What each step of the loop calls: the Trainer's epoch loop, its training_step and accelerate's optimizer step.
-    loops = [r"trainer.py:\d+\(_run_epoch\)", r"trainer.py:\d+\(training_step\)", r"accelerate/optimizer.py:\d+\(step\)"]
+    loops = [
+        r"trainer.py:\d+\(_run_epoch\)",
+        r"trainer.py:\d+\(training_step\)",
+        r"accelerate/optimizer.py:\d+\(step\)",
+    ]
     for pattern in loops if args.profile == "pipeline" else [r"\(_bare\)"]:
         stats.print_callees(pattern)
 
 
 def measure(variant: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--warmup", str(args.warmup), "--data", args.data]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--data",
+        args.data,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return run_child(variant, cmd)
@@ -211,7 +239,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measurements per variant, alternating")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each child (default: torch's default)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="the text file to train on")
-    parser.add_argument("--profile", choices=["pipeline", "bare"], help="instead: profile one variant in-process with cProfile")
+    parser.add_argument(
+        "--profile", choices=["pipeline", "bare"], help="instead: profile one variant in-process with cProfile"
+    )
     parser.add_argument("--child", choices=["pipeline", "bare"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -221,8 +251,11 @@ def main() -> None:
 
     if args.profile:
         return profile(args)
-    print(f"pretrain_throughput: GPT-2 4L/4H/128d, block {BLOCK_SIZE}, batch {BATCH_SIZE}, {args.steps} timed steps "
-          f"after {args.warmup} warm-up, {args.rounds} rounds, threads {args.threads or 'torch default'}", flush=True)
+    print(
+        f"pretrain_throughput: GPT-2 4L/4H/128d, block {BLOCK_SIZE}, batch {BATCH_SIZE}, {args.steps} timed steps "
+        f"after {args.warmup} warm-up, {args.rounds} rounds, threads {args.threads or 'torch default'}",
+        flush=True,
+    )
     results = {"pipeline": [], "bare": []}
     ratios = []
     for r in range(1, args.rounds + 1):
@@ -230,8 +263,11 @@ def main() -> None:
             load = os.getloadavg()[0]
             res = measure(variant, args)
             results[variant].append(res)
-            print(f"  round {r} {variant:<8} {res['tokens_per_second']:>9,.0f} tok/s  {1000 * res['seconds'] / args.steps:5.1f} ms/step  "
-                  f"last loss {res['loss']:.3f}  peak RSS {res['peak_rss_mb']:,.0f} MB  threads {res['threads']}  load before {load:.1f}", flush=True)
+            print(
+                f"  round {r} {variant:<8} {res['tokens_per_second']:>9,.0f} tok/s  {1000 * res['seconds'] / args.steps:5.1f} ms/step  "
+                f"last loss {res['loss']:.3f}  peak RSS {res['peak_rss_mb']:,.0f} MB  threads {res['threads']}  load before {load:.1f}",
+                flush=True,
+            )
         ratio = results["pipeline"][-1]["tokens_per_second"] / results["bare"][-1]["tokens_per_second"]
         ratios.append(ratio)
         print(f"  round {r} ratio pipeline/bare {ratio:.3f}", flush=True)
@@ -243,14 +279,22 @@ def main() -> None:
     rss = {v: max(x["peak_rss_mb"] for x in results[v]) for v in results}
     ratio = statistics.median(ratios)
     verdict = "meets" if ratio >= GOAL else "below"
-    best = max(x["tokens_per_second"] for x in results["pipeline"]) / max(x["tokens_per_second"] for x in results["bare"])
+    best = max(x["tokens_per_second"] for x in results["pipeline"]) / max(
+        x["tokens_per_second"] for x in results["bare"]
+    )
     print(f"  optimizer (both): {opts['bare']}")
-    print(f"  ratios {', '.join(f'{x:.3f}' for x in ratios)}; median {ratio:.3f} ({verdict} the {GOAL} goal); best-of-rounds ratio {best:.3f}")
+    print(
+        f"  ratios {', '.join(f'{x:.3f}' for x in ratios)}; median {ratio:.3f} ({verdict} the {GOAL} goal); best-of-rounds ratio {best:.3f}"
+    )
     if max(ratios) - min(ratios) > 0.10:
-        print("  warning: the rounds disagree by more than 0.10, so something else was using the CPUs; "
-              "rerun on an idle machine, with more --rounds, or with --threads 1")
-    print(f"pretrain_throughput: ratio {ratio:.3f} (pipeline {med['pipeline']:,.0f} tok/s, bare {med['bare']:,.0f} tok/s), "
-          f"peak RSS pipeline {rss['pipeline']:,.0f} MB, bare {rss['bare']:,.0f} MB")
+        print(
+            "  warning: the rounds disagree by more than 0.10, so something else was using the CPUs; "
+            "rerun on an idle machine, with more --rounds, or with --threads 1"
+        )
+    print(
+        f"pretrain_throughput: ratio {ratio:.3f} (pipeline {med['pipeline']:,.0f} tok/s, bare {med['bare']:,.0f} tok/s), "
+        f"peak RSS pipeline {rss['pipeline']:,.0f} MB, bare {rss['bare']:,.0f} MB"
+    )
 
 
 if __name__ == "__main__":

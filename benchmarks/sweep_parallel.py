@@ -64,8 +64,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps per cell")
     parser.add_argument("--rows", type=int, default=500, help="SST-2 training rows per cell")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every process (default: torch's own, one per core)")
-    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, local then pools; the median ratio is reported")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for every process (default: torch's own, one per core)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="pairs of runs, local then pools; the median ratio is reported"
+    )
     args = parser.parse_args()
     os.environ.update(OFFLINE)
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
@@ -85,7 +92,9 @@ def main() -> None:
         base = {k: v for k, v in os.environ.items() if k not in CLEARED} | OFFLINE | threads
         pairs = []
         for i in range(args.repeat):
-            local = timed(path, [f"base.execution.experiment=bench-local-{i}"], base | {"MULTISTEP_HOME": str(work / f"local{i}")})
+            local = timed(
+                path, [f"base.execution.experiment=bench-local-{i}"], base | {"MULTISTEP_HOME": str(work / f"local{i}")}
+            )
             pools = timed(path, [f"base.execution.experiment=bench-pools-{i}", "base.execution.mode=pools"],
                           base | team.env | {"MULTISTEP_HOME": str(work / f"pools{i}")})  # fmt: skip
             pairs.append((local, pools))

@@ -23,27 +23,90 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline preset end to end")
     run.add_argument("config", help="a YAML preset, e.g. configs/default.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. pretrain.train.max_steps=50")
-    run.add_argument("--json", action="store_true", help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts")
-    sweep = sub.add_parser("sweep", help="run a sweep: conditions × seeds (× grid), one pipeline each, then a table with paired intervals against the baseline")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. pretrain.train.max_steps=50",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one line of JSON: the result URIs (model, datasets, runs), for scripts",
+    )
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a sweep: conditions × seeds (× grid), one pipeline each, then a table with paired intervals against the baseline",
+    )
     sweep.add_argument("config", help="a sweep YAML file, e.g. configs/sweeps/sst2-augment-gains.yaml")
-    sweep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="the seeds instead of the file's, e.g. --seeds 0 1 2")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field, e.g. base.finetune.train.max_steps=50 or execution.mode=pools")
-    sweep.add_argument("--json", action="store_true", help="end with one line of JSON: the report (rows, cells, MLflow run), for scripts")
+    sweep.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="the seeds instead of the file's, e.g. --seeds 0 1 2",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep field, e.g. base.finetune.train.max_steps=50 or execution.mode=pools",
+    )
+    sweep.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one line of JSON: the report (rows, cells, MLflow run), for scripts",
+    )
     evaluate = sub.add_parser("evaluate", help="score registered model versions on a prepared dataset, side by side")
-    evaluate.add_argument("models", nargs="+", metavar="MODEL_URI", help="models:/<name>/<version>, models:/<name>@champion, a folder, package:minilm …; the first is the reference for the intervals")
-    evaluate.add_argument("data", metavar="DATASET_URI", help="a dataset a prepare stage returned: runs:/<run_id>/labeled (or /dataset, /augmented)")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default test)")
-    evaluate.add_argument("--max-rows", type=int, default=None, help="score at most this many rows, chosen by content hash")
+    evaluate.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL_URI",
+        help="models:/<name>/<version>, models:/<name>@champion, a folder, package:minilm …; the first is the reference for the intervals",
+    )
+    evaluate.add_argument(
+        "data",
+        metavar="DATASET_URI",
+        help="a dataset a prepare stage returned: runs:/<run_id>/labeled (or /dataset, /augmented)",
+    )
+    evaluate.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="which split to score (default test)"
+    )
+    evaluate.add_argument(
+        "--max-rows", type=int, default=None, help="score at most this many rows, chosen by content hash"
+    )
     evaluate.add_argument("--json", action="store_true", help="end with one line of JSON: the metrics per model")
     lineage = sub.add_parser("lineage", help="print the ancestry of a model version: stages, datasets, sources")
-    lineage.add_argument("model", metavar="MODEL_URI", help="models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)")
+    lineage.add_argument(
+        "model",
+        metavar="MODEL_URI",
+        help="models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)",
+    )
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON instead of text")
-    stack = sub.add_parser("stack", help="start (up) or stop (down) the team stack on this machine: Prefect, MLflow, S3, a cpu and a gpu worker")
+    stack = sub.add_parser(
+        "stack",
+        help="start (up) or stop (down) the team stack on this machine: Prefect, MLflow, S3, a cpu and a gpu worker",
+    )
     stack.add_argument("action", choices=["up", "down"])
-    deploy = sub.add_parser("deploy", help="make the work pools, the crash detection and the bucket, and register deployments/prefect.yaml (PREFECT_API_URL)")
-    deploy.add_argument("--gpus", type=int, default=1, help="GPU stages that may run at once on the gpu pool: one per card (default 1)")
-    deploy.add_argument("--crash-after", type=int, default=90, metavar="SECONDS", help="mark a flow run Crashed after this long without a heartbeat (default 90; workers beat every 30 s)")
+    deploy = sub.add_parser(
+        "deploy",
+        help="make the work pools, the crash detection and the bucket, and register deployments/prefect.yaml (PREFECT_API_URL)",
+    )
+    deploy.add_argument(
+        "--gpus", type=int, default=1, help="GPU stages that may run at once on the gpu pool: one per card (default 1)"
+    )
+    deploy.add_argument(
+        "--crash-after",
+        type=int,
+        default=90,
+        metavar="SECONDS",
+        help="mark a flow run Crashed after this long without a heartbeat (default 90; workers beat every 30 s)",
+    )
     deploy.add_argument("--prefect-file", default="deployments/prefect.yaml")
     args = parser.parse_args(argv)
     if args.command in ("stack", "deploy"):
@@ -98,8 +161,11 @@ def _embedded_defaults() -> None:
     # Forced, not defaulted: a pickle can run code when loaded, and nothing multistep loads needs one.
     asked = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
     if asked is not None and asked.strip().lower() not in ("false", "0"):
-        print(f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={asked} is ignored: multistep never unpickles models "
-              "(safetensors only), so it runs with false.", file=sys.stderr)
+        print(
+            f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={asked} is ignored: multistep never unpickles models "
+            "(safetensors only), so it runs with false.",
+            file=sys.stderr,
+        )
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
@@ -138,7 +204,8 @@ def _sweep(args, prefect_ready: threading.Thread | None) -> int:
     print(render(report))
     if args.json:
         print(json.dumps(report))
-    return 1 if any(c["status"] == "failed" for c in report["cells"]) else 0  # every cell ran; the table says which failed
+    # every cell ran; the table says which failed
+    return 1 if any(c["status"] == "failed" for c in report["cells"]) else 0
 
 
 def _call(flow, spec, prefect_ready: threading.Thread | None):
@@ -184,7 +251,10 @@ def _hide_tracebacks_of_user_errors() -> None:
     def strip(record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             record.exc_info, record.exc_text, record.multistep_user_error = None, None, True
-        elif record.getMessage().startswith("Finished in state Failed(") and "exception: UserError: " in record.getMessage():
+        elif (
+            record.getMessage().startswith("Finished in state Failed(")
+            and "exception: UserError: " in record.getMessage()
+        ):
             record.multistep_user_error = True  # the state's message is all that says which exception failed it
         return True
 
@@ -203,7 +273,9 @@ def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
         _hide_tracebacks_of_user_errors()
         if prefect_ready:
             prefect_ready.join()
-        result = supervise.run(lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows))
+        result = supervise.run(
+            lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
+        )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

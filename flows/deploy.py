@@ -31,8 +31,12 @@ def ensure_pools(cpu: str = "cpu", gpu: str = "gpu", gpus: int = 1) -> None:
                     client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
             except ObjectNotFound:
                 template = ProcessWorker.get_default_base_job_template()
-                client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template, concurrency_limit=limit))
-                print(f"deploy: created work pool {name}" + (f" (at most {limit} flow run(s) at once)" if limit else ""))
+                client.create_work_pool(
+                    WorkPoolCreate(name=name, type="process", base_job_template=template, concurrency_limit=limit)
+                )
+                print(
+                    f"deploy: created work pool {name}" + (f" (at most {limit} flow run(s) at once)" if limit else "")
+                )
 
 
 def ensure_crash_detection(after_s: int = 90) -> None:
@@ -55,15 +59,24 @@ def ensure_crash_detection(after_s: int = 90) -> None:
         "died with its worker, and the pipeline dispatches a Crashed stage again (it resumes from its checkpoint).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},  # fmt: skip
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },  # fmt: skip
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
             within=timedelta(seconds=after_s),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"multistep: no heartbeat for {after_s} s; its worker died")],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=f"multistep: no heartbeat for {after_s} s; its worker died"
+            )
+        ],
     ).create()
     print(f"deploy: flow runs silent for {after_s} s will be marked Crashed")
 
@@ -87,7 +100,9 @@ def ensure_bucket() -> None:
         try:
             client.create_bucket(Bucket=bucket)
         except ClientError as e:
-            raise UserError(f"cannot create bucket {bucket} for MLFLOW_ARTIFACTS_DESTINATION ({e}); create it yourself") from None
+            raise UserError(
+                f"cannot create bucket {bucket} for MLFLOW_ARTIFACTS_DESTINATION ({e}); create it yourself"
+            ) from None
         print(f"deploy: created bucket s3://{bucket}")
 
 
@@ -102,10 +117,17 @@ def register(prefect_file: str = "deployments/prefect.yaml") -> None:
     print(f"deploy: registered {len(names)} deployments from {prefect_file}")
 
 
-def deploy(gpus: int = 1, crash_after_s: int = 90, prefect_file: str = "deployments/prefect.yaml", register_deployments: bool = True) -> None:
+def deploy(
+    gpus: int = 1,
+    crash_after_s: int = 90,
+    prefect_file: str = "deployments/prefect.yaml",
+    register_deployments: bool = True,
+) -> None:
     """Everything pools mode needs on the server that PREFECT_API_URL names."""
     if not os.environ.get("PREFECT_API_URL"):
-        raise UserError("deploy registers against a Prefect server: set PREFECT_API_URL (`make stack` writes it to .multistep/stack/env)")
+        raise UserError(
+            "deploy registers against a Prefect server: set PREFECT_API_URL (`make stack` writes it to .multistep/stack/env)"
+        )
     ensure_pools(gpus=gpus)
     ensure_crash_detection(crash_after_s)
     ensure_bucket()

@@ -98,7 +98,9 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
             )
         if started is not None and now - started > timeout_s:
             _cancel(client, run.id, "timed out")
-            raise StageCrashed(f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled")
+            raise StageCrashed(
+                f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled"
+            )
         time.sleep(POLL_S)
 
 
@@ -112,10 +114,14 @@ def _output(client, flow_run_id, stage: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     found = client.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[OUTPUT_KEY])),
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[OUTPUT_KEY])
+        )
     )
     if not found:
-        raise StageCrashed(f"{stage} flow run {flow_run_id} completed without recording its output (artifact {OUTPUT_KEY})")
+        raise StageCrashed(
+            f"{stage} flow run {flow_run_id} completed without recording its output (artifact {OUTPUT_KEY})"
+        )
     return found[0].data.strip().strip("`")
 
 
@@ -139,7 +145,9 @@ def prepare(stages: list[tuple[str, str]], execution) -> None:
     from prefect.exceptions import ObjectNotFound
 
     if not os.environ.get("PREFECT_API_URL"):
-        raise UserError("execution.mode pools dispatches to workers through a Prefect server: set PREFECT_API_URL (`make stack` prints it)")
+        raise UserError(
+            "execution.mode pools dispatches to workers through a Prefect server: set PREFECT_API_URL (`make stack` prints it)"
+        )
     with get_client(sync_client=True) as client:
         for stage, hardware in stages:
             pool = getattr(execution.pools, hardware)

@@ -10,7 +10,9 @@ from tasks.tracking import pipeline_run
 
 
 @flow(name="evaluate-models", log_prints=True)
-def evaluate_pipeline(models: list[str], dataset: str, split: str = "test", max_rows: int | None = None, experiment: str = "multistep") -> dict:
+def evaluate_pipeline(
+    models: list[str], dataset: str, split: str = "test", max_rows: int | None = None, experiment: str = "multistep"
+) -> dict:
     """Score each model URI on the dataset URI's split (one nested MLflow run each); the first model is the reference for the intervals."""
     from tasks.evaluate import scoring
 

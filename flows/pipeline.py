@@ -6,6 +6,8 @@ from prefect import flow
 
 from flows import dispatch
 from flows.spec import PipelineSpec
+
+# fmt: skip
 from flows.stages import (
     STAGES,
     augment_stage,
@@ -16,7 +18,7 @@ from flows.stages import (
     prepare_stage,
     pretrain_stage,
     transfer_stage,
-)  # fmt: skip
+)
 from tasks import registry, rounds
 from tasks.tracking import pipeline_run
 
@@ -39,25 +41,38 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
     with pipeline_run(spec.name, spec, ex.experiment, parent_run_id) as parent:
         if spec.pretrain:
             out["dataset"] = dispatch.call(prepare_stage, ex, parent, spec=spec.data, tokenizer_from=spec.pretrain.init)
-            model = out["base"] = dispatch.call(pretrain_stage, ex, parent, spec=spec.pretrain, dataset=out["dataset"], name=spec.name)
+            model = out["base"] = dispatch.call(
+                pretrain_stage, ex, parent, spec=spec.pretrain, dataset=out["dataset"], name=spec.name
+            )
         if spec.evaluate:
-            out["evaluation"] = dispatch.call(evaluate_stage, ex, parent, spec=spec.evaluate, model=model, dataset=out["dataset"])
+            out["evaluation"] = dispatch.call(
+                evaluate_stage, ex, parent, spec=spec.evaluate, model=model, dataset=out["dataset"]
+            )
         if spec.transfer:
             init = spec.transfer.init or model
-            model = out["transferred"] = dispatch.call(transfer_stage, ex, parent, spec=spec.transfer, model=init, name=spec.name)
+            model = out["transferred"] = dispatch.call(
+                transfer_stage, ex, parent, spec=spec.transfer, model=init, name=spec.name
+            )
         if spec.finetune:
             labeled = out["labeled"] = dispatch.call(prepare_labeled_stage, ex, parent, spec=spec.labeled)
             init = spec.finetune.init or model
             if retrain:
-                init = registry.retraining_start(spec.name + spec.finetune.register_suffix, spec.gate.alias, labeled, fallback=init)
-            if spec.rounds or spec.augment:  # more than one student, or augmented rows: the loops are in tasks/rounds.py
+                init = registry.retraining_start(
+                    spec.name + spec.finetune.register_suffix, spec.gate.alias, labeled, fallback=init
+                )
+            # more than one student, or augmented rows: the loops are in tasks/rounds.py
+            if spec.rounds or spec.augment:
                 tune = partial(student, ex, parent, init, labeled)
                 model = rounds.adjust_and_retry(spec, tune, parent) if spec.rounds else rounds.self_train(spec, tune)
             else:
-                model = dispatch.call(finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=labeled, name=spec.name)
+                model = dispatch.call(
+                    finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=labeled, name=spec.name
+                )
             out["finetuned"] = model
         if spec.gate:
-            out["gate"] = dispatch.call(gate_stage, ex, parent, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"])
+            out["gate"] = dispatch.call(
+                gate_stage, ex, parent, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"]
+            )
     return {"pipeline_run": parent, "model": model, **out}
 
 
@@ -66,8 +81,19 @@ def student(ex, parent: str, init: str, labeled: str, spec: PipelineSpec, teache
     data = labeled
     if spec.augment:  # without a teacher only EDA has work to do, but the pool is checked before anything trains
         synonyms = spec.augment.synonym_model or init
-        data = dispatch.call(augment_stage, ex, parent, spec=spec.augment, dataset=labeled, teacher=teacher, synonym_model=synonyms, round=round)
-    return dispatch.call(finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=data, name=spec.name, round=round)
+        data = dispatch.call(
+            augment_stage,
+            ex,
+            parent,
+            spec=spec.augment,
+            dataset=labeled,
+            teacher=teacher,
+            synonym_model=synonyms,
+            round=round,
+        )
+    return dispatch.call(
+        finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=data, name=spec.name, round=round
+    )
 
 
 def planned(spec: PipelineSpec) -> list[tuple[str, str]]:

@@ -31,7 +31,6 @@ class PoolsSpec(Spec):
     """Work pool for stages that run a model: pretraining, transfer, fine-tuning, evaluation, the gate, model-driven augmentation."""
 
 
-
 class ExecutionSpec(Spec):
     mode: Literal["local", "pools"] = "local"
     """`local`: every stage runs in this process as a Prefect subflow. `pools`: each stage runs as a deployment on its work pool (needs `make stack` and `make deploy`, or a team stack)."""
@@ -89,32 +88,56 @@ class PipelineSpec(Spec):
         if self.pretrain and not self.data:
             raise ValueError("pretrain needs a corpus: set data (its sources), or set pretrain to null")
         if self.evaluate and not (self.pretrain and self.pretrain.objective == "clm"):
-            raise ValueError("evaluate scores a causal LM's perplexity on the corpus: pretrain one (objective clm), or set evaluate to null")
+            raise ValueError(
+                "evaluate scores a causal LM's perplexity on the corpus: pretrain one (objective clm), or set evaluate to null"
+            )
         if bool(self.finetune) != bool(self.labeled):
-            raise ValueError("finetune and labeled go together: set both (the model to tune and its labeled data) or neither")
+            raise ValueError(
+                "finetune and labeled go together: set both (the model to tune and its labeled data) or neither"
+            )
         if self.augment and not self.finetune:
-            raise ValueError("augment makes training rows for fine-tuning: set finetune and labeled, or set augment to null")
+            raise ValueError(
+                "augment makes training rows for fine-tuning: set finetune and labeled, or set augment to null"
+            )
         if self.augment and self.labeled.task != "classification":
-            raise ValueError("augment works on classification data: set labeled.task to classification, or set augment to null")
+            raise ValueError(
+                "augment works on classification data: set labeled.task to classification, or set augment to null"
+            )
         if self.finetune and self.finetune.attack and self.labeled.task != "classification":
-            raise ValueError("finetune.attack measures a classifier's robust accuracy: set labeled.task to classification, or set finetune.attack to null")
+            raise ValueError(
+                "finetune.attack measures a classifier's robust accuracy: set labeled.task to classification, or set finetune.attack to null"
+            )
         if self.rounds:
             if not self.finetune:
                 raise ValueError("rounds repeats fine-tuning: set finetune and labeled, or set rounds to null")
             if self.augment and self.augment.rounds > 1:
-                raise ValueError("rounds and augment.rounds are two loops: set augment.rounds to 1 and use a rounds strategy with pseudo_refresh")
+                raise ValueError(
+                    "rounds and augment.rounds are two loops: set augment.rounds to 1 and use a rounds strategy with pseudo_refresh"
+                )
             if any(s.pseudo_refresh for s in self.rounds.strategies) and not (self.augment and self.augment.pseudo):
-                raise ValueError("a rounds strategy asks for pseudo_refresh but augment.pseudo is not set: set it (its pool), or drop pseudo_refresh")
+                raise ValueError(
+                    "a rounds strategy asks for pseudo_refresh but augment.pseudo is not set: set it (its pool), or drop pseudo_refresh"
+                )
             if any(s.augment or s.eda_copies for s in self.rounds.strategies) and not self.augment:
-                raise ValueError("a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings")
+                raise ValueError(
+                    "a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings"
+                )
             rounds_.check(self)
         if self.gate:
             task = self.labeled.task if self.finetune else "lm"
-            allowed = {"classification": ("auto", "accuracy", "macro_f1"), "sft": ("auto", "exact_match", "chrf"), "lm": ("auto", "perplexity")}[task]
+            allowed = {
+                "classification": ("auto", "accuracy", "macro_f1"),
+                "sft": ("auto", "exact_match", "chrf"),
+                "lm": ("auto", "perplexity"),
+            }[task]
             if self.gate.metric not in allowed:
-                raise ValueError(f"gate.metric {self.gate.metric} is not measured for {task} models: use one of {', '.join(allowed)}")
+                raise ValueError(
+                    f"gate.metric {self.gate.metric} is not measured for {task} models: use one of {', '.join(allowed)}"
+                )
             if not (self.finetune or (self.pretrain and self.pretrain.objective == "clm")):
-                raise ValueError("gate scores the final model on a test set, and this pipeline has none (no finetune, no causal-LM pretraining): set gate to null")
+                raise ValueError(
+                    "gate scores the final model on a test set, and this pipeline has none (no finetune, no causal-LM pretraining): set gate to null"
+                )
         if self.transfer and not (self.transfer.init or self.pretrain):
             raise ValueError("transfer needs a model: set transfer.init or pretrain")
         if self.finetune and not (self.finetune.init or self.transfer or self.pretrain):
@@ -133,7 +156,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
     """A preset YAML file plus `a.b=c` overrides, validated; every mistake is one UserError sentence."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Config file {path} does not exist: pass one of the presets in configs/ or your own YAML file.")
+        raise UserError(
+            f"Config file {path} does not exist: pass one of the presets in configs/ or your own YAML file."
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -141,7 +166,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax.") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of spec keys (name, data, pretrain, ...), not {type(data).__name__}.")
+        raise UserError(
+            f"{path} must hold a mapping of spec keys (name, data, pretrain, ...), not {type(data).__name__}."
+        )
     for item in overrides:
         _apply(data, item)
     try:
@@ -153,12 +180,16 @@ def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
 def _apply(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise UserError(f"--set {item!r} is not of the form key.path=value: write e.g. --set pretrain.train.max_steps=50.")
+        raise UserError(
+            f"--set {item!r} is not of the form key.path=value: write e.g. --set pretrain.train.max_steps=50."
+        )
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"--set {item}: the value is not valid YAML ({problem}): close its brackets and quotes (a list is written [a, b]).") from None
+        raise UserError(
+            f"--set {item}: the value is not valid YAML ({problem}): close its brackets and quotes (a list is written [a, b])."
+        ) from None
     set_key(data, key, value, f"--set {item}")
 
 
@@ -207,7 +238,11 @@ def _origin(loc: tuple[str, ...], msg: str, source: str, sets: dict[tuple[str, .
         if loc[: len(key)] == key:
             return f"--set {item}"
     # A check on a section: the --set items inside it whose key its message mentions took part.
-    named = [f"--set {item}" for key, item in sets.items() if key[: len(loc)] == loc and re.search(rf"\b{re.escape(key[-1])}\b", msg)]
+    named = [
+        f"--set {item}"
+        for key, item in sets.items()
+        if key[: len(loc)] == loc and re.search(rf"\b{re.escape(key[-1])}\b", msg)
+    ]
     return f"{source} with {' and '.join(named)}" if named else source
 
 
@@ -218,19 +253,29 @@ def check_key(key: str, source: str, root: type[Spec] | None = None) -> None:
         if part not in model.model_fields:
             fields = sorted(model.model_fields)
             close = difflib.get_close_matches(part, fields, n=1)
-            hint = f"did you mean `{'.'.join([*parts[:i], close[0]])}`?" if close else f"valid keys here are {', '.join(fields)}."
+            hint = (
+                f"did you mean `{'.'.join([*parts[:i], close[0]])}`?"
+                if close
+                else f"valid keys here are {', '.join(fields)}."
+            )
             raise UserError(f"{source}: unknown key `{key}`: {hint}")
         annotation = model.model_fields[part].annotation
         model = _spec_in(annotation)
         if model is None:
-            if i < len(parts) - 1 and dict not in (typing.get_origin(annotation), annotation):  # a dict field takes any key
-                raise UserError(f"{source}: `{'.'.join(parts[: i + 1])}` is a value, not a section, so `{key}` does not exist: check the key path.")
+            # a dict field takes any key
+            if i < len(parts) - 1 and dict not in (typing.get_origin(annotation), annotation):
+                raise UserError(
+                    f"{source}: `{'.'.join(parts[: i + 1])}` is a value, not a section, so `{key}` does not exist: check the key path."
+                )
             return
 
 
 def _spec_in(annotation) -> type[Spec] | None:
     """The spec class an annotation holds (`X`, `X | None`), or None for a plain value."""
-    return next((a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, Spec)), None)
+    return next(
+        (a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, Spec)),
+        None,
+    )
 
 
 def _fields_at(path: list[str], model: type[Spec]) -> list[str]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,13 +91,17 @@ class Stack:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         full = {**_quiet_env(), **os.environ, **self.env, **(env or {})}
         with open(self.root / "logs" / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full, cwd=PACKAGE_ROOT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=full, cwd=PACKAGE_ROOT, start_new_session=True
+            )
         pids = _read_pids(self.root)
         pids[name] = proc.pid
         (self.root / "pids.json").write_text(json.dumps(pids))
         return proc
 
-    def start_worker(self, pool: str, limit: int, name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_worker(
+        self, pool: str, limit: int, name: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """A process worker for `pool`; its flow runs send heartbeats, so a run that dies with it is marked Crashed."""
         name = name or f"worker-{pool}"
         env = {
@@ -117,7 +121,9 @@ def _quiet_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
 
 
-def up(root: Path, ports: Ports | None = None, workers: bool = True, crash_after_s: int = 90, timeout_s: float = 180) -> Stack:
+def up(
+    root: Path, ports: Ports | None = None, workers: bool = True, crash_after_s: int = 90, timeout_s: float = 180
+) -> Stack:
     """Start S3, MLflow and Prefect servers, make the pools and the crash automation, then the workers; returns the stack."""
     root = Path(root).resolve()
     if any(_alive(pid) for pid in _read_pids(root).values()):
@@ -125,7 +131,9 @@ def up(root: Path, ports: Ports | None = None, workers: bool = True, crash_after
     ports = ports or Ports()
     busy = [p for p in (ports.prefect, ports.mlflow, ports.s3) if _in_use(p)]
     if busy:
-        raise UserError(f"ports {busy} on 127.0.0.1 are taken: stop what listens there (another stack? `make stack-down`)")
+        raise UserError(
+            f"ports {busy} on 127.0.0.1 are taken: stop what listens there (another stack? `make stack-down`)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / "pids.json").write_text("{}")
     stack = Stack(root, ports, "multistep", secrets.token_hex(16))
@@ -167,10 +175,8 @@ def down(root: Path) -> list[str]:
     # Flow runs a worker started live in sessions of their own: stop them with their worker.
     children = []
     for pid in pids.values():
-        try:
+        with suppress(psutil.NoSuchProcess):
             children += psutil.Process(pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
     for pid in pids.values():
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 8  # a server mid-request may take a moment; past that, SIGKILL
@@ -179,10 +185,8 @@ def down(root: Path) -> list[str]:
     for pid in pids.values():
         _signal(pid, signal.SIGKILL)
     for child in children:
-        try:
+        with suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
     if (root / "pids.json").exists():
         (root / "pids.json").write_text("{}")
     return sorted(pids)
@@ -199,18 +203,14 @@ def kill(stack: Stack, name: str) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in tree:
-        try:
+        with suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(tree, timeout=10)
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -296,4 +296,3 @@ def main(argv: list[str]) -> int:
         f"      multistep run configs/default.yaml --set execution.mode=pools   (or trigger llm-pipeline/default in the Prefect UI)"
     )
     return 0
-

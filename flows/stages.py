@@ -40,14 +40,27 @@ def record_output(output: str) -> str:
 
 
 @flow(name="prepare", log_prints=True)
-def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def prepare_stage(
+    spec: PrepareSpec,
+    tokenizer_from: str | None = None,
+    experiment: str = "multistep",
+    parent_run_id: str | None = None,
+) -> str:
     """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
     found = sources.source_digests(spec)  # validates every source before any run is opened
     inputs = {f"source{i}": uri for i, uri in enumerate(spec.sources)}
     digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}
     if tokenizer_from:
         inputs["tokenizer_from"], digests["tokenizer_from"] = tokenizer_from, digest(tokenizer_from)
-    with stage_run("prepare", spec, inputs, code=STAGES["prepare"].code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
+    with stage_run(
+        "prepare",
+        spec,
+        inputs,
+        code=STAGES["prepare"].code,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        digests=digests,
+    ) as ctx:
         if not ctx.cached:
             from tasks.data import prepare
 
@@ -56,12 +69,22 @@ def prepare_stage(spec: PrepareSpec, tokenizer_from: str | None = None, experime
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def pretrain_stage(
+    spec: PretrainSpec, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None
+) -> str:
     """Pretrain a causal LM on a dataset URI and register it as `<name>-base`; returns the model version URI."""
     register_as = name + spec.register_suffix
     inputs = {"dataset": dataset, **({"init": spec.init} if spec.init else {})}
     params = {"register_as": register_as}
-    with stage_run("pretrain", spec, inputs, code=STAGES["pretrain"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
+    with stage_run(
+        "pretrain",
+        spec,
+        inputs,
+        code=STAGES["pretrain"].code,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        params=params,
+    ) as ctx:
         if not ctx.cached:
             from tasks.pretrain import stage as pretrain
 
@@ -70,10 +93,14 @@ def pretrain_stage(spec: PretrainSpec, dataset: str, name: str, experiment: str 
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def evaluate_stage(
+    spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None
+) -> str:
     """Score a model URI on a dataset URI; returns the evaluation report URI."""
     inputs = {"model": model, "dataset": dataset}
-    with stage_run("evaluate", spec, inputs, code=STAGES["evaluate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
+    with stage_run(
+        "evaluate", spec, inputs, code=STAGES["evaluate"].code, experiment=experiment, parent_run_id=parent_run_id
+    ) as ctx:
         if not ctx.cached:
             from tasks.evaluate import stage as evaluate
 
@@ -82,11 +109,21 @@ def evaluate_stage(spec: EvaluateSpec, model: str, dataset: str, experiment: str
 
 
 @flow(name="transfer", log_prints=True)
-def transfer_stage(spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def transfer_stage(
+    spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None
+) -> str:
     """Structure surgery on a model URI (drop/insert blocks, add tokens, new head); returns the new version's URI."""
     register_as = name + spec.register_suffix
     params = {"register_as": register_as}
-    with stage_run("transfer", spec, {"model": model}, code=STAGES["transfer"].code, experiment=experiment, parent_run_id=parent_run_id, params=params) as ctx:
+    with stage_run(
+        "transfer",
+        spec,
+        {"model": model},
+        code=STAGES["transfer"].code,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        params=params,
+    ) as ctx:
         if not ctx.cached:
             from tasks.transfer import surgery
 
@@ -100,7 +137,9 @@ def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", pare
     digests = read.source_digests(spec)  # validates that every source exists before any run is opened
     inputs = read.source_names(spec)
     code = STAGES["prepare-labeled"].code
-    with stage_run("prepare-labeled", spec, inputs, code=code, experiment=experiment, parent_run_id=parent_run_id, digests=digests) as ctx:
+    with stage_run(
+        "prepare-labeled", spec, inputs, code=code, experiment=experiment, parent_run_id=parent_run_id, digests=digests
+    ) as ctx:
         if not ctx.cached:
             from tasks.data.labeled import stage as labeled
 
@@ -110,18 +149,34 @@ def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", pare
 
 @flow(name="augment", log_prints=True)
 def augment_stage(
-    spec: AugmentSpec, dataset: str, teacher: str | None = None, synonym_model: str | None = None, round: int | None = None,
-    experiment: str = "multistep", parent_run_id: str | None = None,
+    spec: AugmentSpec,
+    dataset: str,
+    teacher: str | None = None,
+    synonym_model: str | None = None,
+    round: int | None = None,
+    experiment: str = "multistep",
+    parent_run_id: str | None = None,
 ) -> str:
     """Add EDA edits, pseudo-labels and adversarial examples to a labeled dataset URI's training rows; returns the new dataset URI."""
-    inputs = {"dataset": dataset, **({"teacher": teacher} if teacher else {}), **({"synonym_model": synonym_model} if synonym_model else {})}
+    inputs = {
+        "dataset": dataset,
+        **({"teacher": teacher} if teacher else {}),
+        **({"synonym_model": synonym_model} if synonym_model else {}),
+    }
     digests = {name: digest(uri) for name, uri in inputs.items()}
     if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
         for i, src in enumerate(spec.pseudo.pool):
             inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
     with stage_run(
-        "augment", spec, inputs, code=STAGES["augment"].code, experiment=experiment, parent_run_id=parent_run_id,
-        digests=digests, params={"hardware": spec.hardware}, round=round,
+        "augment",
+        spec,
+        inputs,
+        code=STAGES["augment"].code,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        digests=digests,
+        params={"hardware": spec.hardware},
+        round=round,
     ) as ctx:
         if not ctx.cached:
             from tasks.augment import stage as augment
@@ -132,14 +187,25 @@ def augment_stage(
 
 @flow(name="finetune", log_prints=True)
 def finetune_stage(
-    spec: FinetuneSpec, model: str, dataset: str, name: str, round: int | None = None,
-    experiment: str = "multistep", parent_run_id: str | None = None,
+    spec: FinetuneSpec,
+    model: str,
+    dataset: str,
+    name: str,
+    round: int | None = None,
+    experiment: str = "multistep",
+    parent_run_id: str | None = None,
 ) -> str:
     """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
     register_as = name + spec.register_suffix
     with stage_run(
-        "finetune", spec, {"model": model, "dataset": dataset}, code=STAGES["finetune"].code, experiment=experiment,
-        parent_run_id=parent_run_id, params={"register_as": register_as}, round=round,
+        "finetune",
+        spec,
+        {"model": model, "dataset": dataset},
+        code=STAGES["finetune"].code,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        params={"register_as": register_as},
+        round=round,
     ) as ctx:
         if not ctx.cached:
             from tasks.finetune import stage as finetune
@@ -149,10 +215,14 @@ def finetune_stage(
 
 
 @flow(name="gate", log_prints=True)
-def gate_stage(spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def gate_stage(
+    spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None
+) -> str:
     """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
     inputs = promotion.inputs(spec, model, dataset, experiment)
-    with stage_run("gate", spec, inputs, code=STAGES["gate"].code, experiment=experiment, parent_run_id=parent_run_id) as ctx:
+    with stage_run(
+        "gate", spec, inputs, code=STAGES["gate"].code, experiment=experiment, parent_run_id=parent_run_id
+    ) as ctx:
         if not ctx.cached:
             from tasks.gate import stage as gate
 
@@ -185,10 +255,20 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage(prepare_stage, "cpu", "data", "pretrain", "tasks.data.prepare", ("tokenizer_from",), "dataset"),
         Stage(pretrain_stage, "gpu", "pretrain", "pretrain", "tasks.pretrain.stage", ("dataset",), "model"),
-        Stage(evaluate_stage, "gpu", "evaluate", "evaluate", "tasks.evaluate.stage", ("model", "dataset"), "evaluation"),
+        Stage(
+            evaluate_stage, "gpu", "evaluate", "evaluate", "tasks.evaluate.stage", ("model", "dataset"), "evaluation"
+        ),
         Stage(transfer_stage, "gpu", "transfer", "transfer", "tasks.transfer.surgery", ("model",), "model"),
         Stage(prepare_labeled_stage, "cpu", "labeled", "finetune", "tasks.data.labeled.stage", (), "dataset"),
-        Stage(augment_stage, "spec", "augment", "augment", "tasks.augment.stage", ("dataset", "teacher", "synonym_model"), "dataset"),
+        Stage(
+            augment_stage,
+            "spec",
+            "augment",
+            "augment",
+            "tasks.augment.stage",
+            ("dataset", "teacher", "synonym_model"),
+            "dataset",
+        ),
         Stage(finetune_stage, "gpu", "finetune", "finetune", "tasks.finetune.stage", ("model", "dataset"), "model"),
         Stage(gate_stage, "gpu", "gate", "gate", "tasks.gate.stage", ("model", "dataset"), "decision"),
     )

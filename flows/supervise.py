@@ -33,7 +33,9 @@ def install() -> None:
 
 def _no_crash_reports_after_an_interrupt(record: logging.LogRecord) -> bool:
     # Prefect takes the interrupt for a crash of each flow run; they end Cancelled, and the CLI says so in one line.
-    return not (interrupt.requested() and record.getMessage().startswith(("Crash detected!", "Finished in state Crashed")))
+    return not (
+        interrupt.requested() and record.getMessage().startswith(("Crash detected!", "Finished in state Crashed"))
+    )
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -41,7 +43,10 @@ def _on_signal(signum: int, frame) -> None:
         interrupt.request(signum)
         # os.write, not print: a handler that prints can interrupt a print of this thread and fail as reentrant.
         name = signal.Signals(signum).name
-        os.write(1, f"multistep: {name} received: stopping at the next training step (with a checkpoint) or before the next stage; again to stop at once\n".encode())
+        os.write(
+            1,
+            f"multistep: {name} received: stopping at the next training step (with a checkpoint) or before the next stage; again to stop at once\n".encode(),
+        )
         return
     embedded.stop_prefect_server()
     os.write(2, f"{resume_hint('stopped at once, without a new checkpoint')}\n".encode())
@@ -100,7 +105,11 @@ def _cancel_flow_runs() -> None:
     from prefect.states import Cancelled
 
     done = [StateType.COMPLETED, StateType.CANCELLED]
-    found = FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG]), state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=done)))
+    found = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[TAG]), state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=done))
+    )
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=found):
-            client.set_flow_run_state(run.id, Cancelled(message=f"interrupted by {interrupt.signal_name()}"), force=True)
+            client.set_flow_run_state(
+                run.id, Cancelled(message=f"interrupted by {interrupt.signal_name()}"), force=True
+            )

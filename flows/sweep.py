@@ -70,14 +70,22 @@ def sweep(spec: SweepSpec) -> dict:
         print(f"sweep: warning: {warning}")
     execution = found.cells[0].spec.execution
     dispatch.prepare(sorted({stage for cell in found.cells for stage in planned(cell.spec)}), execution)
-    parallel = 1 if execution.mode == "local" else min(spec.max_parallel, dispatch.pool_limit(execution.pools.gpu) or spec.max_parallel)
-    print(f"sweep {found.name}: {len(found.cells)} cells, {parallel} at a time; {found.metric} on {found.split}, baseline {found.baseline}")
+    parallel = (
+        1
+        if execution.mode == "local"
+        else min(spec.max_parallel, dispatch.pool_limit(execution.pools.gpu) or spec.max_parallel)
+    )
+    print(
+        f"sweep {found.name}: {len(found.cells)} cells, {parallel} at a time; {found.metric} on {found.split}, baseline {found.baseline}"
+    )
     started = time.perf_counter()
     with results.sweep_run(found.name, spec, execution.experiment) as parent:
         outcomes = run_cells(found.cells, parent, parallel)
         report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)
         results.record(report, parent)
-    print(f"sweep {found.name}: done in {report['wall_s']:.1f} s; the table is on MLflow run {parent} and in the Prefect artifact")
+    print(
+        f"sweep {found.name}: done in {report['wall_s']:.1f} s; the table is on MLflow run {parent} and in the Prefect artifact"
+    )
     return report
 
 
@@ -123,14 +131,26 @@ def plan(spec: SweepSpec, source: str = "sweep") -> Plan:
                 set_key(data, key, value, where)
             unseeded[condition, point] = _validate(data, where)
             for seed in spec.seeds:
-                cells.append(Cell(condition, point, seed, _seeded(data, unseeded[condition, point], seed, spec.seed_fields, where)))
-        for condition in spec.conditions:  # compared with the baseline at the same point; a lone condition, with the first point
+                cells.append(
+                    Cell(
+                        condition, point, seed, _seeded(data, unseeded[condition, point], seed, spec.seed_fields, where)
+                    )
+                )
+        for (
+            condition
+        ) in spec.conditions:  # compared with the baseline at the same point; a lone condition, with the first point
             reference[row_name(condition, point)] = row_name(baseline, point if len(spec.conditions) > 1 else points[0])
             same = f"condition {condition} gives the same pipeline as the baseline {baseline}: its cells will reuse the baseline's runs and differ by exactly 0"
-            if condition != baseline and unseeded[condition, point] == unseeded[baseline, point] and same not in warnings:
+            if (
+                condition != baseline
+                and unseeded[condition, point] == unseeded[baseline, point]
+                and same not in warnings
+            ):
                 warnings.append(same)
     if any(c.spec.execution != cells[0].spec.execution for c in cells):
-        raise UserError(f"{source}: a condition or the grid changes execution, which every cell shares: set it in base or overrides")
+        raise UserError(
+            f"{source}: a condition or the grid changes execution, which every cell shares: set it in base or overrides"
+        )
     task, metric, split = _metric(spec, [c.spec for c in cells], source)
     name = spec.name or f"{cells[0].spec.name}-sweep"
     return Plan(name, cells, baseline, reference, task, metric, split, warnings)
@@ -162,18 +182,28 @@ def _metric(spec: SweepSpec, cells: list[PipelineSpec], source: str) -> tuple[st
     """(task, metric, split) that every cell reports, or a UserError naming the setting to change."""
     tasks = {c.labeled.task if c.finetune else "lm" for c in cells}
     if len(tasks) > 1:
-        raise UserError(f"{source}: the conditions make {' and '.join(sorted(tasks))} models, which share no metric: sweep one kind of model")
+        raise UserError(
+            f"{source}: the conditions make {' and '.join(sorted(tasks))} models, which share no metric: sweep one kind of model"
+        )
     (task,) = tasks
     first = cells[0]
     metric = spec.metric
     if metric == "auto":
         metric = first.gate.metric if first.gate and first.gate.metric != "auto" else results.GATE_METRIC[task]
     if metric not in results.METRICS[task]:
-        raise UserError(f"{source}: metric {metric} is not measured for {task} models: use one of {', '.join(results.METRICS[task])}")
+        raise UserError(
+            f"{source}: metric {metric} is not measured for {task} models: use one of {', '.join(results.METRICS[task])}"
+        )
     if metric in ("robust_accuracy", "attack_success_rate") and not all(c.finetune.attack for c in cells):
-        raise UserError(f"{source}: metric {metric} is measured by finetune.attack, which not every cell sets: set base.finetune.attack")
+        raise UserError(
+            f"{source}: metric {metric} is measured by finetune.attack, which not every cell sets: set base.finetune.attack"
+        )
     if spec.test == "validation" and task != "lm":
-        raise UserError(f"{source}: test validation is the split fine-tuning picks its checkpoints on, so its scores are biased: report test")
+        raise UserError(
+            f"{source}: test validation is the split fine-tuning picks its checkpoints on, so its scores are biased: report test"
+        )
     if task == "lm" and not all(c.evaluate and spec.test in c.evaluate.splits for c in cells):
-        raise UserError(f"{source}: {metric} on {spec.test} comes from the evaluate stage: set base.evaluate with {spec.test} in its splits")
+        raise UserError(
+            f"{source}: {metric} on {spec.test} comes from the evaluate stage: set base.evaluate with {spec.test} in its splits"
+        )
     return task, metric, spec.test

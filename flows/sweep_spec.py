@@ -12,9 +12,36 @@ from tasks.errors import UserError
 from tasks.spec import Spec
 
 # Every seed a pipeline has; the split salts (data.split.salt, labeled.split.salt) are not seeds: every cell sees the same rows.
-SEED_FIELDS = ("pretrain.train.seed", "transfer.seed", "augment.eda.seed", "augment.pseudo.seed", "augment.adversarial.seed", "finetune.train.seed")
-SeedField = Literal["pretrain.train.seed", "transfer.seed", "augment.eda.seed", "augment.pseudo.seed", "augment.adversarial.seed", "finetune.train.seed"]
-Metric = Literal["auto", "accuracy", "macro_f1", "ece", "nll", "robust_accuracy", "attack_success_rate", "chrf", "bleu", "exact_match", "perplexity", "loss"]
+SEED_FIELDS = (
+    "pretrain.train.seed",
+    "transfer.seed",
+    "augment.eda.seed",
+    "augment.pseudo.seed",
+    "augment.adversarial.seed",
+    "finetune.train.seed",
+)
+SeedField = Literal[
+    "pretrain.train.seed",
+    "transfer.seed",
+    "augment.eda.seed",
+    "augment.pseudo.seed",
+    "augment.adversarial.seed",
+    "finetune.train.seed",
+]
+Metric = Literal[
+    "auto",
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "nll",
+    "robust_accuracy",
+    "attack_success_rate",
+    "chrf",
+    "bleu",
+    "exact_match",
+    "perplexity",
+    "loss",
+]
 
 
 class SweepSpec(Spec):
@@ -66,10 +93,15 @@ def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = 
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{f'{path}:{mark.line + 1}' if mark else path}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax.") from None
+        raise UserError(
+            f"{f'{path}:{mark.line + 1}' if mark else path}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax."
+        ) from None
     if not isinstance(data, dict) or "base" not in data:
-        raise UserError(f"{path} must hold a mapping with at least `base` (a preset path or a pipeline spec), `conditions` and `seeds`.")
-    if isinstance(data["base"], str):  # inlined, so that --set base.… reaches it and the logged spec is the whole recipe
+        raise UserError(
+            f"{path} must hold a mapping with at least `base` (a preset path or a pipeline spec), `conditions` and `seeds`."
+        )
+    # inlined, so that --set base.… reaches it and the logged spec is the whole recipe
+    if isinstance(data["base"], str):
         data["base"] = load_pipeline(data["base"]).model_dump(mode="json", exclude_unset=True)
     for item in overrides:
         _set(data, item)

@@ -33,7 +33,17 @@ class Outcome:
     edits: list[tuple[int, str, str]] = field(default_factory=list)  # (word index, old, new)
 
 
-def attack(model, tokenizer, rows: list[dict], labels: list[str], spec: AttackSpec, synonyms: Synonyms, *, salt: str = "attack", desc: str = "attack") -> list[Outcome]:
+def attack(
+    model,
+    tokenizer,
+    rows: list[dict],
+    labels: list[str],
+    spec: AttackSpec,
+    synonyms: Synonyms,
+    *,
+    salt: str = "attack",
+    desc: str = "attack",
+) -> list[Outcome]:
     """Attack up to `spec.rows` of `rows` (`text`, `label`); one Outcome per attacked row."""
     chosen = subset(rows, spec.rows, f"{salt}:{spec.seed}" if spec.seed else salt, lambda r: r["text"])
     label_id = {label: i for i, label in enumerate(labels)}
@@ -64,11 +74,22 @@ def adversarial_rows(outcomes: list[Outcome], teacher: str, spec: AttackSpec, la
     out = []
     for o in outcomes:
         if o.flipped:
-            params = {"edits": [list(e) for e in o.edits], "importance": spec.importance, "predicted": labels[o.predicted]}
-            out.append({
-                **o.row, "text": o.text, "source_row": o.row.get("origin", ""), "operation": "adversarial",
-                "params": json.dumps(params), "teacher": teacher, "confidence": o.confidence,
-            })
+            params = {
+                "edits": [list(e) for e in o.edits],
+                "importance": spec.importance,
+                "predicted": labels[o.predicted],
+            }
+            out.append(
+                {
+                    **o.row,
+                    "text": o.text,
+                    "source_row": o.row.get("origin", ""),
+                    "operation": "adversarial",
+                    "params": json.dumps(params),
+                    "teacher": teacher,
+                    "confidence": o.confidence,
+                }
+            )
     return out
 
 
@@ -107,7 +128,9 @@ def _attack_one(model, tok, row: dict, y: int, spec: AttackSpec, synonyms: Synon
     return Outcome(row, correct=True, edits=edits)
 
 
-def _importance(model, tok, words: list[str], y: int, spec: AttackSpec, p_y: float, positions: list[int]) -> dict[int, float]:
+def _importance(
+    model, tok, words: list[str], y: int, spec: AttackSpec, p_y: float, positions: list[int]
+) -> dict[int, float]:
     if spec.importance == "deletion":
         texts = [" ".join(words[:i] + words[i + 1 :]) for i in positions]
         dropped = probabilities(model, tok, texts, max_length=spec.max_length)[:, y]
@@ -117,7 +140,9 @@ def _importance(model, tok, words: list[str], y: int, spec: AttackSpec, p_y: flo
     embeds = model.get_input_embeddings()(enc["input_ids"].to(model.device)).detach().requires_grad_(True)
     extra = {k: v.to(model.device) for k, v in enc.items() if k != "input_ids"}
     with torch.enable_grad():
-        loss = torch.nn.functional.cross_entropy(model(inputs_embeds=embeds, **extra).logits, torch.tensor([y], device=model.device))
+        loss = torch.nn.functional.cross_entropy(
+            model(inputs_embeds=embeds, **extra).logits, torch.tensor([y], device=model.device)
+        )
         (grad,) = torch.autograd.grad(loss, embeds)
     per_token = grad[0].norm(dim=-1).cpu().numpy()  # [seq]
     scores = dict.fromkeys(positions, 0.0)

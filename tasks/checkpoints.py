@@ -44,7 +44,9 @@ def resume_point(dest: str, local_dir: str, stage: str, run_id: str) -> str | No
         path = None
     then = f"resuming from {path.name} instead" if path else "training from scratch"
     for uri, problem, moved in bad:
-        print(f"{stage}: {uri.rsplit('/', 1)[-1]} of run {run_id} cannot be loaded ({problem}); moved aside as {moved}, {then}")
+        print(
+            f"{stage}: {uri.rsplit('/', 1)[-1]} of run {run_id} cannot be loaded ({problem}); moved aside as {moved}, {then}"
+        )
     return str(path) if path else None
 
 
@@ -66,7 +68,11 @@ def _weights_problem(path: Path) -> str | None:
     if any((path / name).is_file() for name in WEIGHTS) or any(p.name.startswith(FSDP_WEIGHTS) for p in path.iterdir()):
         return None
     pickled = [name for name in PICKLED_WEIGHTS if (path / name).is_file()]
-    return f"its model weights are a pickle ({', '.join(pickled)}), not safetensors" if pickled else "it holds no model weights"
+    return (
+        f"its model weights are a pickle ({', '.join(pickled)}), not safetensors"
+        if pickled
+        else "it holds no model weights"
+    )
 
 
 def _load(file: Path) -> None:
@@ -88,7 +94,8 @@ def _load(file: Path) -> None:
             except RuntimeError as exc:
                 if "mmap can only be used" not in str(exc):
                     raise
-                torch.load(file, map_location="cpu", weights_only=True)  # an old-format file: loaded whole, just as safely
+                # an old-format file: loaded whole, just as safely
+                torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _reason(exc: Exception) -> str:

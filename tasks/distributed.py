@@ -34,7 +34,8 @@ def check(spec: TrainSpec, stage: str) -> None:
                 f"{stage}.train.devices is {spec.devices} but this worker has {found} CUDA device(s): "
                 f"set {stage}.train.devices to at most {found}, or run the stage on a worker with more GPUs."
             )
-    elif spec.sharding == "fsdp":  # on CPU processes Trainer would quietly train DDP instead (accelerate has no CPU FSDP)
+    # on CPU processes Trainer would quietly train DDP instead (accelerate has no CPU FSDP)
+    elif spec.sharding == "fsdp":
         raise UserError(
             f"{stage}.train.sharding fsdp needs CUDA devices and this worker has none: "
             f"set {stage}.train.sharding to ddp (CPU processes with the gloo backend), or run the stage on a GPU worker."
@@ -71,7 +72,9 @@ def launch(spec, inputs: dict[str, str], ctx: StageRun, model: torch.nn.Module) 
         "-m", "tasks.rank", str(payload),
     ]  # fmt: skip
     print(f"{ctx.stage}: launching python {' '.join(command[1:])}")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+    )
     try:
         for line in proc.stdout:  # to the stage's stdout, where Prefect's log_prints picks it up
             print(line.rstrip("\n"))

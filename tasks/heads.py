@@ -39,7 +39,9 @@ def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, l
             body = AutoModel.from_pretrained(model_or_dir, use_safetensors=True, trust_remote_code=False)
         except OSError as exc:
             reason = str(exc).splitlines()[0]
-            raise UserError(f"Cannot load a model from {model_or_dir} ({reason}): point at a folder written by save_pretrained.") from None
+            raise UserError(
+                f"Cannot load a model from {model_or_dir} ({reason}): point at a folder written by save_pretrained."
+            ) from None
     kind = arch(body)
     config = copy.deepcopy(body.config)
     config.id2label = dict(enumerate(labels))  # num_labels follows id2label
@@ -47,7 +49,9 @@ def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, l
     if kind in DECODERS:
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
-                raise UserError("The tokenizer has neither a pad nor an eos token: set its pad_token before adding a classification head.")
+                raise UserError(
+                    "The tokenizer has neither a pad nor an eos token: set its pad_token before adding a classification head."
+                )
             tokenizer.pad_token = tokenizer.eos_token
         config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not pad
     # Built from the config, then only the body's weights loaded: the head is always new, even when the source

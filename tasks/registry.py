@@ -74,7 +74,9 @@ def retraining_start(name: str, alias: str, dataset: str, fallback: str | None) 
     learned = holder.tags.get("multistep.input.dataset", "")
     if dataset in (learned, _dataset_input(learned)) and holder.tags.get("multistep.input.model"):
         start = holder.tags["multistep.input.model"]
-        print(f"retrain: models:/{name}/{holder.version} (@{alias}) already learned from {dataset}; repeating its recipe from {start}")
+        print(
+            f"retrain: models:/{name}/{holder.version} (@{alias}) already learned from {dataset}; repeating its recipe from {start}"
+        )
         return start
     print(f"retrain: fine-tuning models:/{name}/{holder.version} (@{alias}) on {dataset}")
     return f"models:/{name}/{holder.version}"

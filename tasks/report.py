@@ -17,7 +17,10 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
     ran = {}
     for r in sorted(children, key=lambda r: r.info.start_time):  # self-training rounds run a stage more than once
         ran.setdefault(r.data.tags.get(STAGE), []).append(r)
-    lines = [f"multistep: pipeline {parent.data.tags.get('multistep.pipeline')} finished in {wall_seconds:.1f} s", "stages:"]
+    lines = [
+        f"multistep: pipeline {parent.data.tags.get('multistep.pipeline')} finished in {wall_seconds:.1f} s",
+        "stages:",
+    ]
     train_seconds = 0.0
     for stage in stages:
         for run in ran.get(stage, []):
@@ -25,13 +28,23 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
             resumed = run.info.start_time < parent.info.start_time
             start = max(run.info.start_time, parent.info.start_time)
             took = max(0, (run.info.end_time or start) - start) / 1000
-            lines.append(f"  {run.info.run_name:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}")
+            lines.append(
+                f"  {run.info.run_name:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}"
+            )
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
         if stage not in ran and f"multistep.reused.{stage}" in parent.data.tags:
-            lines.append(f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}")
-    lines.append(f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}")
+            lines.append(
+                f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}"
+            )
+    lines.append(
+        f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}"
+    )
     lines.append(f"registered: {', '.join(result[k] for k in ('base', 'transferred', 'finetuned') if k in result)}")
-    evaluation = client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics if "evaluation" in result else {}
+    evaluation = (
+        client.get_run(result["evaluation"].removeprefix("runs:/").split("/")[0]).data.metrics
+        if "evaluation" in result
+        else {}
+    )
     for split in ("validation", "test"):
         if f"{split}_perplexity" in evaluation:
             lines.append(
@@ -41,7 +54,11 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
     if "finetuned" in result:
         name, version = result["finetuned"].removeprefix("models:/").split("/")
         tags = client.get_model_version(name, version).tags
-        shown = [f"{k.removeprefix('metric.')} {float(v):.4g}" for k, v in sorted(tags.items()) if k.startswith("metric.") and "loss" not in k]
+        shown = [
+            f"{k.removeprefix('metric.')} {float(v):.4g}"
+            for k, v in sorted(tags.items())
+            if k.startswith("metric.") and "loss" not in k
+        ]
         lines.append(f"finetuned:  {', '.join(shown)}")
     if "gate" in result:
         name, version = result["model"].removeprefix("models:/").split("/")

@@ -40,7 +40,9 @@ class RoundsSpec(Spec):
     """Stop after this many rounds in a row without a better validation score."""
     min_delta: float = Field(0.0, ge=0)
     """A round counts as better only when it improves the validation score by more than this."""
-    strategies: list[StrategySpec] = Field(default_factory=lambda: [StrategySpec(lr_factor=0.5), StrategySpec(lr_factor=2.0)], min_length=1)
+    strategies: list[StrategySpec] = Field(
+        default_factory=lambda: [StrategySpec(lr_factor=0.5), StrategySpec(lr_factor=2.0)], min_length=1
+    )
     """What rounds 2, 3, … change, in order (the list repeats when there are more rounds than strategies)."""
 
     def strategy(self, round: int) -> StrategySpec:
@@ -57,12 +59,16 @@ def apply(spec: BaseModel, strategy: StrategySpec) -> BaseModel:
 def adjusted(spec: BaseModel, strategy: StrategySpec) -> tuple[BaseModel, BaseModel | None]:
     """The round's finetune and augment specs, each validated (a ValidationError names what the strategy pushed out of bounds)."""
     train = spec.finetune.train
-    finetune = spec.finetune.replace(train=train.replace(lr=train.lr * strategy.lr_factor, seed=train.seed + strategy.seed_offset))
+    finetune = spec.finetune.replace(
+        train=train.replace(lr=train.lr * strategy.lr_factor, seed=train.seed + strategy.seed_offset)
+    )
     augment = spec.augment
     if strategy.augment is False:
         augment = None
     if augment is not None and augment.eda is not None and (strategy.eda_copies or strategy.seed_offset):
-        eda = augment.eda.replace(copies=strategy.eda_copies or augment.eda.copies, seed=augment.eda.seed + strategy.seed_offset)
+        eda = augment.eda.replace(
+            copies=strategy.eda_copies or augment.eda.copies, seed=augment.eda.seed + strategy.seed_offset
+        )
         augment = augment.replace(eda=eda)
     return finetune, augment
 
@@ -104,7 +110,9 @@ def adjust_and_retry(spec: BaseModel, tune: Tune, parent_run_id: str) -> str:
         else:
             stale += 1
             if stale >= spec.rounds.patience:
-                print(f"rounds: {stale} round(s) without a better {metric} than {best_score:.4f}; stopping, {best} is the challenger")
+                print(
+                    f"rounds: {stale} round(s) without a better {metric} than {best_score:.4f}; stopping, {best} is the challenger"
+                )
                 break
     return best
 
@@ -123,9 +131,13 @@ def self_train(spec: BaseModel, tune: Tune) -> str:
         if before is None:  # a given teacher that no multistep stage scored: the first student simply takes over
             teacher = student
             continue
-        print(f"self-training round {round}: validation accuracy {before:.4f} (teacher {teacher}) → {after:.4f} (student {student})")
+        print(
+            f"self-training round {round}: validation accuracy {before:.4f} (teacher {teacher}) → {after:.4f} (student {student})"
+        )
         if after - before < augment.min_gain or after <= before:
-            print(f"self-training: stopping, the student did not beat its teacher by augment.min_gain ({augment.min_gain}); keeping {teacher}")
+            print(
+                f"self-training: stopping, the student did not beat its teacher by augment.min_gain ({augment.min_gain}); keeping {teacher}"
+            )
             return teacher
         teacher = student
     return teacher

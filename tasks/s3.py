@@ -18,7 +18,14 @@ from botocore.exceptions import (
 
 from tasks.errors import UserError
 
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "InvalidToken",
+    "ExpiredToken",
+}
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 
 
@@ -75,7 +82,11 @@ def _load_secret(name: str) -> dict:
             "Secret(value={'aws_access_key_id': ..., 'aws_secret_access_key': ..., 'endpoint_url': ...}).save(name), or unset execution.s3_secret"
         ) from None
     keys = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "endpoint_url"}
-    if not isinstance(value, dict) or not {"aws_access_key_id", "aws_secret_access_key"} <= set(value) or set(value) - keys:
+    if (
+        not isinstance(value, dict)
+        or not {"aws_access_key_id", "aws_secret_access_key"} <= set(value)
+        or set(value) - keys
+    ):
         raise UserError(
             f"Prefect Secret block {name!r} must hold JSON with aws_access_key_id and aws_secret_access_key "
             "(and optionally aws_session_token, endpoint_url): save it again in that form"
@@ -110,8 +121,14 @@ def errors(uri: str):
         yield
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
         endpoint = e.kwargs.get("endpoint_url") or s3_endpoint() or "AWS"
-        where = f"endpoint_url in Prefect Secret block {os.environ[SECRET_ENV]!r}" if _secret().get("endpoint_url") else "AWS_ENDPOINT_URL_S3"
-        raise UserError(f"cannot reach the S3 endpoint {endpoint} for {uri}; start the server or set {where} to its address") from e
+        where = (
+            f"endpoint_url in Prefect Secret block {os.environ[SECRET_ENV]!r}"
+            if _secret().get("endpoint_url")
+            else "AWS_ENDPOINT_URL_S3"
+        )
+        raise UserError(
+            f"cannot reach the S3 endpoint {endpoint} for {uri}; start the server or set {where} to its address"
+        ) from e
     except (NoCredentialsError, PartialCredentialsError) as e:
         raise UserError(f"no S3 credentials for {uri}; set {_credentials_source()}") from e
     except ClientError as e:

@@ -80,7 +80,9 @@ class ModelSpec(Spec):
 
     def model_post_init(self, _context) -> None:
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head}): change one of them")
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head}): change one of them"
+            )
 
 
 class MethodSpec(Spec):
@@ -106,9 +108,13 @@ class MethodSpec(Spec):
                 "the whole base model): set finetune.freeze_layers to 0 or finetune.method to full"
             )
         if self.lora_targets is not None and not all(t.strip() for t in self.lora_targets):
-            raise ValueError("finetune.lora_targets has an empty name: give module names such as q_proj, or leave it unset")
+            raise ValueError(
+                "finetune.lora_targets has an empty name: give module names such as q_proj, or leave it unset"
+            )
         if self.lora_targets == []:
-            raise ValueError("finetune.lora_targets is an empty list: name at least one module, or leave it unset for the default")
+            raise ValueError(
+                "finetune.lora_targets is an empty list: name at least one module, or leave it unset for the default"
+            )
 
 
 class AttackSpec(Spec):

@@ -85,7 +85,9 @@ def safe_join(root, relative: str) -> Path:
     joined = Path(root) / rel
     # A symlink already inside root could still point outside it.
     if not joined.resolve().is_relative_to(Path(root).resolve()):
-        raise UserError(f"refusing path {relative!r}: it resolves outside {root}; remove the symlink or use another path")
+        raise UserError(
+            f"refusing path {relative!r}: it resolves outside {root}; remove the symlink or use another path"
+        )
     return joined
 
 
@@ -212,7 +214,11 @@ def move_dir(uri: str, dest_uri: str) -> None:
         for obj in s3.list_s3(uri):
             key = s3.split_s3(obj)[1]
             if key != src_key + COMPLETE_MARKER:  # a moved-aside folder never looks complete
-                client.copy_object(Bucket=dest_bucket, Key=dest_key + key[len(src_key) :], CopySource={"Bucket": src_bucket, "Key": key})
+                client.copy_object(
+                    Bucket=dest_bucket,
+                    Key=dest_key + key[len(src_key) :],
+                    CopySource={"Bucket": src_bucket, "Key": key},
+                )
     remove_dir(uri)
 
 

@@ -50,7 +50,9 @@ def sweep_run(name: str, spec, experiment: str) -> Iterator[str]:
     """The sweep's MLflow run, parent of the cells' pipeline runs. Never the active run: each cell opens its own, in any thread."""
     experiment_id = configure(experiment)
     client = MlflowClient()
-    run_id = client.create_run(experiment_id, run_name=name, tags={SWEEP: name, "git.commit": git_commit(), **_prefect_tags()}).info.run_id
+    run_id = client.create_run(
+        experiment_id, run_name=name, tags={SWEEP: name, "git.commit": git_commit(), **_prefect_tags()}
+    ).info.run_id
     client.log_dict(run_id, public(spec), "sweep/spec.json")
     _tag_prefect_flow_run(run_id)
     status = "FAILED"
@@ -65,14 +67,25 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
     """Per row: n, mean ± std, min/max, wall time, and the paired difference to its reference row pooled over seeds."""
     cells, per_row = [], {}
     for o in outcomes:
-        cell = {"row": o.row, "seed": o.seed, "status": "failed" if o.error else "completed", "wall_s": round(o.wall_s, 1), "error": o.error}
+        cell = {
+            "row": o.row,
+            "seed": o.seed,
+            "status": "failed" if o.error else "completed",
+            "wall_s": round(o.wall_s, 1),
+            "error": o.error,
+        }
         if o.outputs:
             version = resolve_version(o.outputs["model"])
             value = _value(version.tags, plan.task, plan.metric, plan.split)
             cell.update(model=o.outputs["model"], pipeline_run=o.outputs["pipeline_run"], value=value)
             try:
                 found = _per_row(plan, o.outputs, version)
-            except (mlflow.exceptions.MlflowException, OSError, KeyError, ValueError) as exc:  # one unreadable cell must not lose the table
+            except (
+                mlflow.exceptions.MlflowException,
+                OSError,
+                KeyError,
+                ValueError,
+            ) as exc:  # one unreadable cell must not lose the table
                 found = f"its per-row scores could not be read ({type(exc).__name__}: {exc})"
             if isinstance(found, PerRow):
                 per_row[o.row, o.seed] = found
@@ -112,13 +125,20 @@ def _per_row(plan, outputs: dict, version) -> PerRow | str:
         return f"no per-row scores are kept for {plan.split}"
     if plan.task == "classification" and plan.metric == "accuracy":
         table = _table(version.run_id, "evaluation/test_predictions.json")
-        return PerRow([(r["text"], str(r["label"])) for r in table], np.array([float(str(r["predicted"]) == str(r["label"])) for r in table]))
+        return PerRow(
+            [(r["text"], str(r["label"])) for r in table],
+            np.array([float(str(r["predicted"]) == str(r["label"])) for r in table]),
+        )
     if plan.task == "sft" and plan.metric in ("exact_match", "chrf"):
         from tasks import metrics
 
         table = _table(version.run_id, "generations.json")
         hyps, refs = [r["after"] for r in table], [r["reference"] for r in table]
-        scores = np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]) if plan.metric == "exact_match" else metrics.generation_per_example(hyps, refs)
+        scores = (
+            np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)])
+            if plan.metric == "exact_match"
+            else metrics.generation_per_example(hyps, refs)
+        )
         return PerRow([(r["prompt"], r["reference"]) for r in table], scores)
     if plan.task == "lm" and "gate" in outputs:  # the gate scored the final model's test blocks one by one
         table = _table(outputs["gate"].removeprefix("runs:/").split("/")[0], "gate/challenger_predictions.json")
@@ -143,7 +163,9 @@ def paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, min
         if mine_ is None or theirs is None:
             continue
         if mine_.keys != theirs.keys:  # different rows (or order): a difference of means would not be paired
-            notes.append(f"seed {seed}: the test rows differ from {ref}'s ({len(mine_.keys)} vs {len(theirs.keys)} rows), so it is left out of the paired statistics")
+            notes.append(
+                f"seed {seed}: the test rows differ from {ref}'s ({len(mine_.keys)} vs {len(theirs.keys)} rows), so it is left out of the paired statistics"
+            )
             continue
         a.append(mine_.values)
         b.append(theirs.values)
@@ -152,10 +174,19 @@ def paired(row: str, ref: str, per_row: dict, seeds: list[int], metric: str, min
         return {"delta": None, "note": "; ".join([*notes, *reasons]) or f"no seed completed in both {row} and {ref}"}
     a, b = np.concatenate(a), np.concatenate(b)
     boot = metrics.paired_bootstrap(a, b, samples=BOOTSTRAP_SAMPLES, confidence=CONFIDENCE)
-    out = {"delta": boot["delta"], "ci_low": boot["low"], "ci_high": boot["high"], "p_bootstrap": boot["p_value"], "paired_rows": int(len(a))}
-    if metric in ("accuracy", "exact_match"):  # 0/1 per row: McNemar's exact test on the rows exactly one of the two got right
+    out = {
+        "delta": boot["delta"],
+        "ci_low": boot["low"],
+        "ci_high": boot["high"],
+        "p_bootstrap": boot["p_value"],
+        "paired_rows": int(len(a)),
+    }
+    # 0/1 per row: McNemar's exact test on the rows exactly one of the two got right
+    if metric in ("accuracy", "exact_match"):
         out["mcnemar_p"] = metrics.mcnemar(a, b)["p_value"]
-    scale = {"chrf": "per-row sentence chrF", "perplexity": "mean block log-loss", "loss": "mean block log-loss"}.get(metric)
+    scale = {"chrf": "per-row sentence chrF", "perplexity": "mean block log-loss", "loss": "mean block log-loss"}.get(
+        metric
+    )
     notes += [f"the interval is on the {scale}"] if scale else []
     return {**out, "note": "; ".join(notes)} if notes else out
 
@@ -183,9 +214,12 @@ def render(r: dict) -> str:
                      f"| {f(row.get('mcnemar_p'), '.3g')} | {row['wall_s']:.1f} |")  # fmt: skip
     lines += ["", "| cell | seed | status | model | value | wall s |", "|---|---:|---|---|---:|---:|"]
     for c in r["cells"]:
-        what = c.get("model") or " ".join(c["error"].split())[:300].replace("|", "\\|")  # one table row, however long the error
+        # one table row, however long the error
+        what = c.get("model") or " ".join(c["error"].split())[:300].replace("|", "\\|")
         lines.append(f"| {c['row']} | {c['seed']} | {c['status']} | {what} | {f(c.get('value'))} | {c['wall_s']:.1f} |")
-    notes = [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [f"warning: {w}" for w in r["warnings"]]
+    notes = [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [
+        f"warning: {w}" for w in r["warnings"]
+    ]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
 
@@ -201,7 +235,12 @@ def record(r: dict, parent: str) -> None:
     client.log_dict(parent, r, "sweep/report.json")
     client.log_table(parent, pd.DataFrame([{k: v for k, v in row.items()} for row in r["rows"]]), "sweep/table.json")
     client.log_figure(parent, figure(r), "sweep/chart.png")
-    values = {f"{metric_name(row['row'])}.{stat}": row[stat] for row in r["rows"] for stat in ("mean", "std", "delta") if row.get(stat) is not None}
+    values = {
+        f"{metric_name(row['row'])}.{stat}": row[stat]
+        for row in r["rows"]
+        for stat in ("mean", "std", "delta")
+        if row.get(stat) is not None
+    }
     if values:
         log_metrics(parent, values)
     from prefect.artifacts import create_markdown_artifact
@@ -209,7 +248,11 @@ def record(r: dict, parent: str) -> None:
 
     if flow_run.id:
         key = "sweep-" + "".join(c if c.isalnum() else "-" for c in r["name"].lower())  # Prefect keys: a-z, 0-9, dashes
-        create_markdown_artifact(markdown, key=key[:100], description=f"Sweep {r['name']}: {r['metric']} per condition against {r['baseline']}")
+        create_markdown_artifact(
+            markdown,
+            key=key[:100],
+            description=f"Sweep {r['name']}: {r['metric']} per condition against {r['baseline']}",
+        )
 
 
 def figure(r: dict):
@@ -228,7 +271,14 @@ def figure(r: dict):
     left.set_xlabel(f"{r['split']} {r['metric']} (mean ± std over seeds)")
     for i, row in enumerate(rows):
         if row.get("delta") is not None:
-            right.errorbar([row["delta"]], [i], xerr=[[row["delta"] - row["ci_low"]], [row["ci_high"] - row["delta"]]], fmt="o", capsize=4, color="tab:blue")
+            right.errorbar(
+                [row["delta"]],
+                [i],
+                xerr=[[row["delta"] - row["ci_low"]], [row["ci_high"] - row["delta"]]],
+                fmt="o",
+                capsize=4,
+                color="tab:blue",
+            )
     right.axvline(0, color="gray", lw=1)
     right.set_xlabel(f"Δ vs baseline ({CONFIDENCE:.0%} paired CI)")
     fig.suptitle(f"sweep {r['name']}", fontsize=10)

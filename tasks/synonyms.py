@@ -25,15 +25,25 @@ DEBIAN_WORDNET = Path("/usr/share/wordnet")
 # the `lexnames` file of lexnames(5WN), which Debian does not ship.
 LEXNAMES = (
     [("adj.all", 3), ("adj.pert", 3), ("adv.all", 4)]
-    + [(f"noun.{name}", 1) for name in (
-        "Tops act animal artifact attribute body cognition communication event feeling food group location motive "
-        "object person phenomenon plant possession process quantity relation shape state substance time").split()]
-    + [(f"verb.{name}", 2) for name in (
-        "body change cognition communication competition consumption contact creation emotion motion perception "
-        "possession social stative weather").split()]
+    + [
+        (f"noun.{name}", 1)
+        for name in (
+            "Tops act animal artifact attribute body cognition communication event feeling food group location motive "
+            "object person phenomenon plant possession process quantity relation shape state substance time"
+        ).split()
+    ]
+    + [
+        (f"verb.{name}", 2)
+        for name in (
+            "body change cognition communication competition consumption contact creation emotion motion perception "
+            "possession social stative weather"
+        ).split()
+    ]
     + [("adj.ppl", 3)]
 )
-INSTALL_HINT = "install Debian's wordnet-base (apt-get install wordnet-base), or point MULTISTEP_WORDNET at a WordNet dict folder"
+INSTALL_HINT = (
+    "install Debian's wordnet-base (apt-get install wordnet-base), or point MULTISTEP_WORDNET at a WordNet dict folder"
+)
 WORD_START = ("Ġ", "▁")  # byte-level BPE (GPT-2, Llama 3) and SentencePiece (Llama 2) word-start markers
 
 
@@ -70,7 +80,9 @@ def _candidates(root: str | None) -> list[Any]:
     if os.environ.get(WORDNET_ENV):
         folder = Path(os.environ[WORDNET_ENV]).expanduser()
         if not _is_dict(folder):
-            raise UserError(f"{WORDNET_ENV}={folder} is not a WordNet dict folder (no data.noun and index.noun): point it at one, or unset it.")
+            raise UserError(
+                f"{WORDNET_ENV}={folder} is not a WordNet dict folder (no data.noun and index.noun): point it at one, or unset it."
+            )
         return [folder]
     found: list[Any] = [DEBIAN_WORDNET]
     import nltk
@@ -176,7 +188,10 @@ def embedding_neighbours(model, tokenizer, k: int = 8) -> Synonyms:
 
 
 def source(
-    kind: Literal["auto", "wordnet", "embedding"], load_model: Callable[[], tuple[Any, Any]] | None = None, *, setting: str = "augment.eda.synonyms"
+    kind: Literal["auto", "wordnet", "embedding"],
+    load_model: Callable[[], tuple[Any, Any]] | None = None,
+    *,
+    setting: str = "augment.eda.synonyms",
 ) -> Synonyms:
     """The synonym source a `setting` asks for; `load_model` gives (model, tokenizer) for embedding neighbours (called only then)."""
     if kind in ("auto", "wordnet"):
@@ -187,10 +202,14 @@ def source(
         if kind == "wordnet":
             raise UserError(f"WordNet is not installed: {hint}, or set {setting} to embedding.")
         if load_model is None:
-            raise UserError(f"WordNet is not installed and augment.synonym_model is not set: {hint}, or set augment.synonym_model to a model URI.")
+            raise UserError(
+                f"WordNet is not installed and augment.synonym_model is not set: {hint}, or set augment.synonym_model to a model URI."
+            )
         found = embedding_neighbours(*load_model())
         print(f"augment: WordNet not found ({hint}); using nearest neighbours in {found.where}")
         return found
     if load_model is None:
-        raise UserError(f"{setting} is embedding but augment.synonym_model is not set: set it to a model URI (e.g. package:minilm).")
+        raise UserError(
+            f"{setting} is embedding but augment.synonym_model is not set: set it to a model URI (e.g. package:minilm)."
+        )
     return embedding_neighbours(*load_model())

@@ -17,7 +17,14 @@ UNK = "<unk>"
 MODEL_MAX_LENGTH = 2**62
 TRAIN_BATCH = 1000
 # Files any of which make a folder loadable by AutoTokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 def _batches(texts: list[str], size: int) -> Iterator[list[str]]:
@@ -61,12 +68,7 @@ def train_tokenizer(texts: list[str], spec: TokenizerSpec) -> PreTrainedTokenize
     else:
         raise ValueError(f"tokenizer.kind {spec.kind!r} is not trained; load the model's tokenizer instead")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS,
-        bos_token=EOS,
-        pad_token=EOS,
-        model_max_length=MODEL_MAX_LENGTH,
-        **special,
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, model_max_length=MODEL_MAX_LENGTH, **special
     )
 
 
@@ -83,10 +85,14 @@ def load_tokenizer(path_or_dir: str | Path, gguf_file: str | None = None, fix: s
             f"with into it (tokenizer.save_pretrained){fix}."
         )
     try:
-        tok = AutoTokenizer.from_pretrained(str(path_or_dir), trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {}))
+        tok = AutoTokenizer.from_pretrained(
+            str(path_or_dir), trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
+        )
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"Could not load a tokenizer from {path_or_dir} ({reason}): point to a folder written by save_pretrained{fix}.") from None
+        raise UserError(
+            f"Could not load a tokenizer from {path_or_dir} ({reason}): point to a folder written by save_pretrained{fix}."
+        ) from None
     special = set(tok.all_special_ids)
     if len(tok) <= len(special):
         raise UserError(
@@ -104,7 +110,9 @@ def check_coverage(tokenizer, texts: list[str], ids: list[list[int]], source: st
     fix = "use a model whose tokenizer covers it, or set data.tokenizer.kind to bpe or char to train one on the corpus"
     # One token per 100 characters is far below any real tokenizer (BPE makes about one per 4).
     if tokens * 100 < chars:
-        raise UserError(f"The tokenizer of {source} makes {tokens:,} tokens from {chars:,} characters of training text: it does not fit this text; {fix}.")
+        raise UserError(
+            f"The tokenizer of {source} makes {tokens:,} tokens from {chars:,} characters of training text: it does not fit this text; {fix}."
+        )
     unk = tokenizer.unk_token_id
     unknown = sum(t.count(unk) for t in ids) if unk is not None else 0
     if unknown * 2 > tokens:

@@ -80,7 +80,9 @@ def content_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def stage_key(stage: str, spec: BaseModel, inputs: dict[str, dict], params: dict[str, str] | None, code_version: str) -> str:
+def stage_key(
+    stage: str, spec: BaseModel, inputs: dict[str, dict], params: dict[str, str] | None, code_version: str
+) -> str:
     """sha256 of the stage name, its spec minus secrets, its inputs' URIs and digests, other parameters, and its code's version."""
     payload = {"stage": stage, "spec": public(spec), "inputs": inputs, "params": params or {}, "code": code_version}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -97,7 +99,9 @@ def resolve_version(uri: str):
         name, _, version = ref.partition("/")
         return client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
-        raise UserError(f"Model {uri} is not in the registry ({exc.message.splitlines()[0]}): check the name and version with `mlflow ui`.") from None
+        raise UserError(
+            f"Model {uri} is not in the registry ({exc.message.splitlines()[0]}): check the name and version with `mlflow ui`."
+        ) from None
 
 
 @dataclass
@@ -138,7 +142,9 @@ class StageRun:
 
 def _find(experiment_id: str, key: str, finished: bool) -> list:
     status = "attributes.status = 'FINISHED'" if finished else "attributes.status != 'FINISHED'"
-    return MlflowClient().search_runs([experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"])
+    return MlflowClient().search_runs(
+        [experiment_id], f"tags.`{STAGE_KEY}` = '{key}' and {status}", order_by=["attributes.start_time DESC"]
+    )
 
 
 @contextmanager
@@ -178,14 +184,27 @@ def stage_run(
         stage,
         result=lambda: next((r for r in _find(experiment_id, key, finished=True) if r.data.tags.get(OUTPUT)), None),
         unfinished=lambda: _find(experiment_id, key, finished=False),
-        create=lambda claim: MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **claim}).info.run_id,
+        create=lambda claim: (
+            MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **claim}).info.run_id
+        ),
     )
     if not isinstance(taken, lease.Lease):  # a finished run with this key: a cache hit
         output = taken.data.tags[OUTPUT]
         print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
         if parent_run_id:
             MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", taken.info.run_id)
-        yield StageRun(stage, taken.info.run_id, key, version, dict(inputs), digests, parent_run_id, False, output=output, cached=True)
+        yield StageRun(
+            stage,
+            taken.info.run_id,
+            key,
+            version,
+            dict(inputs),
+            digests,
+            parent_run_id,
+            False,
+            output=output,
+            cached=True,
+        )
         return
     held, run_id, resumed = taken, taken.run_id, not taken.created
     if resumed:
@@ -213,7 +232,8 @@ def _killed_on_interrupt() -> Iterator[None]:
     try:
         yield
     except interrupt.Interrupted:
-        mlflow.end_run("KILLED")  # the innermost active run is the one this guards; a rerun resumes it as any unfinished run
+        # the innermost active run is the one this guards; a rerun resumes it as any unfinished run
+        mlflow.end_run("KILLED")
         raise
 
 
@@ -231,7 +251,10 @@ def pipeline_run(name: str, spec: BaseModel | None, experiment: str, parent_run_
     tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run, _killed_on_interrupt():
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run,
+        _killed_on_interrupt(),
+    ):
         if spec is not None:
             mlflow.log_dict(public(spec), "spec.json")
         _tag_prefect_flow_run(run.info.run_id)

@@ -24,7 +24,12 @@ HOLD_ENV = "MULTISTEP_FAULT_HOLD_AT_STEP"
 
 # TrainSpec.sharding fsdp: FSDP2, each transformer block (the classes a model lists as `_no_split_modules`) its own
 # unit, resharded after forward (FULL_SHARD); checkpoints and the final model hold the full weights, gathered on rank 0.
-FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT"}
+FSDP_CONFIG = {
+    "version": 2,
+    "reshard_after_forward": True,
+    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "state_dict_type": "FULL_STATE_DICT",
+}
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -54,7 +59,9 @@ class MlflowMetrics(TrainerCallback):
         now = time.perf_counter()
         metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
         if state.global_step > self.last_step and "loss" in metrics:
-            metrics["tokens_per_second"] = self.tokens_per_step * (state.global_step - self.last_step) / (now - self.last_time)
+            metrics["tokens_per_second"] = (
+                self.tokens_per_step * (state.global_step - self.last_step) / (now - self.last_time)
+            )
             self.last_time, self.last_step = now, state.global_step
         if metrics:
             log_metrics(self.run_id, metrics, step=state.global_step)
@@ -100,7 +107,9 @@ class FaultInjection(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Runs after PublishCheckpoints.on_save (added before this callback): the checkpoint is complete in the store.
         if os.environ.get(HOLD_ENV) == str(state.global_step):
-            print(f"fault injection: holding after checkpoint-{state.global_step} until this process is killed or interrupted")
+            print(
+                f"fault injection: holding after checkpoint-{state.global_step} until this process is killed or interrupted"
+            )
             interrupt.wait()
 
 
@@ -161,7 +170,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
             print(f"{ctx.stage}: resuming from {os.path.basename(resume)} of run {ctx.run_id}")
     resume = _from_rank_zero(resume)
     # train_batch_size is one process's batch: every rank takes its own.
-    tokens_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * world * _tokens_per_example(trainer)
+    tokens_per_step = (
+        trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * world * _tokens_per_example(trainer)
+    )
     if lead:
         trainer.add_callback(MlflowMetrics(ctx.run_id, tokens_per_step))
         MlflowClient().log_param(ctx.run_id, "world_size", world)
@@ -187,7 +198,9 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     if stop.stopped_at is not None:  # the checkpoint of that step is published: raise before anything is registered
-        print(f"{ctx.stage}: stopped by {interrupt.signal_name()} at step {stop.stopped_at}, checkpoint-{stop.stopped_at} saved")
+        print(
+            f"{ctx.stage}: stopped by {interrupt.signal_name()} at step {stop.stopped_at}, checkpoint-{stop.stopped_at} saved"
+        )
         raise interrupt.Interrupted(f"{ctx.stage} at checkpoint-{stop.stopped_at}")
     steps = trainer.state.global_step - start_step
     stats = {"train_seconds": seconds, "train_tokens_per_second": tokens_per_step * steps / max(seconds, 1e-9)}

@@ -98,7 +98,9 @@ def _wait_until_ready(server: S3Server, proc: subprocess.Popen, deadline_s: floa
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini not ready after {deadline_s}s:\n{server.log.read_text()[-3000:]}") from None
+                raise RuntimeError(
+                    f"weed mini not ready after {deadline_s}s:\n{server.log.read_text()[-3000:]}"
+                ) from None
         time.sleep(0.1)  # poll interval, bounded by the deadline above
 
 
@@ -163,7 +165,14 @@ def sentiment(tmp_path) -> Path:
     rows = ["sentence\tlabel"]
     for i in range(240):
         label = i % 2
-        words = [rng.choice(good if label else bad), "the", rng.choice(nouns), "was", rng.choice(good if label else bad), str(i)]
+        words = [
+            rng.choice(good if label else bad),
+            "the",
+            rng.choice(nouns),
+            "was",
+            rng.choice(good if label else bad),
+            str(i),
+        ]
         rows.append(f"{' '.join(words)}\t{label}")
     path = tmp_path / "sentiment.tsv"
     path.write_text("\n".join(rows) + "\n")
@@ -226,7 +235,9 @@ def _run_cli(args: list[str], home: Path, timeout: float = 600, **env) -> subpro
     home.mkdir(parents=True, exist_ok=True)
     # Output to files, not pipes: a SIGKILLed pipeline leaves its ephemeral Prefect server holding them open for a moment.
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
-        proc = subprocess.Popen(CLI + args, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            CLI + args, cwd=REPO, env=full_env, stdout=out, stderr=err, text=True, start_new_session=True
+        )
         try:
             proc.wait(timeout=timeout)
         finally:
@@ -253,7 +264,9 @@ class StartedCli:
         """Return once `text` appears in the CLI's output; fail if it exits first or the deadline passes."""
         deadline = time.monotonic() + timeout
         while text not in self.out.read_text(errors="replace") + self.err.read_text(errors="replace"):
-            assert self.proc.poll() is None, f"the CLI exited ({self.proc.returncode}) before printing {text!r}:\n{self.err.read_text()[-3000:]}"
+            assert self.proc.poll() is None, (
+                f"the CLI exited ({self.proc.returncode}) before printing {text!r}:\n{self.err.read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n{self.err.read_text()[-3000:]}"
             time.sleep(0.1)  # poll interval, bounded by the deadline above
 
@@ -263,7 +276,9 @@ class StartedCli:
             self.proc.wait(timeout=timeout)
         finally:
             _end_leftovers(self)
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text())
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text()
+        )
 
 
 @pytest.fixture
@@ -303,7 +318,9 @@ def start_cli():
         home.mkdir(parents=True, exist_ok=True)
         out, err = home / f"{name}.out", home / f"{name}.err"
         with open(out, "w") as out_file, open(err, "w") as err_file:
-            proc = subprocess.Popen(CLI + args, cwd=REPO, env=_cli_env(home, env), stdout=out_file, stderr=err_file, start_new_session=True)
+            proc = subprocess.Popen(
+                CLI + args, cwd=REPO, env=_cli_env(home, env), stdout=out_file, stderr=err_file, start_new_session=True
+            )
         started.append(StartedCli(proc, home, out, err))
         return started[-1]
 

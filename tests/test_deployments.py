@@ -36,9 +36,13 @@ def test_every_deployment_parameter_set_is_a_valid_spec(deployment):
 def test_preset_deployments_equal_their_config_files():
     presets = CONFIG["definitions"]["presets"]
     for name, spec in presets.items():
-        assert spec == yaml.safe_load(Path(f"configs/{name}.yaml").read_text()), f"deployments/prefect.yaml preset {name} drifted from configs/{name}.yaml"
+        assert spec == yaml.safe_load(Path(f"configs/{name}.yaml").read_text()), (
+            f"deployments/prefect.yaml preset {name} drifted from configs/{name}.yaml"
+        )
     for name, spec in CONFIG["definitions"]["sweeps"].items():
-        assert spec == yaml.safe_load(Path(f"configs/sweeps/{name}.yaml").read_text()), f"deployments/prefect.yaml sweep {name} drifted from configs/sweeps/{name}.yaml"
+        assert spec == yaml.safe_load(Path(f"configs/sweeps/{name}.yaml").read_text()), (
+            f"deployments/prefect.yaml sweep {name} drifted from configs/sweeps/{name}.yaml"
+        )
 
 
 def test_sweep_deployments_run_their_preset_with_every_cell_on_the_pools():

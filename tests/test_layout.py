@@ -64,9 +64,17 @@ def test_no_stage_imports_another_stages_modules():
         mine = stage_package(name)
         for target in targets:
             theirs = stage_package(target)
-            if mine and theirs and theirs != mine and not target.startswith("tasks.data") and (mine, target) not in ALLOWED:
+            if (
+                mine
+                and theirs
+                and theirs != mine
+                and not target.startswith("tasks.data")
+                and (mine, target) not in ALLOWED
+            ):
                 sideways.append(f"{name} → {target}")
-    assert not sideways, "stages import each other's modules (move what they share into a helper module): " + ", ".join(sideways)
+    assert not sideways, "stages import each other's modules (move what they share into a helper module): " + ", ".join(
+        sideways
+    )
 
 
 def test_no_import_cycle():
@@ -77,7 +85,7 @@ def test_no_import_cycle():
         state[module] = "open"
         for target in sorted(edges.get(module, ())):
             if state.get(target) == "open":
-                cycles.append(" → ".join(path[path.index(target):] + [target]))
+                cycles.append(" → ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[module] = "done"
@@ -94,8 +102,16 @@ def test_spec_modules_import_only_pydantic_typing_and_other_specs():
     impure = []
     for name in specs:
         for node in ast.walk(ast.parse(code.module_file(name).read_text())):
-            found = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) else []
-            impure += [f"{name} imports {m}" for m in found if m.split(".")[0] not in ("pydantic", "typing") and m not in specs]
+            found = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            impure += [
+                f"{name} imports {m}" for m in found if m.split(".")[0] not in ("pydantic", "typing") and m not in specs
+            ]
     assert not impure, ", ".join(impure)
 
 
@@ -115,7 +131,9 @@ def test_each_spec_is_imported_from_the_module_that_defines_it():
             if isinstance(node, ast.ImportFrom) and node.module:
                 for alias in node.names:
                     if alias.name in defined and node.module != defined[alias.name]:
-                        elsewhere.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {node.module}")
+                        elsewhere.append(
+                            f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {node.module}"
+                        )
                     if code.module_file(f"{node.module}.{alias.name}"):
                         aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
             elif isinstance(node, ast.Import):

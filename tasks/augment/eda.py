@@ -100,5 +100,13 @@ def augment(rows: list[dict], spec: EdaSpec, synonyms: Synonyms) -> list[dict]:
             else:
                 new, changed = getattr(editor, op)(words, max(1, round(rate * len(words))), rng)
             params = {"rate": rate, "changed": changed, "copy": copy, "seed": spec.seed}
-            out.append({**row, "text": " ".join(new), "source_row": row.get("origin"), "operation": f"eda.{op}", "params": json.dumps(params)})
+            out.append(
+                {
+                    **row,
+                    "text": " ".join(new),
+                    "source_row": row.get("origin"),
+                    "operation": f"eda.{op}",
+                    "params": json.dumps(params),
+                }
+            )
     return out

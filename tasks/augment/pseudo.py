@@ -18,10 +18,15 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
     rows = []
     for src in spec.pool:
         found = sources.read_table(src, spec, {spec.text_column: key})
-        rows += [{"text": clean.normalize(formats.text_value(o, spec.text_column, r[spec.text_column], key)), "origin": o} for o, r in found]
+        rows += [
+            {"text": clean.normalize(formats.text_value(o, spec.text_column, r[spec.text_column], key)), "origin": o}
+            for o, r in found
+        ]
     counts = {"pool_rows_read": len(rows)}
     if not rows:
-        raise UserError(f"augment.pseudo.pool {', '.join(spec.pool)} holds no rows: point it at unlabeled texts, or drop augment.pseudo")
+        raise UserError(
+            f"augment.pseudo.pool {', '.join(spec.pool)} holds no rows: point it at unlabeled texts, or drop augment.pseudo"
+        )
     kept = [r for r in rows if r["text"] and r["text"] not in exclude]
     counts["pool_rows_labeled_already"] = sum(1 for r in rows if r["text"] in exclude)
     if not kept:
@@ -34,7 +39,9 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
     return kept, counts
 
 
-def label(model, tokenizer, pool: list[dict], labels: list[str], spec: PseudoLabelSpec, teacher: str, max_length: int) -> tuple[list[dict], dict]:
+def label(
+    model, tokenizer, pool: list[dict], labels: list[str], spec: PseudoLabelSpec, teacher: str, max_length: int
+) -> tuple[list[dict], dict]:
     """Confident, balanced pseudo-labeled rows with provenance, and what was kept per label."""
     probs = probabilities(model, tokenizer, [r["text"] for r in pool], max_length=max_length, desc="pseudo-label")
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
@@ -50,10 +57,18 @@ def label(model, tokenizer, pool: list[dict], labels: list[str], spec: PseudoLab
     for k, name in enumerate(labels):
         for i in sorted(per_label[name][:cap]):  # pool order, so the dataset does not depend on sort ties
             src = pool[i]
-            rows.append({
-                "text": src["text"], "label": name, "origin": src["origin"], "source_row": src["origin"], "operation": "pseudo",
-                "params": params, "teacher": teacher, "confidence": float(confidence[i]),
-            })
+            rows.append(
+                {
+                    "text": src["text"],
+                    "label": name,
+                    "origin": src["origin"],
+                    "source_row": src["origin"],
+                    "operation": "pseudo",
+                    "params": params,
+                    "teacher": teacher,
+                    "confidence": float(confidence[i]),
+                }
+            )
     stats = {
         "pseudo_confident": {name: int(len(v)) for name, v in per_label.items()},
         "pseudo_kept": {name: int(min(len(v), cap) if cap is not None else len(v)) for name, v in per_label.items()},

@@ -89,7 +89,9 @@ class AugmentSpec(Spec):
     @model_validator(mode="after")
     def _something_to_do(self):
         if not (self.eda or self.pseudo or self.adversarial):
-            raise ValueError("augment has no operation: set augment.eda, augment.pseudo or augment.adversarial, or set augment to null")
+            raise ValueError(
+                "augment has no operation: set augment.eda, augment.pseudo or augment.adversarial, or set augment to null"
+            )
         return self
 
     @property

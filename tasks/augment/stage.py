@@ -20,7 +20,13 @@ from tasks.errors import UserError
 from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 ARTIFACT = "augmented"
-PROVENANCE = [("source_row", pa.string()), ("operation", pa.string()), ("params", pa.string()), ("teacher", pa.string()), ("confidence", pa.float64())]
+PROVENANCE = [
+    ("source_row", pa.string()),
+    ("operation", pa.string()),
+    ("params", pa.string()),
+    ("teacher", pa.string()),
+    ("confidence", pa.float64()),
+]
 
 
 def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: str | None, ctx: StageRun) -> str:
@@ -28,10 +34,15 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     mlflow.set_tag("multistep.hardware", spec.hardware)  # what a work pool would place it on
     card = labeled.card(data)
     if card["task"] != "classification":
-        raise UserError(f"augment works on classification data, and {data} holds {card['task']} rows: set labeled.task to classification or drop augment")
+        raise UserError(
+            f"augment works on classification data, and {data} holds {card['task']} rows: set labeled.task to classification or drop augment"
+        )
     labels = card["labels"]
     splits = {s: labeled.load_rows(data, s) for s in SPLITS}
-    original = [{**r, "source_row": r["origin"], "operation": "original", "params": "", "teacher": "", "confidence": None} for r in splits["train"]]
+    original = [
+        {**r, "source_row": r["origin"], "operation": "original", "params": "", "teacher": "", "confidence": None}
+        for r in splits["train"]
+    ]
     added, report = [], {"parent": data, "operations": {}}
 
     if spec.eda:
@@ -47,12 +58,17 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     elif spec.model_driven:
         model, tok = predict.load(teacher_uri, labels, "augment.teacher")
         if spec.pseudo:
-            labeled_texts = {r["text"] for split in splits.values() for r in split}  # never pseudo-label an evaluation row
+            labeled_texts = {
+                r["text"] for split in splits.values() for r in split
+            }  # never pseudo-label an evaluation row
             pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)
             rows, stats = pseudo.label(model, tok, pool, labels, spec.pseudo, teacher_uri, spec.max_length)
             added += rows
             report["operations"]["pseudo"] = {"rows": len(rows), "teacher": teacher_uri, **counts, **stats}
-            log_metrics(ctx.run_id, {"pseudo_rows": len(rows), **counts, "pseudo_mean_confidence": stats["pseudo_mean_confidence"]})
+            log_metrics(
+                ctx.run_id,
+                {"pseudo_rows": len(rows), **counts, "pseudo_mean_confidence": stats["pseudo_mean_confidence"]},
+            )
             missing = [label for label, n in stats["pseudo_confident"].items() if n == 0]
             if missing and spec.pseudo.balance:
                 print(
@@ -60,14 +76,23 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
                     "balance keeps as many rows per label as the rarest has, so none were added: lower augment.pseudo.threshold or set augment.pseudo.balance false"
                 )
         if spec.adversarial:
-            source = synonyms.source(spec.adversarial.synonyms, lambda: (model, tok), setting="augment.adversarial.synonyms")
+            source = synonyms.source(
+                spec.adversarial.synonyms, lambda: (model, tok), setting="augment.adversarial.synonyms"
+            )
             outcomes = attack.attack(model, tok, splits["train"], labels, spec.adversarial, source)
             rows = attack.adversarial_rows(outcomes, teacher_uri, spec.adversarial, labels)
             added += rows
             measured = attack.summary(outcomes)
-            report["operations"]["adversarial"] = {"rows": len(rows), "teacher": teacher_uri, "synonyms": source.name, **measured}
+            report["operations"]["adversarial"] = {
+                "rows": len(rows),
+                "teacher": teacher_uri,
+                "synonyms": source.name,
+                **measured,
+            }
             log_metrics(ctx.run_id, {"adversarial_rows": len(rows), **{f"attack_{k}": v for k, v in measured.items()}})
-            print(f"augment: attack flipped {measured['attack_success_rate']:.1%} of the {measured['attacked_rows']} attacked training rows the teacher got right")
+            print(
+                f"augment: attack flipped {measured['attack_success_rate']:.1%} of the {measured['attacked_rows']} attacked training rows the teacher got right"
+            )
 
     splits["train"] = original + added
     uri = _write(ctx, card, splits, report)
@@ -100,7 +125,13 @@ def _write(ctx: StageRun, card: dict, splits: dict[str, list[dict]], report: dic
     new_card = {
         **card,
         "columns": card["columns"] + [c for c, _ in PROVENANCE],
-        "splits": {**card["splits"], "train": {"rows": len(splits["train"]), "labels": {label: train_labels.get(label, 0) for label in card["labels"]}}},
+        "splits": {
+            **card["splits"],
+            "train": {
+                "rows": len(splits["train"]),
+                "labels": {label: train_labels.get(label, 0) for label in card["labels"]},
+            },
+        },
         "augment": report,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +149,15 @@ def _write(ctx: StageRun, card: dict, splits: dict[str, list[dict]], report: dic
 
 
 def _report_markdown(report: dict) -> str:
-    lines = ["", "## Augmentation", "", f"From `{report['parent']}`.", "", "| operation | rows added | details |", "|---|---:|---|"]
+    lines = [
+        "",
+        "## Augmentation",
+        "",
+        f"From `{report['parent']}`.",
+        "",
+        "| operation | rows added | details |",
+        "|---|---:|---|",
+    ]
     for op, info in report["operations"].items():
         details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "rows")
         lines.append(f"| {op} | {info['rows']:,} | {details} |")

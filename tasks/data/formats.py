@@ -73,7 +73,9 @@ def _refuse_binary(name: str, sample: bytes | str, spec) -> None:
 
 def _check_file(name: str, data: bytes, fmt: str | None, spec) -> None:
     if fmt == "arrow":
-        raise UserError(f"{name}: {setting(spec, 'format')} arrow expects a save_to_disk folder, not a file; point at the folder")
+        raise UserError(
+            f"{name}: {setting(spec, 'format')} arrow expects a save_to_disk folder, not a file; point at the folder"
+        )
     if not data.strip():  # also catches 0 bytes
         raise UserError(f"{name}: the file is empty; add text to it or remove it from {setting(spec, 'sources')}")
 
@@ -130,7 +132,9 @@ def _jsonl_records(name: str, text: str, columns: dict[str, str]) -> list[tuple[
             reason = f"{e.msg.removesuffix(' at')} at column {e.colno}"
             raise UserError(f"{name}:{i}: not a JSON object: {reason}; write one JSON object per line") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{name}:{i}: not a JSON object: found a {type(obj).__name__}; write one JSON object per line")
+            raise UserError(
+                f"{name}:{i}: not a JSON object: found a {type(obj).__name__}; write one JSON object per line"
+            )
         for column, key in columns.items():
             if column not in obj:
                 found = ", ".join(obj) or "none"
@@ -153,11 +157,15 @@ def _csv_records(name: str, text: str, columns: dict[str, str], delimiter: str) 
                 header = record
                 for column, key in columns.items():
                     if column not in header:
-                        raise UserError(f"{name}:{start}: no column {column!r} (found: {', '.join(header)}); set {key} to one of them")
+                        raise UserError(
+                            f"{name}:{start}: no column {column!r} (found: {', '.join(header)}); set {key} to one of them"
+                        )
                 index = {c: header.index(c) for c in columns}
                 continue
             if max(index.values()) >= len(record):
-                raise UserError(f"{name}:{start}: the row has {len(record)} fields, the header {len(header)}; fix the row")
+                raise UserError(
+                    f"{name}:{start}: the row has {len(record)} fields, the header {len(header)}; fix the row"
+                )
             out.append((f"{name}:{start}", {c: record[j] for c, j in index.items()}))
         return out
     except csv.Error as e:
@@ -174,7 +182,9 @@ def _parquet_records(name: str, data: bytes, spec, columns: dict[str, str]) -> l
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{name}: not a readable Parquet file ({e}); check the file or set {setting(spec, 'format')}") from None
+        raise UserError(
+            f"{name}: not a readable Parquet file ({e}); check the file or set {setting(spec, 'format')}"
+        ) from None
     return column_records(name, table.column_names, lambda c: table.column(c).to_pylist(), columns)
 
 

@@ -36,7 +36,8 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
     tokens = {}
     for name in SPLITS:
         ids = tokenizers.encode(tokenizer, texts[name])
-        if name == "train" and spec.tokenizer.kind == "model":  # a tokenizer trained here always covers its training text
+        # a tokenizer trained here always covers its training text
+        if name == "train" and spec.tokenizer.kind == "model":
             tokenizers.check_coverage(tokenizer, texts[name], ids, tokenizer_from)
         tokens[name] = sum(map(len, ids)) + len(ids)  # + one eos per row
         blocks[name] = tokenizers.pack(ids, tokenizer.eos_token_id, spec.block_size)
@@ -73,10 +74,14 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
 def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[str]):
     if spec.tokenizer.kind == "model":
         if not tokenizer_from:
-            raise UserError("data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe.")
+            raise UserError(
+                "data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe."
+            )
         where = models.locate(tokenizer_from)
         models.check_weights(where)  # pretrain would refuse pickle weights after this stage: say so now
-        return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file, fix=", or set data.tokenizer.kind to bpe or char")
+        return models.load_tokenizer(
+            where.tokenizer, gguf_file=where.gguf_file, fix=", or set data.tokenizer.kind to bpe or char"
+        )
     return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
 
 
@@ -85,7 +90,9 @@ def _contamination(spec: PrepareSpec, splits: dict[str, list[dict]]) -> dict:
     train = [r["text"] for r in splits["train"]]
     report, hits = {"ngram": spec.clean.contamination_ngram}, [False] * len(train)
     for name in ("validation", "test"):
-        report[name], flags = decontaminate.overlap(train, [r["text"] for r in splits[name]], spec.clean.contamination_ngram)
+        report[name], flags = decontaminate.overlap(
+            train, [r["text"] for r in splits[name]], spec.clean.contamination_ngram
+        )
         hits = [a or b for a, b in zip(hits, flags)]
     report["dropped"] = sum(hits) if spec.clean.decontaminate else 0
     report["hits"] = hits
@@ -95,11 +102,17 @@ def _contamination(spec: PrepareSpec, splits: dict[str, list[dict]]) -> dict:
 def _write_split(out: Path, name: str, rows: list[dict], blocks: np.ndarray) -> None:
     (out / "text").mkdir(exist_ok=True)
     (out / "blocks").mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("text", pa.string()), ("origin", pa.string())])), out / "text" / f"{name}.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pa.schema([("text", pa.string()), ("origin", pa.string())])),
+        out / "text" / f"{name}.parquet",
+    )
     flat = pa.array(blocks.reshape(-1).astype(np.int32), type=pa.int32())
-    column = pa.FixedSizeListArray.from_arrays(flat, blocks.shape[1]) if blocks.size else pa.array([], pa.list_(pa.int32(), blocks.shape[1]))
+    column = (
+        pa.FixedSizeListArray.from_arrays(flat, blocks.shape[1])
+        if blocks.size
+        else pa.array([], pa.list_(pa.int32(), blocks.shape[1]))
+    )
     pq.write_table(pa.table({"input_ids": column}), out / "blocks" / f"{name}.parquet")
-
 
 
 def _log_lineage(ctx: StageRun, splits: dict[str, list[dict]], card: dict) -> None:
@@ -125,10 +138,21 @@ def card_markdown(card: dict) -> str:
     f = card["filters"]
     lines += ["", f"Rows in: {f['rows_in']:,}; out: {f['rows_out']:,}.", "", "| filter | rows removed |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in f["removed"].items()]
-    lines += ["", f"Tokenizer: {card['tokenizer']['kind']}, {card['tokenizer']['vocab_size']:,} tokens; block size {card['block_size']}.", ""]
+    lines += [
+        "",
+        f"Tokenizer: {card['tokenizer']['kind']}, {card['tokenizer']['vocab_size']:,} tokens; block size {card['block_size']}.",
+        "",
+    ]
     c = card["contamination"]
-    lines += [f"Train/eval overlap ({c['ngram']}-grams; {c['dropped']:,} training rows dropped):", "",
-              "| eval split | train rows sharing an n-gram | eval rows sharing an n-gram | eval rows |", "|---|---:|---:|---:|"]
-    lines += [f"| {n} | {c[n]['train_rows_ngram']:,} | {c[n]['eval_rows_ngram']:,} | {c[n]['eval_rows']:,} |" for n in ("validation", "test")] + [""]
+    lines += [
+        f"Train/eval overlap ({c['ngram']}-grams; {c['dropped']:,} training rows dropped):",
+        "",
+        "| eval split | train rows sharing an n-gram | eval rows sharing an n-gram | eval rows |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {c[n]['train_rows_ngram']:,} | {c[n]['eval_rows_ngram']:,} | {c[n]['eval_rows']:,} |"
+        for n in ("validation", "test")
+    ] + [""]
     lines += ["| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
     return "\n".join(lines) + "\n"

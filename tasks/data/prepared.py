@@ -20,10 +20,14 @@ def root(uri: str) -> Path:
         try:
             return Path(mlflow.artifacts.download_artifacts(uri))
         except mlflow.exceptions.MlflowException as exc:
-            raise UserError(f"Cannot fetch dataset {uri} ({exc.message.splitlines()[0]}): pass the URI a prepare stage (prepare or prepare-labeled) returned.") from None
+            raise UserError(
+                f"Cannot fetch dataset {uri} ({exc.message.splitlines()[0]}): pass the URI a prepare stage (prepare or prepare-labeled) returned."
+            ) from None
     path = Path(uri.removeprefix("file://"))
     if not (path / "card.json").exists():
-        raise UserError(f"{uri} is not a prepared dataset (no card.json): pass the URI a prepare stage (prepare or prepare-labeled) returned.")
+        raise UserError(
+            f"{uri} is not a prepared dataset (no card.json): pass the URI a prepare stage (prepare or prepare-labeled) returned."
+        )
     return path
 
 

@@ -59,7 +59,9 @@ def _read_source(src: str, spec: PrepareSpec) -> list[dict]:
     if src.startswith("hf:") or dataset_folder(src, spec):
         column, key = spec.text_column, formats.setting(spec, "text_column")
         found = read_table(src, spec, {column: key})
-        return [{"text": formats.text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found]
+        return [
+            {"text": formats.text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found
+        ]
     return [row for f in files(src, spec) for row in formats.parse(f, storage.read_bytes(f), _format(f, spec), spec)]
 
 
@@ -70,14 +72,20 @@ def read_table(src: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]
     folder = dataset_folder(src, spec)
     if folder:
         return _dataset_records(str(folder), _load_dataset_folder(folder), columns)
-    return [rec for f in files(src, spec) for rec in formats.records(f, storage.read_bytes(f), _format(f, spec), spec, columns)]
+    return [
+        rec
+        for f in files(src, spec)
+        for rec in formats.records(f, storage.read_bytes(f), _format(f, spec), spec, columns)
+    ]
 
 
 def files(src: str, spec) -> list[str]:
     """The files a local or s3:// source names, in order: itself, or its folder's (prefix's) supported non-hidden files."""
     if s3.is_s3(src):
         if spec.format == "arrow":
-            raise UserError(f"{src}: save_to_disk folders are read from local disk only; download it and point at the folder")
+            raise UserError(
+                f"{src}: save_to_disk folders are read from local disk only; download it and point at the folder"
+            )
         return list(_s3_files(src, spec))
     return [str(f) for f in _local_files(_local_path(src, spec), spec)]
 
@@ -101,7 +109,9 @@ def digest(src: str, spec) -> str:
         etags = _s3_files(src, spec)
         if list(etags) == [src]:
             return f"etag:{etags[src]}"
-        return "etags:sha256:" + hashlib.sha256("\n".join(f"{u} {tag}" for u, tag in etags.items()).encode()).hexdigest()
+        return (
+            "etags:sha256:" + hashlib.sha256("\n".join(f"{u} {tag}" for u, tag in etags.items()).encode()).hexdigest()
+        )
     path = _local_path(src, spec)
     if path.is_file():
         return "sha256:" + _file_sha256(path)
@@ -124,7 +134,9 @@ def _file_sha256(path: Path) -> str:
 def _local_path(src: str, spec) -> Path:
     path = storage.file_uri_to_path(src)
     if not path.exists():
-        raise UserError(f"{src}: no such file or folder (working directory {Path.cwd()}); fix the path in {formats.setting(spec, 'sources')}")
+        raise UserError(
+            f"{src}: no such file or folder (working directory {Path.cwd()}); fix the path in {formats.setting(spec, 'sources')}"
+        )
     return path
 
 
@@ -157,7 +169,9 @@ def _s3_files(src: str, spec: PrepareSpec) -> dict[str, str]:
     """{URI: ETag} of the object the source names, or of the supported non-hidden objects under it."""
     objects = s3.s3_etags(src)
     if not objects:
-        raise UserError(f"{src}: no object or prefix with that name; check the bucket and key in {formats.setting(spec, 'sources')}")
+        raise UserError(
+            f"{src}: no object or prefix with that name; check the bucket and key in {formats.setting(spec, 'sources')}"
+        )
     if list(objects) == [src]:  # one object, named exactly
         return objects
     base = src.rstrip("/") + "/"
@@ -187,7 +201,9 @@ def _is_dataset_folder(path: Path, spec: PrepareSpec) -> bool:
     marked = path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS)
     if spec.format == "arrow" and not marked:
         markers = " or ".join(_DATASET_MARKERS)
-        raise UserError(f"{path}: not a save_to_disk folder (no {markers}); set {formats.setting(spec, 'format')} to match the files")
+        raise UserError(
+            f"{path}: not a save_to_disk folder (no {markers}); set {formats.setting(spec, 'format')} to match the files"
+        )
     return marked and spec.format in ("auto", "arrow")
 
 
@@ -262,5 +278,9 @@ def _read_package(src: str, spec: PrepareSpec) -> list[dict]:
     try:
         from pydoc_data.topics import topics  # CPython's bundled documentation
     except ImportError:  # some Linux distributions strip it from their Python
-        raise UserError(f"{src}: this Python has no pydoc_data module; install the full Python or use another source") from None
-    return [row for topic in sorted(topics) for row in formats.cut_text(f"{src}/{topic}", topics[topic], spec.text_unit)]
+        raise UserError(
+            f"{src}: this Python has no pydoc_data module; install the full Python or use another source"
+        ) from None
+    return [
+        row for topic in sorted(topics) for row in formats.cut_text(f"{src}/{topic}", topics[topic], spec.text_unit)
+    ]

@@ -39,7 +39,9 @@ class SplitSpec(Spec):
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self):
         if self.validation + self.test >= 1:
-            raise ValueError("split.validation + split.test must be below 1 so that rows remain for training: lower them")
+            raise ValueError(
+                "split.validation + split.test must be below 1 so that rows remain for training: lower them"
+            )
         return self
 
 

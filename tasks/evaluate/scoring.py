@@ -23,7 +23,9 @@ class Scored:
 
     task: str
     metrics: dict[str, float]
-    per_example: dict[str, np.ndarray]  # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
+    per_example: dict[
+        str, np.ndarray
+    ]  # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
     predictions: list[dict]
     report: dict | None = None  # classification: per-class scores and the confusion matrix
 
@@ -34,7 +36,15 @@ def task_of(dataset: str) -> str:
     return card.get("task", "lm")
 
 
-def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | None = None, max_length: int = 128, max_new_tokens: int = 48) -> Scored:
+def score(
+    model_uri: str,
+    dataset: str,
+    *,
+    split: str = "test",
+    max_rows: int | None = None,
+    max_length: int = 128,
+    max_new_tokens: int = 48,
+) -> Scored:
     """Score any model URI on a dataset URI's split with the metrics of the dataset's task (at most 200 generated rows for SFT unless max_rows says)."""
     task = task_of(dataset)
     if task == "lm":
@@ -42,26 +52,44 @@ def score(model_uri: str, dataset: str, *, split: str = "test", max_rows: int | 
         model, _ = models.load(model_uri, tokenizer=False)
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
-        return Scored(task, metrics, {"perplexity": -losses, "loss": -losses}, [{"block": i, "loss": float(loss)} for i, loss in enumerate(losses)])
+        return Scored(
+            task,
+            metrics,
+            {"perplexity": -losses, "loss": -losses},
+            [{"block": i, "loss": float(loss)} for i, loss in enumerate(losses)],
+        )
     if task == "sft" and max_rows is None:
         max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
     rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
     if not rows:
-        raise UserError(f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})")
+        raise UserError(
+            f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})"
+        )
     if task == "classification":
         labels = labeled.card(dataset)["labels"]
         model, tok = predict.load(model_uri, labels, "the model")
         probs = predict.probabilities(model, tok, [r["text"] for r in rows], max_length=max_length, desc="score")
         y = np.array([labels.index(r["label"]) for r in rows])
         report = metrics_.classification(y, probs, labels)
-        preds = [{"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())} for r, p in zip(rows, probs)]
+        preds = [
+            {"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())}
+            for r, p in zip(rows, probs)
+        ]
         return Scored(task, metrics_.flat(report), {"accuracy": metrics_.correct(y, probs)}, preds, report)
     model, tok = models.load(model_uri)
     hyps = predict.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens)
     refs = [r["response"] for r in rows]
     found = metrics_.generation(hyps, refs)
-    per = {"exact_match": np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]), "chrf": metrics_.generation_per_example(hyps, refs)}
-    return Scored(task, found, per, [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)])
+    per = {
+        "exact_match": np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]),
+        "chrf": metrics_.generation_per_example(hyps, refs),
+    }
+    return Scored(
+        task,
+        found,
+        per,
+        [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)],
+    )
 
 
 def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -78,7 +106,14 @@ def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_rows: int | None = None, parent_run_id: str | None = None) -> dict[str, dict]:
+def compare(
+    model_uris: list[str],
+    dataset: str,
+    *,
+    split: str = "test",
+    max_rows: int | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, dict]:
     """Score each model in its own MLflow run (metrics, predictions, confusion matrix); paired intervals against the first model."""
     if not model_uris:
         raise UserError("Name at least one model to evaluate, e.g. models:/sst2-minilm@champion.")
@@ -88,16 +123,33 @@ def compare(model_uris: list[str], dataset: str, *, split: str = "test", max_row
         interrupt.check(f"before scoring {uri}")  # after Ctrl-C, the models scored so far keep their runs
         scored = found[uri] = score(uri, dataset, split=split, max_rows=max_rows)
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-        with mlflow.start_run(run_name="evaluate", nested=True, tags={**tags, "multistep.stage": "evaluate", "multistep.input.model": uri, "multistep.input.dataset": dataset}):
+        with mlflow.start_run(
+            run_name="evaluate",
+            nested=True,
+            tags={
+                **tags,
+                "multistep.stage": "evaluate",
+                "multistep.input.model": uri,
+                "multistep.input.dataset": dataset,
+            },
+        ):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in scored.metrics.items()})
             mlflow.log_table(pd.DataFrame(scored.predictions), f"evaluation/{split}_predictions.json")
             if scored.report:
-                mlflow.log_figure(metrics_.confusion_figure(scored.report["confusion"], list(scored.report["per_class"]), uri), f"evaluation/{split}_confusion.png")
+                mlflow.log_figure(
+                    metrics_.confusion_figure(scored.report["confusion"], list(scored.report["per_class"]), uri),
+                    f"evaluation/{split}_confusion.png",
+                )
                 mlflow.log_dict(scored.report, f"evaluation/{split}_report.json")
         out[uri] = {"task": scored.task, "rows": len(scored.predictions), "metrics": scored.metrics}
         if uri != model_uris[0]:
             reference = found[model_uris[0]]
-            out[uri]["vs_first"] = {m: metrics_.paired_bootstrap(scored.per_example[m], reference.per_example[m]) for m in scored.per_example}
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in scored.metrics.items() if "_" not in k or k in ("macro_f1", "exact_match"))
+            out[uri]["vs_first"] = {
+                m: metrics_.paired_bootstrap(scored.per_example[m], reference.per_example[m])
+                for m in scored.per_example
+            }
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in scored.metrics.items() if "_" not in k or k in ("macro_f1", "exact_match")
+        )
         print(f"evaluate: {uri} on {split} ({len(scored.predictions)} rows): {shown}")
     return out

@@ -32,9 +32,13 @@ def run(spec: EvaluateSpec, model_uri: str, dataset: str, ctx: StageRun) -> str:
     mlflow.log_dict({"model": model_uri, "dataset": dataset, "metrics": metrics}, "evaluation/report.json")
     if model_uri.startswith("models:/"):
         version = resolve_version(model_uri)
-        registry.set_tags(f"models:/{version.name}/{version.version}", {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
+        registry.set_tags(
+            f"models:/{version.name}/{version.version}", {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+        )
     for split in spec.splits:
-        print(f"evaluate: {split} perplexity {metrics[f'{split}_perplexity']:.2f} (unigram baseline {metrics[f'{split}_unigram_perplexity']:.2f})")
+        print(
+            f"evaluate: {split} perplexity {metrics[f'{split}_perplexity']:.2f} (unigram baseline {metrics[f'{split}_unigram_perplexity']:.2f})"
+        )
     return f"runs:/{ctx.run_id}/evaluation"
 
 

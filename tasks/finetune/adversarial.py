@@ -23,7 +23,9 @@ def trainer_class(spec: AdversarialSpec | None, base: type[Trainer] = Trainer) -
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # Evaluation (prediction_step runs under no_grad) scores the clean inputs exactly as the base Trainer does.
             if not (model.training and torch.is_grad_enabled()):
-                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
             layer = _embedding_layer(self.accelerator.unwrap_model(model))
             mask = inputs.get("attention_mask")
 
@@ -130,7 +132,8 @@ def _added(layer: torch.nn.Module, delta: torch.Tensor | None):
     seen = _Seen()
 
     def hook(module, args, output):
-        if seen.output is not None:  # an encoder-decoder embeds its decoder inputs too: only the first call is the input
+        # an encoder-decoder embeds its decoder inputs too: only the first call is the input
+        if seen.output is not None:
             return output
         seen.output = output
         seen.delta = torch.zeros_like(output, requires_grad=True) if delta is None else delta
@@ -165,4 +168,3 @@ def _grad(loss: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> 
     """d loss / d wrt, detached; zeros when the loss does not depend on it."""
     (grad,) = torch.autograd.grad(loss.sum(), wrt, retain_graph=retain_graph, allow_unused=True)
     return torch.zeros_like(wrt) if grad is None else grad.detach()
-

@@ -35,10 +35,17 @@ def load_classifier(uri: str, labels: list[str]):
     """The model at `uri` with a head for `labels`: kept when it already names exactly these labels, new otherwise."""
     where = models.locate(uri)
     source = models.saved_config(where)
-    kept = list(getattr(source, "id2label", {}).values()) == labels and any("ForSequenceClassification" in a for a in source.architectures or [])
+    kept = list(getattr(source, "id2label", {}).values()) == labels and any(
+        "ForSequenceClassification" in a for a in source.architectures or []
+    )
     model, tok = models.load(
-        uri, where=where, auto=AutoModelForSequenceClassification, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
+        uri,
+        where=where,
+        auto=AutoModelForSequenceClassification,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
     )
     if not kept and any("ForSequenceClassification" in a for a in source.architectures or []):
         model = classification_head(model, tok, labels)  # same size, other labels: a trained head would lie
@@ -66,9 +73,20 @@ def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> di
     probs = torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
     y = np.array(encoded.labels)
     found = metrics_.classification(y, probs, labels)
-    mlflow.log_table(pd.DataFrame([
-        {"text": r["text"], "label": r["label"], "predicted": labels[int(p.argmax())], "confidence": float(p.max())} for r, p in zip(rows, probs)
-    ]), "evaluation/test_predictions.json")
+    mlflow.log_table(
+        pd.DataFrame(
+            [
+                {
+                    "text": r["text"],
+                    "label": r["label"],
+                    "predicted": labels[int(p.argmax())],
+                    "confidence": float(p.max()),
+                }
+                for r, p in zip(rows, probs)
+            ]
+        ),
+        "evaluation/test_predictions.json",
+    )
     mlflow.log_figure(metrics_.confusion_figure(found["confusion"], labels, "test"), "evaluation/test_confusion.png")
     mlflow.log_figure(metrics_.calibration_figure(y, probs), "evaluation/test_calibration.png")
     mlflow.log_dict(found, "evaluation/test_report.json")
@@ -79,20 +97,54 @@ def report(trainer, encoded: Encoded, rows: list[dict], labels: list[str]) -> di
 def _prefect_table(found: dict, labels: list[str]) -> None:
     """Per-class test scores as a table artifact on the Prefect flow run."""
     if flow_run.id:
-        rows = [{"label": label, **{k: round(float(v), 4) for k, v in found["per_class"][label].items()}} for label in labels]
-        rows.append({"label": "all", "precision": None, "recall": None, "f1": round(found["macro_f1"], 4), "support": sum(r["support"] for r in rows)})
-        create_table_artifact(rows, description=f"Test accuracy {found['accuracy']:.4f}, macro-F1 {found['macro_f1']:.4f}, ECE {found['ece']:.4f}")
+        rows = [
+            {"label": label, **{k: round(float(v), 4) for k, v in found["per_class"][label].items()}}
+            for label in labels
+        ]
+        rows.append(
+            {
+                "label": "all",
+                "precision": None,
+                "recall": None,
+                "f1": round(found["macro_f1"], 4),
+                "support": sum(r["support"] for r in rows),
+            }
+        )
+        create_table_artifact(
+            rows,
+            description=f"Test accuracy {found['accuracy']:.4f}, macro-F1 {found['macro_f1']:.4f}, ECE {found['ece']:.4f}",
+        )
 
 
 def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec) -> dict[str, float]:
     """Attack test rows: robust and clean accuracy on the attacked rows and the success rate, with the flipped rows as an MLflow table."""
     model.eval()
-    outcomes = attack.attack(model, tok, rows, labels, spec, synonyms.source(spec.synonyms, lambda: (model, tok), setting="finetune.attack.synonyms"), salt="robustness")
-    flipped = [{"text": o.row["text"], "adversarial": o.text, "label": o.row["label"], "predicted": labels[o.predicted], "edits": len(o.edits)} for o in outcomes if o.flipped]
+    outcomes = attack.attack(
+        model,
+        tok,
+        rows,
+        labels,
+        spec,
+        synonyms.source(spec.synonyms, lambda: (model, tok), setting="finetune.attack.synonyms"),
+        salt="robustness",
+    )
+    flipped = [
+        {
+            "text": o.row["text"],
+            "adversarial": o.text,
+            "label": o.row["label"],
+            "predicted": labels[o.predicted],
+            "edits": len(o.edits),
+        }
+        for o in outcomes
+        if o.flipped
+    ]
     if flipped:
         mlflow.log_table(pd.DataFrame(flipped), "attack/test_flipped.json")
     found = attack.summary(outcomes)
-    print(f"finetune: attack flipped {found['attack_success_rate']:.1%} of {found['attacked_rows']} test rows the model got right")
+    print(
+        f"finetune: attack flipped {found['attack_success_rate']:.1%} of {found['attacked_rows']} test rows the model got right"
+    )
     return {f"test_{k}": v for k, v in found.items()}
 
 
@@ -103,7 +155,9 @@ def setup(spec, init: str, data: str):
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
     label2id = {label: i for i, label in enumerate(labels)}
-    splits = {s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")}
+    splits = {
+        s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")
+    }
     return model, tok, splits, labels
 
 
@@ -125,7 +179,9 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
         return existing
     distributed.check(spec.train, ctx.stage)
     model, tok, splits, labels = setup(spec, init, data)
-    trainer = build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT)
+    trainer = build(
+        spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT
+    )
     fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {}
     for split in ("validation", "test"):
@@ -137,4 +193,14 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     if spec.attack and len(splits["test"]):
         metrics.update(robustness(trainer.model, tok, labeled.load_rows(data, "test"), labels, spec.attack))
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
-    return register(spec, trainer.model, tok, "text-classification", register_as, init, metrics, ctx, {"multistep.labels": ",".join(labels)})
+    return register(
+        spec,
+        trainer.model,
+        tok,
+        "text-classification",
+        register_as,
+        init,
+        metrics,
+        ctx,
+        {"multistep.labels": ",".join(labels)},
+    )

@@ -92,7 +92,16 @@ def trainer(spec, init: str, data: str, ctx) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     model, tok, _, encoded = setup(spec, init, data)
     model = methods.prepare(model, spec, "causal_lm")
-    return build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, **SELECT)
+    return build(
+        spec,
+        model,
+        tok,
+        Examples(encoded["train"]),
+        Examples(encoded["validation"]),
+        collate(tok.pad_token_id),
+        ctx,
+        **SELECT,
+    )
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
@@ -109,17 +118,30 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
-    trainer = build(spec, model, tok, Examples(encoded["train"]), Examples(encoded["validation"]), collate(tok.pad_token_id), ctx, **SELECT)
+    trainer = build(
+        spec,
+        model,
+        tok,
+        Examples(encoded["train"]),
+        Examples(encoded["validation"]),
+        collate(tok.pad_token_id),
+        ctx,
+        **SELECT,
+    )
     fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {} if loss_before is None else {"test_loss_before": loss_before}
     for split in ("validation", "test"):
         if encoded[split]:
-            metrics[f"{split}_loss"] = trainer.evaluate(Examples(encoded[split]), metric_key_prefix=split)[f"{split}_loss"]
+            metrics[f"{split}_loss"] = trainer.evaluate(Examples(encoded[split]), metric_key_prefix=split)[
+                f"{split}_loss"
+            ]
     if held_out:
         after = generate(trainer.model, tok, prompts, spec.max_new_tokens)
         metrics.update({f"{k}_before": v for k, v in generation_scores(before, references).items()})
         metrics.update(generation_scores(after, references))
-        mlflow.log_table({"prompt": prompts, "reference": references, "before": before, "after": after}, "generations.json")
+        mlflow.log_table(
+            {"prompt": prompts, "reference": references, "before": before, "after": after}, "generations.json"
+        )
     log_metrics(ctx.run_id, metrics)
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return register(spec, trainer.model, tok, "text-generation", register_as, init, metrics, ctx, {})

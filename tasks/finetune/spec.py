@@ -25,7 +25,9 @@ class AdversarialSpec(Spec):
 class FinetuneSpec(MethodSpec):
     init: str | None = None
     """Model to start from (models:/name@alias, a local folder, package:minilm, package:smollm2-135m, hf:<id>); empty takes the model the pipeline trained before this stage."""
-    train: TrainSpec = TrainSpec(max_steps=200, batch_size=16, lr=5e-5, warmup_steps=20, weight_decay=0.01, checkpoint_every=50)
+    train: TrainSpec = TrainSpec(
+        max_steps=200, batch_size=16, lr=5e-5, warmup_steps=20, weight_decay=0.01, checkpoint_every=50
+    )
     """Optimisation and checkpointing; validation is scored at every checkpoint, and the best checkpoint is the one registered."""
     max_length: int = Field(128, ge=8, le=32768)
     """Longest tokenized example (prompt and response together for SFT); longer ones are truncated."""

@@ -13,7 +13,19 @@ from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
 
 
-def build(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *, metric: str, greater: bool, compute_metrics=None) -> Trainer:
+def build(
+    spec,
+    model,
+    tokenizer,
+    train_ds,
+    eval_ds,
+    collator,
+    ctx: StageRun,
+    *,
+    metric: str,
+    greater: bool,
+    compute_metrics=None,
+) -> Trainer:
     """A Trainer that scores validation at every checkpoint, stops early, and loads the best checkpoint's weights at the end."""
     args = arguments(
         spec.train,
@@ -27,8 +39,14 @@ def build(spec, model, tokenizer, train_ds, eval_ds, collator, ctx: StageRun, *,
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
     return trainer_class(spec.adversarial)(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-        compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        processing_class=tokenizer,
     )
 
 
@@ -47,7 +65,17 @@ def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> N
         fit(trainer, ctx, spec.train.keep_checkpoints)
 
 
-def register(spec, model, tokenizer, task: str, register_as: str, init: str, metrics: dict[str, float], ctx: StageRun, lineage: dict) -> str:
+def register(
+    spec,
+    model,
+    tokenizer,
+    task: str,
+    register_as: str,
+    init: str,
+    metrics: dict[str, float],
+    ctx: StageRun,
+    lineage: dict,
+) -> str:
     """Log the (merged) model, register it once per stage key, put its metrics on the version, drop the scratch."""
     final = methods.finalize(model, spec)
     if isinstance(final, PeftModel):  # merge_lora off: the adapter alone, pointing at its base version
@@ -60,7 +88,13 @@ def register(spec, model, tokenizer, task: str, register_as: str, init: str, met
     else:
         logged = models.log(final, tokenizer, task=task)
     log_metrics(ctx.run_id, metrics)
-    tags = {"multistep.parent_model": init, "multistep.method": spec.method, registry.MAX_LENGTH: str(spec.max_length), registry.MAX_NEW_TOKENS: str(spec.max_new_tokens), **lineage}
+    tags = {
+        "multistep.parent_model": init,
+        "multistep.method": spec.method,
+        registry.MAX_LENGTH: str(spec.max_length),
+        registry.MAX_NEW_TOKENS: str(spec.max_new_tokens),
+        **lineage,
+    }
     version = registry.register(logged, register_as, ctx, tags)
     registry.set_tags(version, {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
     clean_up(ctx)

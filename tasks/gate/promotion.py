@@ -49,8 +49,18 @@ class Decision:
         return "promoted" if self.promote else "rejected"
 
     def tags(self) -> dict[str, str]:
-        out = {f"gate.{k}": ("" if v is None else json.dumps(v) if isinstance(v, dict) else f"{v:.6g}" if isinstance(v, float) else str(v))
-               for k, v in asdict(self).items()}
+        out = {
+            f"gate.{k}": (
+                ""
+                if v is None
+                else json.dumps(v)
+                if isinstance(v, dict)
+                else f"{v:.6g}"
+                if isinstance(v, float)
+                else str(v)
+            )
+            for k, v in asdict(self).items()
+        }
         out["gate.decision"] = self.verdict
         return out
 
@@ -60,16 +70,36 @@ def direction(metric: str) -> int:
     return -1 if metric in LOWER_IS_BETTER else 1
 
 
-def decide(spec: GateSpec, metric: str, challenger: str, champion: str | None, values: dict[str, dict[str, float]],
-           interval: dict | None) -> Decision:
+def decide(
+    spec: GateSpec,
+    metric: str,
+    challenger: str,
+    champion: str | None,
+    values: dict[str, dict[str, float]],
+    interval: dict | None,
+) -> Decision:
     """The policy: threshold without a champion; else min_delta, significance and no regressions. `values[model][metric]`."""
     mine = values[challenger][metric]
     if champion is None:
         if spec.threshold is None:
-            return Decision(True, "no champion yet and no threshold: the first challenger is promoted", metric, challenger, None, mine)
+            return Decision(
+                True,
+                "no champion yet and no threshold: the first challenger is promoted",
+                metric,
+                challenger,
+                None,
+                mine,
+            )
         ok = direction(metric) * (mine - spec.threshold) >= 0
         verb = "reaches" if ok else "misses"
-        return Decision(ok, f"no champion yet; the challenger's {metric} {mine:.4g} {verb} the threshold {spec.threshold:g}", metric, challenger, None, mine)
+        return Decision(
+            ok,
+            f"no champion yet; the challenger's {metric} {mine:.4g} {verb} the threshold {spec.threshold:g}",
+            metric,
+            challenger,
+            None,
+            mine,
+        )
     theirs = values[champion][metric]
     # The interval is on the difference of per-example scores (log-loss for perplexity), signed so that positive is better.
     delta = interval["delta"] if interval else direction(metric) * (mine - theirs)
@@ -77,19 +107,38 @@ def decide(spec: GateSpec, metric: str, challenger: str, champion: str | None, v
     regressions = {
         m: values[challenger][m] - values[champion][m]
         for m in spec.must_not_regress
-        if m in values[challenger] and m in values[champion]
+        if m in values[challenger]
+        and m in values[champion]
         and direction(m) * (values[challenger][m] - values[champion][m]) < -spec.regress_tolerance
     }
-    base = dict(metric=metric, challenger=challenger, champion=champion, challenger_value=mine, champion_value=theirs,
-                delta=delta, low=low, high=high, p_value=p, regressions=regressions)
+    base = dict(
+        metric=metric,
+        challenger=challenger,
+        champion=champion,
+        challenger_value=mine,
+        champion_value=theirs,
+        delta=delta,
+        low=low,
+        high=high,
+        p_value=p,
+        regressions=regressions,
+    )
     ci = f" ({spec.confidence:.0%} CI {low:+.4f} to {high:+.4f}, p={p:.3g})" if interval else ""
     if delta <= spec.min_delta:
-        return Decision(False, f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci} is not above min_delta {spec.min_delta:g}", **base)
+        return Decision(
+            False,
+            f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci} is not above min_delta {spec.min_delta:g}",
+            **base,
+        )
     if spec.require_significance and not (low is not None and low > 0):
-        return Decision(False, f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci} is not significant", **base)
+        return Decision(
+            False, f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci} is not significant", **base
+        )
     if regressions:
         worse = ", ".join(f"{m} {d:+.4f}" for m, d in regressions.items())
-        return Decision(False, f"{metric} gains {delta:+.4f}{ci} but {worse} regress beyond {spec.regress_tolerance:g}", **base)
+        return Decision(
+            False, f"{metric} gains {delta:+.4f}{ci} but {worse} regress beyond {spec.regress_tolerance:g}", **base
+        )
     return Decision(True, f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci}", **base)
 
 
@@ -110,17 +159,23 @@ def promotion_lock(name: str, stale_after_s: float = 600, wait_s: float = 120) -
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            client.create_registered_model(lock, tags={"multistep.lock_owner": owner, "multistep.lock_time": f"{time.time():.0f}"},
-                                           description="held while multistep moves an alias of " + name)
+            client.create_registered_model(
+                lock,
+                tags={"multistep.lock_owner": owner, "multistep.lock_time": f"{time.time():.0f}"},
+                description="held while multistep moves an alias of " + name,
+            )
             break
         except mlflow.exceptions.MlflowException:
             with contextlib.suppress(mlflow.exceptions.MlflowException):
                 held = client.get_registered_model(lock)
-                if time.time() - float(held.tags.get("multistep.lock_time", "0")) > stale_after_s:  # its owner died holding it
+                # its owner died holding it
+                if time.time() - float(held.tags.get("multistep.lock_time", "0")) > stale_after_s:
                     client.delete_registered_model(lock)
                     continue
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{lock} has been held for over {wait_s:.0f} s; if no promotion is running, delete that registered model")
+                raise TimeoutError(
+                    f"{lock} has been held for over {wait_s:.0f} s; if no promotion is running, delete that registered model"
+                )
             time.sleep(0.2)
     try:
         yield
@@ -129,7 +184,9 @@ def promotion_lock(name: str, stale_after_s: float = 600, wait_s: float = 120) -
             client.delete_registered_model(lock)
 
 
-def promote(name: str, alias: str, challenger: str, judge: Callable[[str | None], Decision], attempts: int = 5) -> Decision:
+def promote(
+    name: str, alias: str, challenger: str, judge: Callable[[str | None], Decision], attempts: int = 5
+) -> Decision:
     """Decide against the current holder, then move the alias only if the holder is still the one judged against."""
     current = holder(name, alias)
     for _ in range(attempts):

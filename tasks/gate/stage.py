@@ -33,28 +33,62 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
 
     def scores(uri: str) -> scoring.Scored:
         if uri not in scored:
-            scored[uri] = scoring.score(uri, dataset, max_rows=spec.max_rows, max_length=max_length, max_new_tokens=max_new_tokens)
+            scored[uri] = scoring.score(
+                uri, dataset, max_rows=spec.max_rows, max_length=max_length, max_new_tokens=max_new_tokens
+            )
         return scored[uri]
 
     def judge(champion: str | None) -> Decision:
         mine = scores(challenger)
-        metric = spec.metric if spec.metric != "auto" else {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}[mine.task]
+        metric = (
+            spec.metric
+            if spec.metric != "auto"
+            else {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}[mine.task]
+        )
         if metric not in mine.metrics:
-            raise ValueError(f"gate.metric {metric} is not measured for {mine.task} models")  # the spec validator prevents this
+            # the spec validator prevents this
+            raise ValueError(f"gate.metric {metric} is not measured for {mine.task} models")
         if champion == challenger:
-            return Decision(False, f"{challenger} already holds @{spec.alias}", metric, challenger, champion, mine.metrics[metric], mine.metrics[metric], 0.0)
+            return Decision(
+                False,
+                f"{challenger} already holds @{spec.alias}",
+                metric,
+                challenger,
+                champion,
+                mine.metrics[metric],
+                mine.metrics[metric],
+                0.0,
+            )
         if champion is None:
-            print(f"gate: no version of {name} holds @{spec.alias} (never promoted, or its version was deleted); "
-                  + (f"the challenger must reach gate.threshold {spec.threshold}" if spec.threshold is not None else "the challenger is promoted"))
+            print(
+                f"gate: no version of {name} holds @{spec.alias} (never promoted, or its version was deleted); "
+                + (
+                    f"the challenger must reach gate.threshold {spec.threshold}"
+                    if spec.threshold is not None
+                    else "the challenger is promoted"
+                )
+            )
             return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
         try:
             theirs = scores(champion)
         except UserError as exc:  # e.g. a champion trained on another label set: the test rows cannot score it
-            print(f"gate: the champion {champion} cannot be scored on these test rows ({exc}); judging the challenger on its own")
+            print(
+                f"gate: the champion {champion} cannot be scored on these test rows ({exc}); judging the challenger on its own"
+            )
             return decide(spec, metric, challenger, None, {challenger: mine.metrics}, None)
-        per = "accuracy" if metric == "macro_f1" else metric  # macro-F1 has no per-example score: its interval is accuracy's
-        interval = metrics.paired_bootstrap(mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence)
-        return decide(spec, metric, challenger, champion, {challenger: mine.metrics, champion: theirs.metrics}, interval if per == metric else None)
+        # macro-F1 has no per-example score: its interval is accuracy's
+        per = "accuracy" if metric == "macro_f1" else metric
+        interval = metrics.paired_bootstrap(
+            mine.per_example[per], theirs.per_example[per], samples=spec.bootstrap_samples, confidence=spec.confidence
+        )
+        return decide(
+            spec,
+            metric,
+            challenger,
+            champion,
+            {challenger: mine.metrics, champion: theirs.metrics},
+            interval if per == metric else None,
+        )
 
     if spec.report_only:  # judged against the holder of the moment, without the lock: nothing will move
         decision = dataclasses.replace(judge(holder(name, spec.alias)), report_only=True)
@@ -77,8 +111,21 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
             report = scored[uri].report
             if report:
                 labels = list(report["per_class"])
-                mlflow.log_figure(metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png")
-    values.update({k: v for k, v in (("delta", decision.delta), ("ci_low", decision.low), ("ci_high", decision.high), ("p_value", decision.p_value)) if v is not None})
+                mlflow.log_figure(
+                    metrics.confusion_figure(report["confusion"], labels, f"{role} {uri}"), f"gate/{role}_confusion.png"
+                )
+    values.update(
+        {
+            k: v
+            for k, v in (
+                ("delta", decision.delta),
+                ("ci_low", decision.low),
+                ("ci_high", decision.high),
+                ("p_value", decision.p_value),
+            )
+            if v is not None
+        }
+    )
     values["promoted"] = float(decision.promote and not decision.report_only)
     mlflow.log_figure(_figure(decision, spec), "gate/decision.png")
     log_metrics(ctx.run_id, values)
@@ -86,8 +133,11 @@ def _record(decision: Decision, scored: dict, ctx, spec: GateSpec) -> None:
     markdown = _markdown(decision, spec)
     mlflow.log_text(markdown, "gate/decision.md")
     if flow_run.id:
-        key = "gate-" + re.sub(r"[^a-z0-9-]+", "-", decision.challenger.split("/")[1].lower())  # Prefect keys: a-z, 0-9, dashes
-        create_markdown_artifact(markdown, key=key[:100], description=f"Champion/challenger decision for {decision.challenger}")
+        # Prefect keys: a-z, 0-9, dashes
+        key = "gate-" + re.sub(r"[^a-z0-9-]+", "-", decision.challenger.split("/")[1].lower())
+        create_markdown_artifact(
+            markdown, key=key[:100], description=f"Champion/challenger decision for {decision.challenger}"
+        )
 
 
 def _figure(d: Decision, spec: GateSpec):
@@ -95,7 +145,11 @@ def _figure(d: Decision, spec: GateSpec):
     fig = Figure(figsize=(7, 3))
     left, right = fig.subplots(1, 2)
     names = ["challenger"] + (["champion"] if d.champion_value is not None else [])
-    left.bar(names, [d.challenger_value] + ([d.champion_value] if d.champion_value is not None else []), color=["tab:blue", "tab:gray"][: len(names)])
+    left.bar(
+        names,
+        [d.challenger_value] + ([d.champion_value] if d.champion_value is not None else []),
+        color=["tab:blue", "tab:gray"][: len(names)],
+    )
     left.set_title(d.metric)
     if d.delta is not None:
         err = [[d.delta - d.low], [d.high - d.delta]] if d.low is not None else None
@@ -115,14 +169,28 @@ def _figure(d: Decision, spec: GateSpec):
 def _markdown(d: Decision, spec: GateSpec) -> str:
     fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     lines = [
-        f"# Gate: {d.verdict}", "", d.reason, "",
-        "| | model | " + d.metric + " |", "|---|---|---:|",
+        f"# Gate: {d.verdict}",
+        "",
+        d.reason,
+        "",
+        "| | model | " + d.metric + " |",
+        "|---|---|---:|",
         f"| challenger | `{d.challenger}` | {fmt(d.challenger_value)} |",
         f"| champion (@{spec.alias}) | `{d.champion or 'none'}` | {fmt(d.champion_value)} |",
     ]
     if d.delta is not None:
-        lines += ["", f"Difference (positive = challenger better): {d.delta:+.4f}"
-                  + (f", {spec.confidence:.0%} paired-bootstrap interval [{d.low:+.4f}, {d.high:+.4f}], p = {d.p_value:.3g}" if d.low is not None else "")]
-    lines += ["", f"Policy: min_delta {spec.min_delta:g}, significance {'required' if spec.require_significance else 'not required'}, "
-              f"must not regress: {', '.join(spec.must_not_regress) or 'nothing'}"]
+        lines += [
+            "",
+            f"Difference (positive = challenger better): {d.delta:+.4f}"
+            + (
+                f", {spec.confidence:.0%} paired-bootstrap interval [{d.low:+.4f}, {d.high:+.4f}], p = {d.p_value:.3g}"
+                if d.low is not None
+                else ""
+            ),
+        ]
+    lines += [
+        "",
+        f"Policy: min_delta {spec.min_delta:g}, significance {'required' if spec.require_significance else 'not required'}, "
+        f"must not regress: {', '.join(spec.must_not_regress) or 'nothing'}",
+    ]
     return "\n".join(lines) + "\n"

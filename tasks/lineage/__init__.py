@@ -17,7 +17,19 @@ from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, ROUND, STAGE, resolve_versi
 
 INPUT = "multistep.input."
 # Inputs in the order a reader follows them: what a stage started from, what it learned from, then raw sources.
-ORDER = ("model", "init", "tokenizer_from", "dataset", "teacher", "synonym_model", "source", "train", "validation", "test", "pool")
+ORDER = (
+    "model",
+    "init",
+    "tokenizer_from",
+    "dataset",
+    "teacher",
+    "synonym_model",
+    "source",
+    "train",
+    "validation",
+    "test",
+    "pool",
+)
 HOW_TO_ASK = "pass models:/<name>/<version> or models:/<name>@<alias> (or a dataset URI a stage returned, runs:/<run_id>/<artifact>)"
 
 
@@ -56,7 +68,17 @@ def _node(uri: str, seen: dict[str, dict], sources: dict[str, str]) -> dict:
 
 
 def _blank(uri: str, kind: str, **fields) -> dict:
-    return {"uri": uri, "kind": kind, "stage": None, "run_id": None, "prefect_flow_run": None, "digest": None, "details": {}, "inputs": {}, **fields}
+    return {
+        "uri": uri,
+        "kind": kind,
+        "stage": None,
+        "run_id": None,
+        "prefect_flow_run": None,
+        "digest": None,
+        "details": {},
+        "inputs": {},
+        **fields,
+    }
 
 
 def _again(uri: str, node: dict) -> dict:
@@ -76,8 +98,12 @@ def _model(uri: str, seen: dict[str, dict]) -> dict:
     run_id = tags.get("multistep.stage_run") or mv.run_id
     run_tags = _run_tags(run_id)
     node = _blank(
-        uri, "model", stage=tags.get(STAGE) or run_tags.get(STAGE), run_id=run_id,
-        prefect_flow_run=tags.get(PREFECT_FLOW_RUN) or run_tags.get(PREFECT_FLOW_RUN) or None, digest=tags.get(DIGEST),
+        uri,
+        "model",
+        stage=tags.get(STAGE) or run_tags.get(STAGE),
+        run_id=run_id,
+        prefect_flow_run=tags.get(PREFECT_FLOW_RUN) or run_tags.get(PREFECT_FLOW_RUN) or None,
+        digest=tags.get(DIGEST),
     )
     seen[key] = node
     details = {
@@ -86,7 +112,8 @@ def _model(uri: str, seen: dict[str, dict]) -> dict:
         "labels": tags["multistep.labels"].split(",") if tags.get("multistep.labels") else None,
         "operations": _json(tags.get("multistep.operations")),
         "round": _int(run_tags.get(ROUND)),
-        "metrics": {k.removeprefix("metric."): _number(v) for k, v in sorted(tags.items()) if k.startswith("metric.")} or None,
+        "metrics": {k.removeprefix("metric."): _number(v) for k, v in sorted(tags.items()) if k.startswith("metric.")}
+        or None,
         "parent_model": tags.get("multistep.parent_model"),
         "adapter_base": tags.get("multistep.adapter_base"),
         "git_commit": tags.get("git.commit"),
@@ -105,10 +132,19 @@ def _dataset(uri: str, seen: dict[str, dict]) -> dict:
     try:
         tags = MlflowClient().get_run(run_id).data.tags
     except MlflowException as exc:
-        return _blank(uri, "dataset", run_id=run_id, error=f"run {run_id} is not in the tracking store ({exc.message.splitlines()[0]})")
+        return _blank(
+            uri,
+            "dataset",
+            run_id=run_id,
+            error=f"run {run_id} is not in the tracking store ({exc.message.splitlines()[0]})",
+        )
     card = _card(uri)
     node = _blank(
-        uri, "dataset", stage=tags.get(STAGE), run_id=run_id, prefect_flow_run=tags.get(PREFECT_FLOW_RUN) or None,
+        uri,
+        "dataset",
+        stage=tags.get(STAGE),
+        run_id=run_id,
+        prefect_flow_run=tags.get(PREFECT_FLOW_RUN) or None,
         digest=tags.get(DIGEST) or card.get("digest"),
     )
     seen[uri] = node
@@ -116,7 +152,12 @@ def _dataset(uri: str, seen: dict[str, dict]) -> dict:
     details = {
         "round": _int(tags.get(ROUND)),
         "task": card.get("task"),
-        "rows": {split: info["rows"] for split, info in card.get("splits", {}).items() if isinstance(info, dict) and "rows" in info} or None,
+        "rows": {
+            split: info["rows"]
+            for split, info in card.get("splits", {}).items()
+            if isinstance(info, dict) and "rows" in info
+        }
+        or None,
         "operations": augment.get("operations"),
         "parent": augment.get("parent"),
         "pipeline_run": tags.get("mlflow.parentRunId"),
@@ -193,12 +234,20 @@ def _check_model(uri: str) -> None:
         ) from None
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{_quote(name)}'"))
     aliases = dict(getattr(model, "aliases", None) or {})
-    if (alias is not None and alias not in aliases) or (version is not None and (not version.isdigit() or int(version) not in versions)):
+    if (alias is not None and alias not in aliases) or (
+        version is not None and (not version.isdigit() or int(version) not in versions)
+    ):
         which = f"no alias @{alias}" if alias is not None else f"no version {version}"
-        held = f"version{'s' if len(versions) > 1 else ''} {_few([str(v) for v in versions])}" if versions else "no versions"
+        held = (
+            f"version{'s' if len(versions) > 1 else ''} {_few([str(v) for v in versions])}"
+            if versions
+            else "no versions"
+        )
         if aliases:
             held += " and aliases " + ", ".join(f"@{a} → {v}" for a, v in sorted(aliases.items()))
-        raise UserError(f"Model {uri} is not in the registry: {name!r} has {which}, only {held}; browse the registry with `make ui`.")
+        raise UserError(
+            f"Model {uri} is not in the registry: {name!r} has {which}, only {held}; browse the registry with `make ui`."
+        )
 
 
 def _check_run(uri: str) -> None:
@@ -206,7 +255,9 @@ def _check_run(uri: str) -> None:
     try:
         MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"{uri}: there is no run {run_id!r} in the tracking store at {mlflow.get_tracking_uri()}: {HOW_TO_ASK}.") from None
+        raise UserError(
+            f"{uri}: there is no run {run_id!r} in the tracking store at {mlflow.get_tracking_uri()}: {HOW_TO_ASK}."
+        ) from None
 
 
 def _few(items: list[str], limit: int = 10) -> str:

@@ -76,7 +76,9 @@ def _compact(value, limit: int = 40) -> str:
 def _metrics(metrics: dict, limit: int = 4) -> str:
     # Held-out scores first: they are what a reader compares between versions.
     names = sorted(metrics, key=lambda k: (not k.startswith(("validation_", "test_", "eval_")), k))
-    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ((k, metrics[k]) for k in names[:limit])]
+    shown = [
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ((k, metrics[k]) for k in names[:limit])
+    ]
     return ", ".join(shown) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
@@ -89,7 +91,9 @@ def _data_summary(node: dict) -> str:
         out.append(" / ".join(f"{n:,} {split}" for split, n in d["rows"].items()) + " rows")
     ops = d.get("operations") or {}
     if ops:
-        added = ", ".join(f"{op} +{info.get('rows', 0):,} rows" if isinstance(info, dict) else op for op, info in ops.items())
+        added = ", ".join(
+            f"{op} +{info.get('rows', 0):,} rows" if isinstance(info, dict) else op for op, info in ops.items()
+        )
         teachers = sorted({info["teacher"] for info in ops.values() if isinstance(info, dict) and info.get("teacher")})
         out.append(added + (f" (teacher {', '.join(teachers)})" if teachers else ""))
     return ", ".join(out)

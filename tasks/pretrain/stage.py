@@ -21,7 +21,9 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
         return existing
     distributed.check(spec.train, ctx.stage)
     model, tokenizer, blocks = setup(spec, dataset)
-    mlflow.log_params({"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]})
+    mlflow.log_params(
+        {"parameters": model.num_parameters(), "train_blocks": blocks.shape[0], "block_size": blocks.shape[1]}
+    )
 
     if spec.train.max_steps and spec.train.devices > 1:
         distributed.launch(spec, {"dataset": dataset}, ctx, model)
@@ -31,7 +33,9 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
         model = single.model
     mlm = spec.objective == "mlm"
     logged = models.log(model, tokenizer, task="fill-mask" if mlm else "text-generation")
-    version = registry.register(logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective})
+    version = registry.register(
+        logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective}
+    )
     clean_up(ctx)
     print(f"pretrain: registered {version}")
     return version
@@ -58,7 +62,9 @@ def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Traine
     """The stage's Trainer over packed blocks."""
     mlm = spec.objective == "mlm"
     # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
+    collator = (
+        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
+    )
     # Every weight of a language model takes part in its loss: DDP need not search each step's graph for unused ones.
     args = arguments(spec.train, work_dir(ctx), ddp_find_unused_parameters=False)
     return Trainer(model=model, args=args, train_dataset=BlockDataset(blocks, labels=not mlm), data_collator=collator)

@@ -30,8 +30,12 @@ class TransferSpec(Spec):
             if repeated:
                 raise ValueError(f"transfer.{field} lists {', '.join(repeated)} more than once: list each entry once")
         if self.drop_layers and self.drop_every:
-            raise ValueError("transfer.drop_layers and transfer.drop_every are both set: choose one way to pick the blocks to drop")
+            raise ValueError(
+                "transfer.drop_layers and transfer.drop_every are both set: choose one way to pick the blocks to drop"
+            )
         if "" in self.add_tokens:
             raise ValueError("transfer.add_tokens contains an empty string: remove it")
         if self.labels is not None and len(self.labels) == 1:
-            raise ValueError(f"transfer.labels has one label ({self.labels[0]!r}): a classifier needs at least 2, or leave it empty")
+            raise ValueError(
+                f"transfer.labels has one label ({self.labels[0]!r}): a classifier needs at least 2, or leave it empty"
+            )

@@ -65,7 +65,9 @@ def _resolve(field: str, values: list[int], n: int, what: str) -> list[int]:
     resolved = []
     for v in values:
         if not -n <= v < n:
-            raise UserError(f"transfer.{field}: index {v} is out of range for {what} (valid: 0–{n - 1}, or -{n} to -1).")
+            raise UserError(
+                f"transfer.{field}: index {v} is out of range for {what} (valid: 0–{n - 1}, or -{n} to -1)."
+            )
         if v % n in resolved:
             raise UserError(f"transfer.{field}: index {v} names block {v % n} a second time: list each block once.")
         resolved.append(v % n)
@@ -83,7 +85,9 @@ def drop_layers(model: PreTrainedModel, layers: list[int] | None = None, every: 
             raise UserError(f"transfer.drop_every: {every} would drop every block: use 2 or more.")
         dropped = list(range(every - 1, n, every))
         if not dropped:
-            raise UserError(f"transfer.drop_every: {every} drops nothing from a model with {n} layers: use at most {n}.")
+            raise UserError(
+                f"transfer.drop_every: {every} drops nothing from a model with {n} layers: use at most {n}."
+            )
     else:
         dropped = _resolve("drop_layers", layers or [], n, f"a model with {n} layers")
     keep = [i for i in range(n) if i not in dropped]
@@ -103,7 +107,9 @@ def insert_identity_blocks(model: PreTrainedModel, positions: list[int]) -> list
         )
     blocks = _blocks(model)
     n, total = len(blocks), len(blocks) + len(positions)
-    new = set(_resolve("insert_identity_at", positions, total, f"a stack of {total} blocks after inserting {len(positions)}"))
+    new = set(
+        _resolve("insert_identity_at", positions, total, f"a stack of {total} blocks after inserting {len(positions)}")
+    )
     stack, sources, old = [], [], iter(range(n))
     for pos in range(total):
         if pos in new:
@@ -187,4 +193,3 @@ def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
     version = registry.register(logged, register_as, ctx, tags)
     print(f"transfer: {', '.join(op['op'] for op in operations) or 'no operations'} → {version}")
     return version
-

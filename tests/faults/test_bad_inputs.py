@@ -20,7 +20,14 @@ def run_and_look_for_survivors(args: list[str], home: Path) -> tuple[subprocess.
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "cli.out", "w+") as out, open(home / "cli.err", "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         left = []
         try:
             proc.wait(timeout=300)
@@ -35,7 +42,9 @@ def run_and_look_for_survivors(args: list[str], home: Path) -> tuple[subprocess.
             proc.wait()
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()), [" ".join(p.info["cmdline"] or []) for p in left]
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()), [
+            " ".join(p.info["cmdline"] or []) for p in left
+        ]
 
 
 def _belongs_to(process: psutil.Process, home: Path) -> bool:
@@ -55,7 +64,9 @@ def refused(tmp_path, corpus, tiny_overrides, registered_versions):
     def check(*extra: str) -> str:
         home = tmp_path / "home"
         sets = [*tiny_overrides(corpus), *extra]
-        result, survivors = run_and_look_for_survivors(["run", "configs/default.yaml", *sum((["--set", s] for s in sets), [])], home)
+        result, survivors = run_and_look_for_survivors(
+            ["run", "configs/default.yaml", *sum((["--set", s] for s in sets), [])], home
+        )
         assert result.returncode == 2, result.stderr[-3000:]
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -97,8 +108,10 @@ def test_a_pickle_only_model_folder_is_refused_for_its_weights(refused, weights_
     (weights_only / "model.safetensors").unlink()
     # It used to be told "fewer than one block of data.block_size".
     message = refused(f"pretrain.init={weights_only}", "data.tokenizer.kind=model")
-    assert message.startswith(f"error: Model folder {weights_only} holds only pickle weights (pytorch_model.bin), which can run code when loaded: "
-                              "convert them to safetensors"), message
+    assert message.startswith(
+        f"error: Model folder {weights_only} holds only pickle weights (pytorch_model.bin), which can run code when loaded: "
+        "convert them to safetensors"
+    ), message
 
 
 def test_a_binary_source_is_refused_as_binary_even_with_the_encoding_the_old_message_advised(refused, tmp_path):

@@ -2,9 +2,12 @@
 database, Prefect's under PREFECT_HOME) are created under a file lock, not by two migrations racing."""
 
 
-def test_two_first_runs_at_once_on_one_fresh_home_both_succeed(tmp_path, corpus, tiny_overrides, start_cli, registered_versions):
+def test_two_first_runs_at_once_on_one_fresh_home_both_succeed(
+    tmp_path, corpus, tiny_overrides, start_cli, registered_versions
+):
     home = tmp_path / "home"
-    other = tmp_path / "other.txt"  # another corpus, so that the two pipelines share no stage (that race is not this one)
+    # another corpus, so that the two pipelines share no stage (that race is not this one)
+    other = tmp_path / "other.txt"
     other.write_text("\n\n".join(reversed(corpus.read_text().split("\n\n"))))
     started = [
         # PREFECT_HOME unset: each CLI keeps Prefect's database under the fresh home, as a user's first runs do.

@@ -16,7 +16,10 @@ HOLD = "MULTISTEP_FAULT_HOLD_AT_STEP"  # tasks/train.py: hold after that step's 
 def statuses(home: Path) -> dict[str, str]:
     """MLflow run name → status, and the Prefect flow run state of each (through its `mlflow-run:` tag)."""
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    runs = {r.info.run_id: r.info.run_name for r in client.search_runs([client.get_experiment_by_name("multistep").experiment_id])}
+    runs = {
+        r.info.run_id: r.info.run_name
+        for r in client.search_runs([client.get_experiment_by_name("multistep").experiment_id])
+    }
     # The flow runs of this home among those of the suite's Prefect database, which the CLIs share.
     prefect_db = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
     with sqlite3.connect(f"file:{prefect_db}?mode=ro", uri=True) as db:
@@ -51,7 +54,10 @@ def test_ctrl_c_then_sigterm_each_stop_at_a_checkpoint_that_the_same_command_res
     first = cli.finish(timeout=180)
     assert first.returncode == 130, first.stderr[-3000:]
     # The signal arrived while holding after step 3: training went on to the next step boundary and saved there.
-    assert the_one_line(first) == f"multistep: interrupted by SIGINT (pretrain at checkpoint-4); the same command resumes: {command}"
+    assert (
+        the_one_line(first)
+        == f"multistep: interrupted by SIGINT (pretrain at checkpoint-4); the same command resumes: {command}"
+    )
     assert statuses(home) == {
         "tiny-pipeline": "KILLED", "prepare": "FINISHED", "pretrain": "KILLED",
         "prefect tiny-pipeline": "CANCELLED", "prefect prepare": "COMPLETED", "prefect pretrain": "CANCELLED",
@@ -66,7 +72,10 @@ def test_ctrl_c_then_sigterm_each_stop_at_a_checkpoint_that_the_same_command_res
     os.kill(cli.proc.pid, signal.SIGTERM)
     second = cli.finish(timeout=180)
     assert second.returncode == 143, second.stderr[-3000:]
-    assert the_one_line(second) == f"multistep: interrupted by SIGTERM (pretrain at checkpoint-7); the same command resumes: {command}"
+    assert (
+        the_one_line(second)
+        == f"multistep: interrupted by SIGTERM (pretrain at checkpoint-7); the same command resumes: {command}"
+    )
     assert processes_of(home) == []
 
     resumed = run_cli(args, home)

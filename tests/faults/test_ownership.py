@@ -20,10 +20,16 @@ def start(args: list[str], home: Path, name: str, **env) -> subprocess.Popen:
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     home.mkdir(parents=True, exist_ok=True)
     with open(home / f"{name}.out", "w") as out:
+        # fmt: skip
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env={**inherited, "MULTISTEP_HOME": str(home), **env},
-            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=REPO,
+            env={**inherited, "MULTISTEP_HOME": str(home), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def said(home: Path, name: str) -> str:
@@ -49,11 +55,16 @@ def kill(proc: subprocess.Popen) -> None:
 
 def waits_for(text: str) -> tuple[int, str] | None:
     """(pid, run id) of the process that this output says it waits for in pretrain, or None."""
-    found = re.search(rf"pretrain: the same stage is running in process (\d+) on {re.escape(socket.gethostname())} \(MLflow run (\w+)[,)]", text)
+    found = re.search(
+        rf"pretrain: the same stage is running in process (\d+) on {re.escape(socket.gethostname())} \(MLflow run (\w+)[,)]",
+        text,
+    )
     return (int(found.group(1)), found.group(2)) if found else None
 
 
-def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_killed(tmp_path, corpus, tiny_overrides, registered_versions):
+def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_killed(
+    tmp_path, corpus, tiny_overrides, registered_versions
+):
     home = tmp_path / "home"
     home.mkdir()
     MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # a home already in use
@@ -62,7 +73,11 @@ def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_kill
     # Whichever wins pretrain holds its live run after checkpoint-3 (a resumed run saves step 6 next, so it never holds).
     # Each its own Prefect home: concurrent first starts of one Prefect database are another issue's subject.
     # Three servers migrating their databases at once on a small machine start slower than Prefect's 20 s default.
-    env = {"MULTISTEP_FAULT_HOLD_AT_STEP": "3", "MULTISTEP_LEASE_POLL_S": "0.2", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {
+        "MULTISTEP_FAULT_HOLD_AT_STEP": "3",
+        "MULTISTEP_LEASE_POLL_S": "0.2",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     procs = {n: start(args, home, n, PREFECT_HOME=str(tmp_path / f"prefect-{n}"), **env) for n in names}
     try:
         deadline = time.monotonic() + 240
@@ -70,7 +85,11 @@ def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_kill
             waiting = {n: waits_for(said(home, n)) for n in names}
             holders = {w[0] for w in waiting.values() if w}
             owner = [n for n in names if {procs[n].pid} == holders]
-            if owner and sum(map(bool, waiting.values())) == 2 and "fault injection: holding after checkpoint-3" in said(home, owner[0]):
+            if (
+                owner
+                and sum(map(bool, waiting.values())) == 2
+                and "fault injection: holding after checkpoint-3" in said(home, owner[0])
+            ):
                 break
             ended = {n: said(home, n)[-3000:] for n, p in procs.items() if p.poll() is not None}
             assert not ended and time.monotonic() < deadline, ended or {n: said(home, n)[-2000:] for n in names}
@@ -100,5 +119,9 @@ def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_kill
         assert "Traceback" not in text
     assert [(v.name, int(v.version)) for v in registered_versions(home)] == [("tiny-base", 1)]
     # Every stage ran in exactly one process: one finished MLflow run per stage.
-    stages = [r.data.tags["multistep.stage"] for r in MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_runs(["1"]) if "multistep.stage" in r.data.tags]
+    stages = [
+        r.data.tags["multistep.stage"]
+        for r in MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_runs(["1"])
+        if "multistep.stage" in r.data.tags
+    ]
     assert sorted(stages) == ["evaluate", "gate", "prepare", "pretrain"]

@@ -26,10 +26,16 @@ def cli(args: list[str], home: Path, name: str, **env) -> tuple[int, str]:
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     home.mkdir(parents=True, exist_ok=True)
     with open(home / f"{name}.out", "w") as out:
+        # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env={**inherited, "MULTISTEP_HOME": str(home), **env},
-            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=REPO,
+            env={**inherited, "MULTISTEP_HOME": str(home), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=300)
         finally:
@@ -41,7 +47,9 @@ def cli(args: list[str], home: Path, name: str, **env) -> tuple[int, str]:
     return proc.returncode, (home / f"{name}.out").read_text()
 
 
-def test_a_poisoned_checkpoint_is_quarantined_and_the_stage_resumes_from_the_previous_one(tmp_path, corpus, tiny_overrides, registered_versions):
+def test_a_poisoned_checkpoint_is_quarantined_and_the_stage_resumes_from_the_previous_one(
+    tmp_path, corpus, tiny_overrides, registered_versions
+):
     import torch
 
     home = tmp_path / "home"

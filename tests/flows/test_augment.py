@@ -31,7 +31,10 @@ POOLER_AND_HEAD = ("finetune.method=full", "finetune.freeze_layers=6")
 def pool(tmp_path) -> Path:
     rng = random.Random(1)
     good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
-    lines = ["sentence"] + [f"{rng.choice(good + bad)} the {rng.choice(['film', 'plot', 'cast'])} felt {rng.choice(good + bad)} {i}" for i in range(60)]
+    lines = ["sentence"] + [
+        f"{rng.choice(good + bad)} the {rng.choice(['film', 'plot', 'cast'])} felt {rng.choice(good + bad)} {i}"
+        for i in range(60)
+    ]
     path = tmp_path / "pool.tsv"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -40,10 +43,19 @@ def pool(tmp_path) -> Path:
 def overrides(data: Path, *extra: str) -> list[str]:
     """sst2-augment on the toy set, head-only on package:minilm so that each fine-tune takes seconds."""
     return [
-        "name=mini", f"labeled.train=[{data}]", "labeled.test=[]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        "labeled.max_train_rows=60", "finetune.method=head", "finetune.max_length=16", "finetune.patience=null",
+        "name=mini",
+        f"labeled.train=[{data}]",
+        "labeled.test=[]",
+        "labeled.split.validation=0.2",
+        "labeled.split.test=0.2",
+        "labeled.max_train_rows=60",
+        "finetune.method=head",
+        "finetune.max_length=16",
+        "finetune.patience=null",
         "finetune.train={max_steps: 4, batch_size: 16, lr: 0.01, warmup_steps: 0, checkpoint_every: 2, log_every: 2}",
-        "augment.eda.copies=2", "augment.eda.protected=[the]", *extra,
+        "augment.eda.copies=2",
+        "augment.eda.protected=[the]",
+        *extra,
     ]
 
 
@@ -52,7 +64,9 @@ def dataset_rows(uri: str, split: str) -> list[dict]:
 
 
 def stage_runs(pipeline_run: str) -> dict[str, mlflow.entities.Run]:
-    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{pipeline_run}'", output_format="list")
+    found = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{pipeline_run}'", output_format="list"
+    )
     return {r.info.run_name: r for r in found}
 
 
@@ -70,29 +84,65 @@ def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path
     monkeypatch.chdir(tmp_path)
     rng = random.Random(4)
     polarity = {"1": ("zorp", "quax"), "0": ("blick", "vremp")}
-    gold = write_rows(Path("gold.tsv"), ["sentence\tlabel"] + [
-        f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][0]} {i}\t{i % 2}" for i in range(80)])
-    validation = write_rows(Path("validation.tsv"), ["sentence\tlabel"] + [
-        f"{polarity[str(i % 2)][1]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}\t{i % 2}" for i in range(100, 152)])
-    pool = write_rows(Path("pool.tsv"), ["sentence"] + [
-        f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}" for i in range(200, 300)])
-    spec = load(REPO / "configs/sst2-augment.yaml", overrides(
-        gold, f"labeled.validation=[{validation}]", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0",
-        "augment.pseudo.per_class=20", "augment.rounds=3", "augment.min_gain=0.2", *POOLER_AND_HEAD,
-        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
-    ))
+    gold = write_rows(
+        Path("gold.tsv"),
+        ["sentence\tlabel"]
+        + [
+            f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][0]} {i}\t{i % 2}"
+            for i in range(80)
+        ],
+    )
+    validation = write_rows(
+        Path("validation.tsv"),
+        ["sentence\tlabel"]
+        + [
+            f"{polarity[str(i % 2)][1]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}\t{i % 2}"
+            for i in range(100, 152)
+        ],
+    )
+    pool = write_rows(
+        Path("pool.tsv"),
+        ["sentence"]
+        + [
+            f"{polarity[str(i % 2)][0]} the {rng.choice(NOUNS)} was {polarity[str(i % 2)][1]} {i}"
+            for i in range(200, 300)
+        ],
+    )
+    spec = load(
+        REPO / "configs/sst2-augment.yaml",
+        overrides(
+            gold,
+            f"labeled.validation=[{validation}]",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.threshold=0.0",
+            "augment.pseudo.per_class=20",
+            "augment.rounds=3",
+            "augment.min_gain=0.2",
+            *POOLER_AND_HEAD,
+            "finetune.train={max_steps: 4, batch_size: 16, lr: 0.003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
+        ),
+    )
     result = llm_pipeline(spec)
 
     runs = stage_runs(result["pipeline_run"])
-    assert {f"{stage}-round{r}" for stage in ("augment", "finetune") for r in (0, 1, 2)} <= set(runs) and "augment-round3" not in runs
+    assert {f"{stage}-round{r}" for stage in ("augment", "finetune") for r in (0, 1, 2)} <= set(
+        runs
+    ) and "augment-round3" not in runs
     assert runs["augment-round1"].data.tags["multistep.hardware"] == "gpu"  # a teacher runs in it
-    accuracy = {r: float(MlflowClient().get_model_version("mini", str(r + 1)).tags["metric.validation_accuracy"]) for r in (0, 1, 2)}
+    accuracy = {
+        r: float(MlflowClient().get_model_version("mini", str(r + 1)).tags["metric.validation_accuracy"])
+        for r in (0, 1, 2)
+    }
     assert accuracy[1] - accuracy[0] > 0.2 and accuracy[2] - accuracy[1] < 0.2  # 0.46 → 0.88 → 0.87
-    assert result["model"] == "models:/mini/2"  # round 1's student beat its teacher by min_gain; round 2's did not beat it
-    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/2"  # the kept student teaches round 2
+    # round 1's student beat its teacher by min_gain; round 2's did not beat it
+    assert result["model"] == "models:/mini/2"
+    # the kept student teaches round 2
+    assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/2"
     for r in (1, 2):
         student = MlflowClient().get_model_version("mini", str(r + 1))
-        assert student.run_id == runs[f"finetune-round{r}"].info.run_id and runs[f"finetune-round{r}"].data.tags["multistep.round"] == str(r)
+        assert student.run_id == runs[f"finetune-round{r}"].info.run_id and runs[f"finetune-round{r}"].data.tags[
+            "multistep.round"
+        ] == str(r)
 
     teacher = "models:/mini/1"
     labeled = {s: dataset_rows(result["labeled"], s) for s in ("train", "validation", "test")}
@@ -107,26 +157,41 @@ def test_eda_then_self_training_rounds_that_keep_the_better_model(home, tmp_path
     assert len(by_op["original"]) == len(labeled["train"]) and len(by_op["eda"]) == 2 * len(labeled["train"])
     source_label = {r["origin"]: r["label"] for r in labeled["train"]}
     assert all(r["label"] == source_label[r["source_row"]] for r in by_op["eda"])  # EDA keeps each row's label
-    assert all(r["text"].split().count("the") == labeled_text.split().count("the")
-               for r in by_op["eda"] for labeled_text in [next(x["text"] for x in labeled["train"] if x["origin"] == r["source_row"])])
+    assert all(
+        r["text"].split().count("the") == labeled_text.split().count("the")
+        for r in by_op["eda"]
+        for labeled_text in [next(x["text"] for x in labeled["train"] if x["origin"] == r["source_row"])]
+    )
     # The teacher labels every pool row by its known word; balance keeps the 20 most confident of each label.
     pseudo = by_op["pseudo"]
     assert len(pseudo) == 40 and all(r["teacher"] == teacher for r in pseudo)
-    assert all(polarity[r["label"]][0] in r["text"].split() for r in pseudo) and sorted(r["label"] for r in pseudo) == ["0"] * 20 + ["1"] * 20
+    assert (
+        all(polarity[r["label"]][0] in r["text"].split() for r in pseudo)
+        and sorted(r["label"] for r in pseudo) == ["0"] * 20 + ["1"] * 20
+    )
     model, tok = models.load(teacher, auto=AutoModelForSequenceClassification)
     probs = probabilities(model.eval(), tok, [r["text"] for r in pseudo])
-    assert [r["confidence"] for r in pseudo] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-5)  # the teacher's own probability
+    # the teacher's own probability
+    assert [r["confidence"] for r in pseudo] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-5)
     assert {r["text"] for r in pseudo}.isdisjoint(r["text"] for split in labeled.values() for r in split)
     card = json.loads(Path(mlflow.artifacts.download_artifacts(round1.rstrip("/") + "/card.json")).read_text())
-    assert card["augment"]["operations"]["pseudo"]["teacher"] == teacher and card["splits"]["train"]["rows"] == len(rows["train"])
+    assert card["augment"]["operations"]["pseudo"]["teacher"] == teacher and card["splits"]["train"]["rows"] == len(
+        rows["train"]
+    )
 
 
 @pytest.fixture
 def keyword_reviews(tmp_path) -> Path:
     """Label 1 rows hold the word "great" once, label 0 rows one complaint: a "great" detector gets every row right."""
     rng = random.Random(2)
-    return write_rows(tmp_path / "keyword.tsv", ["sentence\tlabel"] + [
-        f"{'great' if i % 2 else rng.choice(COMPLAINTS)} the {rng.choice(NOUNS)} was {i}\t{i % 2}" for i in range(120)])
+    return write_rows(
+        tmp_path / "keyword.tsv",
+        ["sentence\tlabel"]
+        + [
+            f"{'great' if i % 2 else rng.choice(COMPLAINTS)} the {rng.choice(NOUNS)} was {i}\t{i % 2}"
+            for i in range(120)
+        ],
+    )
 
 
 def test_adversarial_examples_from_a_teacher_and_adversarial_training(home, keyword_reviews, tmp_path):
@@ -134,11 +199,19 @@ def test_adversarial_examples_from_a_teacher_and_adversarial_training(home, keyw
     # synonym (none of which it knows) flips every label-1 row, while no synonym of a complaint can flip a label-0 row.
     teacher = tmp_path / "great-detector"
     save_keyword_classifier(teacher, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
-    spec = load("configs/sst2-augment.yaml", overrides(
-        keyword_reviews, "augment.eda=null", "augment.pseudo=null", f"augment.teacher={teacher}",
-        "augment.adversarial={rows: null, synonyms: wordnet}",
-        "finetune.adversarial.method=pgd", "finetune.adversarial.steps=2", "finetune.attack.rows=20",
-    ))
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            "augment.pseudo=null",
+            f"augment.teacher={teacher}",
+            "augment.adversarial={rows: null, synonyms: wordnet}",
+            "finetune.adversarial.method=pgd",
+            "finetune.adversarial.steps=2",
+            "finetune.attack.rows=20",
+        ),
+    )
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
     train = dataset_rows(result["labeled"], "train")
@@ -147,36 +220,60 @@ def test_adversarial_examples_from_a_teacher_and_adversarial_training(home, keyw
     augment = runs["augment-round1"].data.metrics
     assert augment["attack_attacked_rows"] == 60 and augment["attack_clean_accuracy"] == 1.0
     assert augment["attack_attack_success_rate"] == pytest.approx(len(positive) / 60)
-    assert augment["attack_robust_accuracy"] == pytest.approx(1 - len(positive) / 60) and augment["attack_mean_edits"] == 1.0
+    assert (
+        augment["attack_robust_accuracy"] == pytest.approx(1 - len(positive) / 60)
+        and augment["attack_mean_edits"] == 1.0
+    )
     rows = dataset_rows(runs["augment-round1"].data.tags["multistep.output"], "train")
     adversarial = {r["source_row"]: r for r in rows if r["operation"] == "adversarial"}
     assert augment["adversarial_rows"] == len(adversarial) and set(adversarial) == set(positive)
     substitute = synonyms.wordnet()("great")[0]  # every substitute scores alike; the attack keeps WordNet's first
     for origin, row in adversarial.items():
-        assert row["text"] == positive[origin].replace("great", substitute) and row["label"] == "1" and row["teacher"] == str(teacher)
+        assert (
+            row["text"] == positive[origin].replace("great", substitute)
+            and row["label"] == "1"
+            and row["teacher"] == str(teacher)
+        )
         assert json.loads(row["params"])["edits"] == [[0, "great", substitute]]
 
     # The student trained adversarially (PGD) and was attacked on 20 test rows; the numbers must agree with each other.
     tags = MlflowClient().get_model_version("mini", result["model"].rsplit("/", 1)[1]).tags
-    robust, clean, success = (float(tags[f"metric.test_{k}"]) for k in ("robust_accuracy", "clean_accuracy", "attack_success_rate"))
+    robust, clean, success = (
+        float(tags[f"metric.test_{k}"]) for k in ("robust_accuracy", "clean_accuracy", "attack_success_rate")
+    )
     assert float(tags["metric.test_attacked_rows"]) == 20 and robust == pytest.approx(clean * (1 - success))
     client, run_id = MlflowClient(), runs["finetune-round1"].info.run_id
     loss, clean_loss, adv_loss = (client.get_metric_history(run_id, k) for k in ("loss", "clean_loss", "adv_loss"))
     assert [m.step for m in adv_loss] == [m.step for m in clean_loss] == [m.step for m in loss] == [2, 4]
     for total, c, a in zip(loss, clean_loss, adv_loss):
-        assert total.value == pytest.approx(c.value + a.value, abs=1e-3)  # weight 1: the loss is the clean plus the adversarial
+        # weight 1: the loss is the clean plus the adversarial
+        assert total.value == pytest.approx(c.value + a.value, abs=1e-3)
         assert a.value > c.value  # PGD moves the embeddings up the loss
 
 
 def test_a_teacher_with_other_labels_stops_the_run_before_anything_is_registered(home, sentiment, tmp_path):
     teacher = tmp_path / "teacher"
     _, tok = models.load("package:minilm")
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        id2label={0: "x", 1: "y"}, label2id={"x": 0, "y": 1})
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label={0: "x", 1: "y"},
+        label2id={"x": 0, "y": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(teacher)
     tok.save_pretrained(teacher)
-    spec = load("configs/sst2-augment.yaml", overrides(sentiment, "augment.eda=null", "augment.pseudo=null", f"augment.teacher={teacher}", "augment.adversarial={}"))
-    with pytest.raises(UserError, match=r"augment\.teacher .* predicts the labels \['x', 'y'\] but the data's labels are \['0', '1'\]"):
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            sentiment, "augment.eda=null", "augment.pseudo=null", f"augment.teacher={teacher}", "augment.adversarial={}"
+        ),
+    )
+    with pytest.raises(
+        UserError, match=r"augment\.teacher .* predicts the labels \['x', 'y'\] but the data's labels are \['0', '1'\]"
+    ):
         llm_pipeline(spec)
     assert MlflowClient().search_registered_models() == []
 
@@ -191,13 +288,16 @@ def test_an_empty_pool_exits_non_zero_before_training(home, sentiment, tmp_path,
     assert registered_versions(home) == []
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("augment.eda.copies=0", r"augment\.eda\.copies` Input should be greater than or equal to 1"),
-    ("augment.eda.swap_rate=1.5", r"augment\.eda\.swap_rate` Input should be less than or equal to 1"),
-    ("augment={}", r"augment has no operation"),
-    ("augment.pseudo.threshold=2", r"augment\.pseudo\.threshold"),
-    ("labeled.task=sft", r"augment works on classification data"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("augment.eda.copies=0", r"augment\.eda\.copies` Input should be greater than or equal to 1"),
+        ("augment.eda.swap_rate=1.5", r"augment\.eda\.swap_rate` Input should be less than or equal to 1"),
+        ("augment={}", r"augment has no operation"),
+        ("augment.pseudo.threshold=2", r"augment\.pseudo\.threshold"),
+        ("labeled.task=sft", r"augment works on classification data"),
+    ],
+)
 def test_bad_augment_settings_name_the_key(sentiment, setting, message):
     with pytest.raises(UserError, match=message):
         load("configs/sst2-augment.yaml", overrides(sentiment, setting))
@@ -206,21 +306,33 @@ def test_bad_augment_settings_name_the_key(sentiment, setting, message):
 def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
     # Round 1's learning rate is too low to learn anything in 4 steps; round 2's strategy multiplies it by 100, learns
     # and takes over; round 3 (the same strategy again) does not beat it by min_delta, so patience 1 stops the loop.
-    spec = load("configs/sst2-augment.yaml", overrides(
-        sentiment, "augment.eda=null", f"augment.pseudo.pool=[{pool}]", "augment.pseudo.threshold=0.0", "augment.pseudo.balance=false",
-        "augment.pseudo.per_class=5", *POOLER_AND_HEAD,
-        "finetune.train={max_steps: 4, batch_size: 16, lr: 0.00003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
-        "rounds={max_rounds: 4, patience: 1, min_delta: 0.2, strategies: [{lr_factor: 100, pseudo_refresh: true}]}",
-    ))
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            sentiment,
+            "augment.eda=null",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.threshold=0.0",
+            "augment.pseudo.balance=false",
+            "augment.pseudo.per_class=5",
+            *POOLER_AND_HEAD,
+            "finetune.train={max_steps: 4, batch_size: 16, lr: 0.00003, warmup_steps: 0, checkpoint_every: 4, log_every: 2}",
+            "rounds={max_rounds: 4, patience: 1, min_delta: 0.2, strategies: [{lr_factor: 100, pseudo_refresh: true}]}",
+        ),
+    )
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
     assert {"finetune-round1", "finetune-round2", "finetune-round3"} <= set(runs) and "finetune-round4" not in runs
     history = MlflowClient().get_metric_history(result["pipeline_run"], "round_validation_accuracy")
     scores = {m.step: m.value for m in history}
-    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2  # 0.48, 0.77, 0.87
+    # 0.48, 0.77, 0.87
+    assert sorted(scores) == [1, 2, 3] and scores[2] - scores[1] > 0.2 and scores[3] - scores[2] <= 0.2
     assert result["model"] == result["finetuned"] == "models:/mini/2"  # round 2 took over and stayed the best
     assert str(MlflowClient().get_model_version_by_alias("mini", "challenger").version) == "2"
-    assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx([3e-5, 3e-3, 3e-3])  # lr ×100
+    # lr ×100
+    assert [float(runs[f"finetune-round{r}"].data.params["train.lr"]) for r in (1, 2, 3)] == pytest.approx(
+        [3e-5, 3e-3, 3e-3]
+    )
     assert "teacher" not in " ".join(runs["augment-round1"].data.tags)  # round 1 has no teacher yet
     # Pseudo-labels come from the best model so far: round 1's for round 2, round 2's (which took over) for round 3.
     assert runs["augment-round2"].data.tags["multistep.input.teacher"] == "models:/mini/1"
@@ -232,6 +344,9 @@ def test_rounds_adjust_the_strategy_and_stop_on_patience(home, sentiment, pool):
 
 def test_rounds_settings_that_do_not_fit_name_the_fix(sentiment):
     with pytest.raises(UserError, match="pseudo_refresh but augment.pseudo is not set"):
-        load("configs/sst2-augment.yaml", overrides(sentiment, "augment.pseudo=null", "rounds={strategies: [{pseudo_refresh: true}]}"))
+        load(
+            "configs/sst2-augment.yaml",
+            overrides(sentiment, "augment.pseudo=null", "rounds={strategies: [{pseudo_refresh: true}]}"),
+        )
     with pytest.raises(UserError, match="two loops"):
         load("configs/sst2-augment.yaml", overrides(sentiment, "augment.rounds=2", "rounds={}"))

@@ -24,7 +24,11 @@ def refused(tmp_path, tiny_overrides, run_cli, registered_versions):
 
     def check(data_file, *needles, extra=(), **env):
         home = tmp_path / "home"
-        args = ["run", "configs/default.yaml", *sum((["--set", o] for o in tiny_overrides(data_file) + list(extra)), [])]
+        args = [
+            "run",
+            "configs/default.yaml",
+            *sum((["--set", o] for o in tiny_overrides(data_file) + list(extra)), []),
+        ]
         result = run_cli(args, home, **env)
         assert_refused(result, *needles)
         assert registered_versions(home) == []
@@ -73,7 +77,13 @@ def test_unreachable_tracking_server(corpus, refused):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused(corpus, f"http://127.0.0.1:{port}", "unreachable", "MLFLOW_TRACKING_URI", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    refused(
+        corpus,
+        f"http://127.0.0.1:{port}",
+        "unreachable",
+        "MLFLOW_TRACKING_URI",
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+    )
 
 
 @pytest.mark.parametrize("value, warned", [("true", True), ("1", True), ("false", False), (None, False)])
@@ -87,8 +97,10 @@ def test_unpickling_stays_off_whatever_the_environment_says(tmp_path, monkeypatc
         monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", value)
     cli._embedded_defaults()
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
-    warning = (f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={value} is ignored: multistep never unpickles models "
-               "(safetensors only), so it runs with false.\n")
+    warning = (
+        f"warning: MLFLOW_ALLOW_PICKLE_DESERIALIZATION={value} is ignored: multistep never unpickles models "
+        "(safetensors only), so it runs with false.\n"
+    )
     assert capsys.readouterr().err == (warning if warned else "")
 
 
@@ -102,7 +114,8 @@ def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_
     ok = run_cli(["run", "configs/default.yaml", *sets, "--json"], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "registered: models:/tiny-base/1" in ok.stdout
-    assert json.loads(ok.stdout.strip().splitlines()[-1])["model"] == "models:/tiny-base/1"  # --json: the result URIs last
+    # --json: the result URIs last
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["model"] == "models:/tiny-base/1"
     assert "validation  perplexity" in ok.stdout and "unigram baseline" in ok.stdout
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe")
@@ -119,8 +132,15 @@ def refused_finetune(tmp_path, run_cli, registered_versions):
         data = tmp_path / "tiny.tsv"
         data.write_text(tsv_text)
         home = tmp_path / "home"
-        sets = [f"labeled.train=[{data}]", "labeled.test=[]", "labeled.split.validation=0.25", "labeled.split.test=0.25",
-                "finetune.train.max_steps=2", "finetune.train.checkpoint_every=2", *extra]
+        sets = [
+            f"labeled.train=[{data}]",
+            "labeled.test=[]",
+            "labeled.split.validation=0.25",
+            "labeled.split.test=0.25",
+            "finetune.train.max_steps=2",
+            "finetune.train.checkpoint_every=2",
+            *extra,
+        ]
         result = run_cli(["run", "configs/sst2-minilm.yaml", *sum((["--set", s] for s in sets), [])], home)
         assert_refused(result, *needles)
         assert registered_versions(home) == []
@@ -128,15 +148,25 @@ def refused_finetune(tmp_path, run_cli, registered_versions):
     return check
 
 
-GOOD_TSV = "sentence\tlabel\n" + "".join(f"row number {i} is {'good' if i % 2 else 'bad'}\t{i % 2}\n" for i in range(40))
+GOOD_TSV = "sentence\tlabel\n" + "".join(
+    f"row number {i} is {'good' if i % 2 else 'bad'}\t{i % 2}\n" for i in range(40)
+)
 
 
 def test_label_column_missing(refused_finetune):
-    refused_finetune(GOOD_TSV.replace("\tlabel\n", "\tpolarity\n", 1), "tiny.tsv", "'label'", "polarity", "labeled.label_column")
+    refused_finetune(
+        GOOD_TSV.replace("\tlabel\n", "\tpolarity\n", 1), "tiny.tsv", "'label'", "polarity", "labeled.label_column"
+    )
 
 
 def test_lora_target_the_model_lacks_lists_the_ones_it_has(refused_finetune):
-    refused_finetune(GOOD_TSV, "no module named 'qkv'", "query", "value", extra=["finetune.method=lora", "finetune.lora_targets=[qkv]"])
+    refused_finetune(
+        GOOD_TSV,
+        "no module named 'qkv'",
+        "query",
+        "value",
+        extra=["finetune.method=lora", "finetune.lora_targets=[qkv]"],
+    )
 
 
 def test_unknown_package(refused_finetune):

@@ -43,7 +43,10 @@ def test_a_stage_past_its_timeout_is_cancelled_as_a_crash(clock):
 
 def test_a_stage_no_worker_takes_is_an_error_naming_the_pool(clock):
     client = FakeClient(Pending())
-    with pytest.raises(UserError, match=r"no worker of work pool 'gpu' took flow run brave-otter within 10 s.*prefect worker start --pool gpu"):
+    with pytest.raises(
+        UserError,
+        match=r"no worker of work pool 'gpu' took flow run brave-otter within 10 s.*prefect worker start --pool gpu",
+    ):
         dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=10, timeout_s=100)
     assert client.cancelled == ["r1"]
 
@@ -86,7 +89,6 @@ def test_stage_timeouts_name_real_stages():
     with pytest.raises(ValueError, match="unknown stages"):
         ExecutionSpec(stage_timeouts={"pretrian": 3600})
     assert ExecutionSpec(stage_timeouts={"pretrain": 3600}).stage_timeouts == {"pretrain": 3600}
-
 
 
 def test_deploy_needs_a_prefect_server_and_sane_numbers(tmp_path, run_cli):

@@ -20,36 +20,68 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 def pairs(tmp_path) -> Path:
     path = tmp_path / "pairs.jsonl"
     words = ["cat", "dog", "house", "tree", "water", "bread", "sun", "moon"]
-    path.write_text("".join(json.dumps({"prompt": f"repeat {w} {i}", "response": f"{w} {i}"}) + "\n" for i in range(60) for w in words[:2]))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"repeat {w} {i}", "response": f"{w} {i}"}) + "\n"
+            for i in range(60)
+            for w in words[:2]
+        )
+    )
     return path
 
 
 def finetune_overrides(data: Path, *extra: str) -> list[str]:
     return [
-        "labeled.task=classification", f"labeled.train=[{data}]", "labeled.text_column=sentence",
-        "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        "finetune.train.max_steps=12", "finetune.train.batch_size=16", "finetune.train.lr=0.003",
-        "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.train.log_every=3",
-        "finetune.max_length=16", *extra,
+        "labeled.task=classification",
+        f"labeled.train=[{data}]",
+        "labeled.text_column=sentence",
+        "labeled.split.validation=0.2",
+        "labeled.split.test=0.2",
+        "finetune.train.max_steps=12",
+        "finetune.train.batch_size=16",
+        "finetune.train.lr=0.003",
+        "finetune.train.warmup_steps=0",
+        "finetune.train.checkpoint_every=6",
+        "finetune.train.log_every=3",
+        "finetune.max_length=16",
+        *extra,
     ]
 
 
 def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_overrides):
     # 24 steps over whole rows (32 characters) learn the separable set: seed 42 reaches accuracy 1.0 on validation and
     # test; a classifier that learned nothing, or learned shuffled labels, stays near 0.5.
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + finetune_overrides(
-        sentiment, "finetune.train.max_steps=24", "finetune.train.checkpoint_every=12", "finetune.train.log_every=6", "finetune.max_length=32"))
+    spec = load(
+        "configs/default.yaml",
+        tiny_overrides(corpus)
+        + finetune_overrides(
+            sentiment,
+            "finetune.train.max_steps=24",
+            "finetune.train.checkpoint_every=12",
+            "finetune.train.log_every=6",
+            "finetune.max_length=32",
+        ),
+    )
     result = llm_pipeline(spec)
     assert result["finetuned"] == result["model"] == "models:/tiny/1"
     version = MlflowClient().get_model_version("tiny", "1")
     assert version.tags["multistep.parent_model"] == "models:/tiny-base/1"
     assert version.tags["multistep.labels"] == "0,1" and version.tags["multistep.method"] == "full"
-    assert float(version.tags["metric.validation_accuracy"]) >= 0.95 and float(version.tags["metric.test_accuracy"]) >= 0.95
+    assert (
+        float(version.tags["metric.validation_accuracy"]) >= 0.95
+        and float(version.tags["metric.test_accuracy"]) >= 0.95
+    )
     assert float(version.tags["metric.test_macro_f1"]) >= 0.95
-    assert {"metric.test_ece", "metric.test_nll", "metric.test_precision_0", "metric.test_recall_1"} <= set(version.tags)
+    assert {"metric.test_ece", "metric.test_nll", "metric.test_precision_0", "metric.test_recall_1"} <= set(
+        version.tags
+    )
     files = {f.path for f in MlflowClient().list_artifacts(version.run_id, "evaluation")}
-    assert {"evaluation/test_confusion.png", "evaluation/test_calibration.png",
-            "evaluation/test_predictions.json", "evaluation/test_report.json"} <= files
+    assert {
+        "evaluation/test_confusion.png",
+        "evaluation/test_calibration.png",
+        "evaluation/test_predictions.json",
+        "evaluation/test_report.json",
+    } <= files
     assert "loss_curves.png" in {f.path for f in MlflowClient().list_artifacts(version.run_id)}
     # The pipeline ends in a gate decision: the first classifier of its name is promoted.
     assert version.tags["gate.decision"] == "promoted" and version.tags["gate.metric"] == "accuracy"
@@ -60,11 +92,21 @@ def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_
 
 
 def test_head_only_on_the_packaged_minilm(home, sentiment):
-    spec = load("configs/sst2-minilm.yaml", [
-        "name=mini", f"labeled.train=[{sentiment}]", "labeled.test=[]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        "finetune.method=head", "finetune.train.max_steps=4", "finetune.train.checkpoint_every=2", "finetune.train.batch_size=8",
-        "finetune.max_length=16",
-    ])
+    spec = load(
+        "configs/sst2-minilm.yaml",
+        [
+            "name=mini",
+            f"labeled.train=[{sentiment}]",
+            "labeled.test=[]",
+            "labeled.split.validation=0.2",
+            "labeled.split.test=0.2",
+            "finetune.method=head",
+            "finetune.train.max_steps=4",
+            "finetune.train.checkpoint_every=2",
+            "finetune.train.batch_size=8",
+            "finetune.max_length=16",
+        ],
+    )
     result = llm_pipeline(spec)
     base, _ = models.load("package:minilm", auto=AutoModelForSequenceClassification, num_labels=2)
     tuned, _ = models.load(result["model"], auto=AutoModelForSequenceClassification)
@@ -75,24 +117,51 @@ def test_head_only_on_the_packaged_minilm(home, sentiment):
 
 
 def test_lora_sft_merged_scores_generations_before_and_after(home, corpus, pairs, tiny_overrides):
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
-        "labeled.task=sft", f"labeled.train=[{pairs}]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        "finetune.method=lora", "finetune.lora_rank=4", "finetune.train.max_steps=6", "finetune.train.batch_size=8",
-        "finetune.train.checkpoint_every=3", "finetune.train.lr=0.01", "finetune.max_length=32",
-        "finetune.generation_rows=4", "finetune.max_new_tokens=4",
-    ])
+    spec = load(
+        "configs/default.yaml",
+        tiny_overrides(corpus)
+        + [
+            "labeled.task=sft",
+            f"labeled.train=[{pairs}]",
+            "labeled.split.validation=0.2",
+            "labeled.split.test=0.2",
+            "finetune.method=lora",
+            "finetune.lora_rank=4",
+            "finetune.train.max_steps=6",
+            "finetune.train.batch_size=8",
+            "finetune.train.checkpoint_every=3",
+            "finetune.train.lr=0.01",
+            "finetune.max_length=32",
+            "finetune.generation_rows=4",
+            "finetune.max_new_tokens=4",
+        ],
+    )
     result = llm_pipeline(spec)
     run = MlflowClient().get_run(MlflowClient().get_model_version("tiny", "1").run_id)
-    assert {"bleu", "bleu_before", "chrf", "chrf_before", "exact_match", "test_loss", "test_loss_before", "trainable_fraction"} <= set(run.data.metrics)
+    assert {
+        "bleu",
+        "bleu_before",
+        "chrf",
+        "chrf_before",
+        "exact_match",
+        "test_loss",
+        "test_loss_before",
+        "trainable_fraction",
+    } <= set(run.data.metrics)
     assert 0 < run.data.metrics["trainable_fraction"] < 0.2
-    table = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/generations.json")).read_text())
+    table = json.loads(
+        Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/generations.json")).read_text()
+    )
     assert set(table["columns"]) == {"prompt", "reference", "before", "after"}
     merged, _ = models.load(result["model"])  # a plain causal LM: the adapters were merged
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
 def test_transfer_registers_the_surgery_in_the_lineage(home, corpus, tiny_overrides):
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + ["transfer.insert_identity_at=[1]", "transfer.add_tokens=[<q>]"])
+    spec = load(
+        "configs/default.yaml",
+        tiny_overrides(corpus) + ["transfer.insert_identity_at=[1]", "transfer.add_tokens=[<q>]"],
+    )
     result = llm_pipeline(spec)
     assert result["transferred"] == "models:/tiny-transfer/1"
     tags = MlflowClient().get_model_version("tiny-transfer", "1").tags
@@ -108,10 +177,17 @@ def test_transfer_registers_the_surgery_in_the_lineage(home, corpus, tiny_overri
 def test_masked_lm_pretraining_then_classification(home, corpus, sentiment, tiny_overrides):
     from transformers import AutoModelForMaskedLM
 
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
-        "pretrain.model.arch=bert", "pretrain.objective=mlm", "pretrain.mlm_probability=0.2", "evaluate=null",
-        *finetune_overrides(sentiment, "finetune.train.max_steps=6", "finetune.train.checkpoint_every=3"),
-    ])
+    spec = load(
+        "configs/default.yaml",
+        tiny_overrides(corpus)
+        + [
+            "pretrain.model.arch=bert",
+            "pretrain.objective=mlm",
+            "pretrain.mlm_probability=0.2",
+            "evaluate=null",
+            *finetune_overrides(sentiment, "finetune.train.max_steps=6", "finetune.train.checkpoint_every=3"),
+        ],
+    )
     result = llm_pipeline(spec)
     encoder, tok = models.load(result["base"], auto=AutoModelForMaskedLM)
     assert type(encoder).__name__ == "BertForMaskedLM" and tok.mask_token == "[MASK]"
@@ -129,12 +205,25 @@ def test_objective_must_fit_the_architecture():
 def test_lora_adapter_version_records_its_base_and_loads_on_top_of_it(home, corpus, pairs, tiny_overrides):
     from peft import PeftModel
 
-    spec = load("configs/default.yaml", tiny_overrides(corpus) + [
-        "labeled.task=sft", f"labeled.train=[{pairs}]", "labeled.split.validation=0.2", "labeled.split.test=0.2",
-        "finetune.method=lora", "finetune.merge_lora=false", "finetune.lora_rank=4", "finetune.train.max_steps=4",
-        "finetune.train.batch_size=8", "finetune.train.checkpoint_every=2", "finetune.train.lr=0.05",
-        "finetune.max_length=32", "finetune.generation_rows=0",
-    ])
+    spec = load(
+        "configs/default.yaml",
+        tiny_overrides(corpus)
+        + [
+            "labeled.task=sft",
+            f"labeled.train=[{pairs}]",
+            "labeled.split.validation=0.2",
+            "labeled.split.test=0.2",
+            "finetune.method=lora",
+            "finetune.merge_lora=false",
+            "finetune.lora_rank=4",
+            "finetune.train.max_steps=4",
+            "finetune.train.batch_size=8",
+            "finetune.train.checkpoint_every=2",
+            "finetune.train.lr=0.05",
+            "finetune.max_length=32",
+            "finetune.generation_rows=0",
+        ],
+    )
     result = llm_pipeline(spec)
     version = MlflowClient().get_model_version("tiny", "1")
     assert version.tags["multistep.adapter_base"] == "models:/tiny-base/1"

@@ -24,7 +24,11 @@ def test_first_model_is_promoted_then_new_data_is_gated_against_it(home, corpus,
     assert str(client.get_model_version_by_alias("tiny-base", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny-base", "challenger").version) == "1"
     tags = client.get_model_version("tiny-base", "1").tags
-    assert tags["gate.decision"] == "promoted" and tags["gate.champion"] == "" and "first challenger" in tags["gate.reason"]
+    assert (
+        tags["gate.decision"] == "promoted"
+        and tags["gate.champion"] == ""
+        and "first challenger" in tags["gate.reason"]
+    )
 
     # Twice the steps on the same text: the challenger's perplexity is clearly lower, and the default policy (any gain,
     # no significance required) promotes it.
@@ -39,9 +43,17 @@ def test_first_model_is_promoted_then_new_data_is_gated_against_it(home, corpus,
     assert str(client.get_model_version_by_alias("tiny-base", "challenger").version) == "2"
 
     run = stage_runs(second["pipeline_run"])["gate"]
-    assert {"challenger_perplexity", "champion_perplexity", "delta", "ci_low", "ci_high", "promoted"} <= set(run.data.metrics)
+    assert {"challenger_perplexity", "champion_perplexity", "delta", "ci_low", "ci_high", "promoted"} <= set(
+        run.data.metrics
+    )
     files = {f.path for f in client.list_artifacts(run.info.run_id, "gate")}
-    assert {"gate/decision.json", "gate/decision.md", "gate/decision.png", "gate/challenger_predictions.json", "gate/champion_predictions.json"} <= files
+    assert {
+        "gate/decision.json",
+        "gate/decision.md",
+        "gate/decision.png",
+        "gate/challenger_predictions.json",
+        "gate/champion_predictions.json",
+    } <= files
     from prefect import get_client
 
     with get_client(sync_client=True) as prefect:
@@ -73,21 +85,42 @@ def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_ov
     monkeypatch.setattr(scoring, "score", flaky)
     result = pipeline(corpus, tiny_overrides, "execution.stage_retries=1")
     assert len(calls) == 2 and MlflowClient().get_model_version("tiny-base", "1").tags["gate.decision"] == "promoted"
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'", output_format="list")
-    assert sorted(r.info.run_name for r in runs) == ["evaluate", "gate", "prepare", "pretrain"]  # trained once; the gate run resumed
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'",
+        output_format="list",
+    )
+    assert sorted(r.info.run_name for r in runs) == [
+        "evaluate",
+        "gate",
+        "prepare",
+        "pretrain",
+    ]  # trained once; the gate run resumed
     assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
 
 
 def test_evaluate_scores_any_versions_side_by_side_from_the_cli(home, corpus, tiny_overrides, run_cli):
     result = pipeline(corpus, tiny_overrides)
-    done = run_cli(["evaluate", "models:/tiny-base/1", "models:/tiny-base@champion", result["dataset"], "--json"], home, MLFLOW_TRACKING_URI="")
+    done = run_cli(
+        ["evaluate", "models:/tiny-base/1", "models:/tiny-base@champion", result["dataset"], "--json"],
+        home,
+        MLFLOW_TRACKING_URI="",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     first, second = found["models:/tiny-base/1"], found["models:/tiny-base@champion"]
     assert first["task"] == "lm" and first["metrics"]["perplexity"] == pytest.approx(second["metrics"]["perplexity"])
     assert second["vs_first"]["perplexity"]["delta"] == 0  # the same version twice
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`multistep.stage` = 'evaluate' and attributes.run_name = 'evaluate'", output_format="list")
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.`multistep.stage` = 'evaluate' and attributes.run_name = 'evaluate'",
+        output_format="list",
+    )
     assert sum("test_perplexity" in r.data.metrics for r in runs) >= 2
 
     missing = run_cli(["evaluate", "models:/nope/1", result["dataset"]], home, MLFLOW_TRACKING_URI="")
-    assert missing.returncode == 2 and "error: Cannot fetch model models:/nope/1" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2
+        and "error: Cannot fetch model models:/nope/1" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )

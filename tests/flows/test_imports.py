@@ -8,7 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Every spec module too: the CLI and the Prefect form read specs without running a stage.
 SPECS = tuple(sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "tasks").rglob("spec.py")))
-ENTRYPOINTS = ("flows.stages", "flows.pipeline", "flows.retrain", "flows.evaluation", "flows.sweep", "flows.sweep_spec", "flows.spec", *SPECS)
+ENTRYPOINTS = (
+    "flows.stages",
+    "flows.pipeline",
+    "flows.retrain",
+    "flows.evaluation",
+    "flows.sweep",
+    "flows.sweep_spec",
+    "flows.spec",
+    *SPECS,
+)
 # What only training and scoring need, seconds to import; prefect and mlflow bring numpy, pandas and pyarrow themselves.
 HEAVY = ("torch", "transformers", "peft", "accelerate", "sklearn")
 

@@ -50,7 +50,10 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
     card = prepared.card(result["dataset"])
     assert card["filters"]["rows_in"] >= card["filters"]["rows_out"] > 0
     assert all(card["splits"][s]["blocks"] > 0 for s in ("train", "validation", "test"))
-    assert card["contamination"]["ngram"] == 13 and card["contamination"]["test"]["eval_rows"] == card["splits"]["test"]["rows"]
+    assert (
+        card["contamination"]["ngram"] == 13
+        and card["contamination"]["test"]["eval_rows"] == card["splits"]["test"]["rows"]
+    )
     assert prepared.load_blocks(result["dataset"], "train").shape[1] == 32
     assert any(i.dataset.name == "prepare-train" for i in stages["prepare"].inputs.dataset_inputs)
 
@@ -67,7 +70,8 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
     assert tags["multistep.input.dataset"] == result["dataset"]
     assert tags["multistep.pipeline_run"] == result["pipeline_run"]
     assert tags[tracking.PREFECT_FLOW_RUN] and tags["git.commit"]
-    assert tags["multistep.code_version"] == code.version("tasks.pretrain.stage")  # the code pretraining runs, not the whole package
+    # the code pretraining runs, not the whole package
+    assert tags["multistep.code_version"] == code.version("tasks.pretrain.stage")
     evaluation = MlflowClient().get_run(stages["evaluate"].info.run_id).data.metrics
     assert float(tags["metric.validation_perplexity"]) == pytest.approx(evaluation["validation_perplexity"], rel=1e-4)
     assert evaluation["test_unigram_perplexity"] > 1
@@ -87,12 +91,19 @@ def test_unchanged_rerun_reuses_every_stage(home, corpus, caplog, run):
     first = run(corpus)
     caplog.clear()
     second = run(corpus)
-    assert {k: second[k] for k in ("dataset", "model", "evaluation")} == {k: first[k] for k in ("dataset", "model", "evaluation")}
+    assert {k: second[k] for k in ("dataset", "model", "evaluation")} == {
+        k: first[k] for k in ("dataset", "model", "evaluation")
+    }
     assert stage_runs(second["pipeline_run"]) == {}  # nothing ran again
     said = caplog.text  # flows log their prints
     assert all(f"{stage}: cache hit" in said for stage in ("prepare", "pretrain", "evaluate", "gate"))
     tags = MlflowClient().get_run(second["pipeline_run"]).data.tags
-    assert {"multistep.reused.prepare", "multistep.reused.pretrain", "multistep.reused.evaluate", "multistep.reused.gate"} <= set(tags)
+    assert {
+        "multistep.reused.prepare",
+        "multistep.reused.pretrain",
+        "multistep.reused.evaluate",
+        "multistep.reused.gate",
+    } <= set(tags)
     assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
 
 
@@ -118,8 +129,14 @@ def test_registration_is_idempotent_for_a_stage_key(home, corpus, run):
     result = run(corpus)
     pretrain_run = stage_runs(result["pipeline_run"])["pretrain"]
     ctx = tracking.StageRun(
-        "pretrain", pretrain_run.info.run_id, pretrain_run.data.tags[tracking.STAGE_KEY], code.version("tasks.pretrain.stage"),
-        {}, {}, None, resumed=True,
+        "pretrain",
+        pretrain_run.info.run_id,
+        pretrain_run.data.tags[tracking.STAGE_KEY],
+        code.version("tasks.pretrain.stage"),
+        {},
+        {},
+        None,
+        resumed=True,
     )
     source = MlflowClient().get_model_version("tiny-base", "1").source
     assert registry.register(source, "tiny-base", ctx) == "models:/tiny-base/1"
@@ -128,7 +145,9 @@ def test_registration_is_idempotent_for_a_stage_key(home, corpus, run):
 
 def test_spec_is_logged_without_changes(home, corpus, run):
     result = run(corpus)
-    logged = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{result['pipeline_run']}/spec.json")).read_text())
+    logged = json.loads(
+        Path(mlflow.artifacts.download_artifacts(f"runs:/{result['pipeline_run']}/spec.json")).read_text()
+    )
     assert logged["name"] == "tiny" and logged["data"]["block_size"] == 32
 
 
@@ -144,6 +163,8 @@ def test_continued_pretraining_from_a_registered_version(home, corpus, run):
     # The dataset was encoded with the parent's tokenizer, so the vocabularies agree.
     assert prepared.card(more["dataset"])["tokenizer"]["from"] == base["model"]
 
-    with pytest.raises(UserError, match=r"data.block_size \(64\) is larger than the 32 positions of models:/tiny-base/1"):
+    with pytest.raises(
+        UserError, match=r"data.block_size \(64\) is larger than the 32 positions of models:/tiny-base/1"
+    ):
         run(corpus, f"pretrain.init={base['model']}", "data.tokenizer.kind=model", "data.block_size=64", name="long")
     assert MlflowClient().search_model_versions("name = 'long-base'") == []

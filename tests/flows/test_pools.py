@@ -48,23 +48,34 @@ def stage_runs(team, pipeline_flow_run_id: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with stack.environ(team.env), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run_id])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_flow_run_id]))
+        )
         flows = {f.id: f.name for f in client.read_flows()}
     return [(flows[r.flow_id], r) for r in runs]
 
 
 def bucket_keys(team) -> list[str]:
     client = s3server.client(team.env["AWS_ENDPOINT_URL_S3"], team.access_key, team.secret_key)
-    return [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET) for o in page.get("Contents", [])]
+    return [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET)
+        for o in page.get("Contents", [])
+    ]
 
 
 def pipeline_runs(mlflow, name: str) -> list:
     experiments = [e.experiment_id for e in mlflow.search_experiments()]
-    return mlflow.search_runs(experiments, f"tags.`multistep.pipeline` = '{name}'", order_by=["attributes.start_time ASC"])
+    return mlflow.search_runs(
+        experiments, f"tags.`multistep.pipeline` = '{name}'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def stage_run(mlflow, parent, stage: str):
-    (run,) = mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`multistep.stage` = '{stage}'")
+    (run,) = mlflow.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`multistep.stage` = '{stage}'",
+    )
     return run
 
 
@@ -73,12 +84,21 @@ def test_each_stage_runs_on_its_pool_and_a_killed_gpu_worker_is_replaced_and_tra
 ):
     stack.kill(team, "worker-gpu")
     team.start_worker("gpu", limit=1, name="worker-gpu-doomed", env={"MULTISTEP_FAULT_HOLD_AT_STEP": "3"})
-    args = tiny_pools(corpus, tiny_overrides, "name=pooled", "pretrain.train.max_steps=9", "pretrain.train.checkpoint_every=3")
+    args = tiny_pools(
+        corpus, tiny_overrides, "name=pooled", "pretrain.train.max_steps=9", "pretrain.train.checkpoint_every=3"
+    )
     home = tmp_path / "client"
     home.mkdir()
     env = {**os.environ, **team.env, "MULTISTEP_HOME": str(home)}
     with open(home / "out", "w+") as out:
-        pipeline = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=stack.PACKAGE_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        pipeline = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=stack.PACKAGE_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             # The worker holds still once checkpoint-3 is complete in S3: then the machine dies, worker and flow run.
             marker = _wait_for_checkpoint(team, "checkpoint-3", pipeline, deadline_s=300)
@@ -156,11 +176,17 @@ def test_retraining_twice_on_unchanged_data_reuses_every_stage_and_new_data_goes
     assert mlflow.get_model_version_by_alias("retrained", "champion").version in ("1", 1)
 
     second = _retrain(team, spec)
-    reused = {k.removeprefix("multistep.reused."): v for k, v in mlflow.get_run(second).data.tags.items() if k.startswith("multistep.reused.")}
+    reused = {
+        k.removeprefix("multistep.reused."): v
+        for k, v in mlflow.get_run(second).data.tags.items()
+        if k.startswith("multistep.reused.")
+    }
     assert set(reused) == {"prepare-labeled", "finetune", "gate"}
     assert len(mlflow.search_model_versions("name = 'retrained'")) == 1
     first_run = mlflow.get_run(first)
-    assert reused == {stage: stage_run(mlflow, first_run, stage).info.run_id for stage in reused}  # the first run's stages
+    assert reused == {
+        stage: stage_run(mlflow, first_run, stage).info.run_id for stage in reused
+    }  # the first run's stages
 
     data.write_text(_reviews(200))  # new rows arrived
     third = _retrain(team, spec)
@@ -180,7 +206,9 @@ def _retrain(team, spec: dict) -> str:
     from prefect.deployments import run_deployment
 
     with stack.environ(team.env):
-        run = run_deployment("retrain/sst2-minilm-weekly", parameters={"spec": spec}, timeout=480, poll_interval=1, as_subflow=False)
+        run = run_deployment(
+            "retrain/sst2-minilm-weekly", parameters={"spec": spec}, timeout=480, poll_interval=1, as_subflow=False
+        )
         assert run.state.is_completed(), run.state
         with get_client(sync_client=True) as client:
             tags = client.read_flow_run(run.id).tags
@@ -199,7 +227,9 @@ def _reviews(n: int) -> str:
 
 
 @pytest.mark.parametrize("problem", ["missing pool", "unreachable endpoint", "wrong credentials"])
-def test_bad_configuration_ends_in_one_sentence_and_registers_nothing(problem, team, tmp_path, corpus, tiny_overrides, run_cli):
+def test_bad_configuration_ends_in_one_sentence_and_registers_nothing(
+    problem, team, tmp_path, corpus, tiny_overrides, run_cli
+):
     from prefect.blocks.system import Secret
 
     extra = {"missing pool": ["execution.pools.gpu=nope"]}.get(problem, ["execution.s3_secret=broken-s3"])
@@ -267,9 +297,30 @@ def _tiny_bert(path: Path) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     path.mkdir()
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "great", "lovely", "superb", "awful", "dull", "poor", "film", "number"]) + "\n")
+    (path / "vocab.txt").write_text(
+        "\n".join(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                "great",
+                "lovely",
+                "superb",
+                "awful",
+                "dull",
+                "poor",
+                "film",
+                "number",
+            ]
+        )
+        + "\n"
+    )
     tok = BertTokenizerFast.from_pretrained(path)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -17,11 +17,17 @@ PRESETS = sorted(Path("configs").glob("*.yaml"))
 def test_every_preset_validates_and_starts_with_its_command(preset):
     spec = load(preset)
     assert isinstance(spec, PipelineSpec)
-    assert preset.read_text().splitlines()[0].startswith("# ") and f"multistep run {preset}" in preset.read_text().splitlines()[0]
+    assert (
+        preset.read_text().splitlines()[0].startswith("# ")
+        and f"multistep run {preset}" in preset.read_text().splitlines()[0]
+    )
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    spec = load("configs/default.yaml", ["pretrain.train.max_steps=5", "data.sources=[a.txt, b.txt]", "pretrain.train.lr=3e-4", "name=x"])
+    spec = load(
+        "configs/default.yaml",
+        ["pretrain.train.max_steps=5", "data.sources=[a.txt, b.txt]", "pretrain.train.lr=3e-4", "name=x"],
+    )
     assert spec.pretrain.train.max_steps == 5
     assert spec.data.sources == ["a.txt", "b.txt"]
     assert spec.pretrain.train.lr == pytest.approx(3e-4)
@@ -40,7 +46,10 @@ def test_spec_is_frozen():
     "overrides, needles",
     [
         (["data.sorces=[a]"], ["unknown key `data.sorces`", "did you mean `sources`"]),
-        (["pretrain.zzz=1"], ["unknown key `pretrain.zzz`", "valid keys here are init, mlm_probability, model, objective"]),
+        (
+            ["pretrain.zzz=1"],
+            ["unknown key `pretrain.zzz`", "valid keys here are init, mlm_probability, model, objective"],
+        ),
         (["pretrain.train.lr=-1"], ["`pretrain.train.lr`", "greater than 0"]),
         (["data.tokenizer.kind=words"], ["`data.tokenizer.kind`", "'bpe', 'char' or 'model'"]),
         (["data.block_size=512"], ["data.block_size (512) is larger than pretrain.model.n_positions (128)"]),
@@ -71,8 +80,14 @@ def test_a_malformed_set_value_is_one_sentence_naming_the_set():
 
 
 def test_set_mistakes_name_the_set_not_the_config_file(tmp_path):
-    assert refusal(["pretrain.train.max_step=3"]) == "--set pretrain.train.max_step=3: unknown key `pretrain.train.max_step`: did you mean `max_steps`?"
-    assert refusal(["pretrain.train.lr=-1"]) == "--set pretrain.train.lr=-1: `pretrain.train.lr` Input should be greater than 0 (got -1): fix the value."
+    assert (
+        refusal(["pretrain.train.max_step=3"])
+        == "--set pretrain.train.max_step=3: unknown key `pretrain.train.max_step`: did you mean `max_steps`?"
+    )
+    assert (
+        refusal(["pretrain.train.lr=-1"])
+        == "--set pretrain.train.lr=-1: `pretrain.train.lr` Input should be greater than 0 (got -1): fix the value."
+    )
     assert refusal(["pretrain={zzz: 1}"]).startswith("--set pretrain={zzz: 1}: unknown key `pretrain.zzz`")
     typo = tmp_path / "typo.yaml"
     typo.write_text("pretrain:\n  train:\n    max_step: 3\n")  # the same typo, in the file
@@ -90,7 +105,10 @@ def test_a_cross_field_mistake_has_a_short_label_and_no_dump_of_the_input(tmp_pa
     )
     both = tmp_path / "both.yaml"
     both.write_text("finetune: {}\n")
-    assert refusal([], both) == f"{both}: finetune and labeled go together: set both (the model to tune and its labeled data) or neither."
+    assert (
+        refusal([], both)
+        == f"{both}: finetune and labeled go together: set both (the model to tune and its labeled data) or neither."
+    )
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
@@ -108,10 +126,28 @@ def test_run_form_shows_help_for_every_field():
     """Prefect builds the run form from this schema: every field, nested ones too, carries its docstring."""
     schema = parameter_schema(llm_pipeline).model_dump()
     assert list(schema["properties"]) == ["spec", "parent_run_id"]
-    assert schema["properties"]["parent_run_id"]["description"].startswith("MLflow run to nest this pipeline's run under")
+    assert schema["properties"]["parent_run_id"]["description"].startswith(
+        "MLflow run to nest this pipeline's run under"
+    )
     models = _definitions(schema)
-    assert {"PipelineSpec", "PrepareSpec", "CleanSpec", "SplitSpec", "TokenizerSpec", "PretrainSpec", "ModelSpec", "TrainSpec", "EvaluateSpec", "ExecutionSpec"} <= set(models)
-    missing = [f"{name}.{field}" for name, model in models.items() for field, prop in model["properties"].items() if not prop.get("description")]
+    assert {
+        "PipelineSpec",
+        "PrepareSpec",
+        "CleanSpec",
+        "SplitSpec",
+        "TokenizerSpec",
+        "PretrainSpec",
+        "ModelSpec",
+        "TrainSpec",
+        "EvaluateSpec",
+        "ExecutionSpec",
+    } <= set(models)
+    missing = [
+        f"{name}.{field}"
+        for name, model in models.items()
+        for field, prop in model["properties"].items()
+        if not prop.get("description")
+    ]
     assert missing == []
     assert models["TrainSpec"]["properties"]["max_steps"]["description"].startswith("Optimizer steps to train for")
     assert models["TokenizerSpec"]["properties"]["kind"]["enum"] == ["bpe", "char", "model"]
@@ -121,7 +157,11 @@ def test_run_form_shows_help_for_every_field():
 def test_a_rounds_strategy_that_pushes_a_setting_out_of_bounds_is_refused_before_anything_runs():
     # lr 0.5 × 100 = 50 breaks finetune.train.lr's `le=1`: an unvalidated copy would hand the Trainer lr 50 in round 2.
     overrides = [
-        "labeled={train: [x.tsv]}", "finetune={init: package:minilm, train: {lr: 0.5}}", "pretrain=null", "evaluate=null", "data=null",
+        "labeled={train: [x.tsv]}",
+        "finetune={init: package:minilm, train: {lr: 0.5}}",
+        "pretrain=null",
+        "evaluate=null",
+        "data=null",
         "rounds={strategies: [{lr_factor: 1}, {lr_factor: 100}]}",
     ]
     with pytest.raises(UserError) as caught:
@@ -138,7 +178,19 @@ def test_derived_specs_are_validated_again():
 
     with pytest.raises(ValidationError, match="lr\n  Input should be less than or equal to 1"):
         TrainSpec(lr=0.5).replace(lr=50.0)
-    spec = load("configs/default.yaml", ["labeled={train: [x.tsv]}", "finetune={init: package:minilm, train: {lr: 0.01}}", "pretrain=null", "evaluate=null", "data=null"])
+    spec = load(
+        "configs/default.yaml",
+        [
+            "labeled={train: [x.tsv]}",
+            "finetune={init: package:minilm, train: {lr: 0.01}}",
+            "pretrain=null",
+            "evaluate=null",
+            "data=null",
+        ],
+    )
     adjusted = rounds.apply(spec, StrategySpec(lr_factor=2.0, seed_offset=3))
-    assert (adjusted.finetune.train.lr, adjusted.finetune.train.seed) == (pytest.approx(0.02), spec.finetune.train.seed + 3)
+    assert (adjusted.finetune.train.lr, adjusted.finetune.train.seed) == (
+        pytest.approx(0.02),
+        spec.finetune.train.seed + 3,
+    )
     assert spec.finetune.train.lr == 0.01  # the original is untouched

@@ -27,7 +27,9 @@ def base(corpus: Path, sentiment: Path, tiny_overrides) -> dict:
         "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.train.log_every=3",
         "finetune.max_length=16", "finetune.patience=null",
     ]  # fmt: skip
-    return load_pipeline("configs/default.yaml", tiny_overrides(corpus, "swept") + extra).model_dump(mode="json", exclude_unset=True)
+    return load_pipeline("configs/default.yaml", tiny_overrides(corpus, "swept") + extra).model_dump(
+        mode="json", exclude_unset=True
+    )
 
 
 def write(tmp_path: Path, **fields) -> Path:
@@ -37,10 +39,14 @@ def write(tmp_path: Path, **fields) -> Path:
 
 
 def stage_runs(stage: str) -> list:
-    return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{tracking.STAGE}` = '{stage}'", output_format="list")
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.`{tracking.STAGE}` = '{stage}'", output_format="list"
+    )
 
 
-def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_the_registry_numbers(prefect_api, home, corpus, sentiment, tiny_overrides, tmp_path):
+def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_the_registry_numbers(
+    prefect_api, home, corpus, sentiment, tiny_overrides, tmp_path
+):
     spec = load(write(
         tmp_path, base=base(corpus, sentiment, tiny_overrides), seeds=[0, 1], seed_fields=["finetune.train.seed"],
         conditions={"baseline": {}, "fast": {"finetune.train.lr": 0.03}},
@@ -48,32 +54,62 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
     report = sweep(spec)
 
     # Four cells, each a pipeline run nested under the sweep's run; the corpus, the pretraining and the labeled data once.
-    assert [(c["row"], c["seed"], c["status"]) for c in report["cells"]] == [("baseline", 0, "completed"), ("baseline", 1, "completed"), ("fast", 0, "completed"), ("fast", 1, "completed")]
+    assert [(c["row"], c["seed"], c["status"]) for c in report["cells"]] == [
+        ("baseline", 0, "completed"),
+        ("baseline", 1, "completed"),
+        ("fast", 0, "completed"),
+        ("fast", 1, "completed"),
+    ]
     client = MlflowClient()
-    pipelines = client.search_runs([client.get_run(report["sweep_run"]).info.experiment_id], f"tags.`mlflow.parentRunId` = '{report['sweep_run']}'")
+    pipelines = client.search_runs(
+        [client.get_run(report["sweep_run"]).info.experiment_id], f"tags.`mlflow.parentRunId` = '{report['sweep_run']}'"
+    )
     assert sorted(r.info.run_id for r in pipelines) == sorted(c["pipeline_run"] for c in report["cells"])
-    assert {stage: len(stage_runs(stage)) for stage in ("prepare", "pretrain", "prepare-labeled", "finetune", "gate")} == {
-        "prepare": 1, "pretrain": 1, "prepare-labeled": 1, "finetune": 4, "gate": 4}
+    assert {
+        stage: len(stage_runs(stage)) for stage in ("prepare", "pretrain", "prepare-labeled", "finetune", "gate")
+    } == {"prepare": 1, "pretrain": 1, "prepare-labeled": 1, "finetune": 4, "gate": 4}
 
     # The table's numbers are the registered versions' metrics.
-    value = {(c["row"], c["seed"]): float(client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags["metric.test_accuracy"]) for c in report["cells"]}
+    value = {
+        (c["row"], c["seed"]): float(
+            client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags["metric.test_accuracy"]
+        )
+        for c in report["cells"]
+    }
     assert {(c["row"], c["seed"]): c["value"] for c in report["cells"]} == value
     rows = {r["row"]: r for r in report["rows"]}
     for row in ("baseline", "fast"):
         mine = [value[row, 0], value[row, 1]]
-        assert (rows[row]["n"], rows[row]["mean"], rows[row]["min"], rows[row]["max"]) == (2, pytest.approx(np.mean(mine)), min(mine), max(mine))
+        assert (rows[row]["n"], rows[row]["mean"], rows[row]["min"], rows[row]["max"]) == (
+            2,
+            pytest.approx(np.mean(mine)),
+            min(mine),
+            max(mine),
+        )
         assert rows[row]["std"] == pytest.approx(np.std(mine, ddof=1))
 
     # The paired statistics come from the cells' test predictions, pooled over the seeds.
     def correct(cell) -> np.ndarray:
         run_id = client.get_model_version("swept", cell["model"].rsplit("/", 1)[1]).run_id
-        table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/test_predictions.json")).read_text())
-        return np.array([float(str(p) == str(label)) for label, p in zip(*([row[table["columns"].index(c)] for row in table["data"]] for c in ("label", "predicted")))])
+        table = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/test_predictions.json")
+            ).read_text()
+        )
+        return np.array(
+            [
+                float(str(p) == str(label))
+                for label, p in zip(
+                    *([row[table["columns"].index(c)] for row in table["data"]] for c in ("label", "predicted"))
+                )
+            ]
+        )
 
     cells = {(c["row"], c["seed"]): c for c in report["cells"]}
     fast = np.concatenate([correct(cells["fast", 0]), correct(cells["fast", 1])])
     slow = np.concatenate([correct(cells["baseline", 0]), correct(cells["baseline", 1])])
-    assert rows["fast"]["delta"] == pytest.approx(rows["fast"]["mean"] - rows["baseline"]["mean"])  # equal row counts per seed
+    # equal row counts per seed
+    assert rows["fast"]["delta"] == pytest.approx(rows["fast"]["mean"] - rows["baseline"]["mean"])
     assert rows["fast"]["mcnemar_p"] == metrics.mcnemar(fast, slow)["p_value"]
     boot = metrics.paired_bootstrap(fast, slow, samples=2000)
     assert (rows["fast"]["ci_low"], rows["fast"]["ci_high"]) == (boot["low"], boot["high"])
@@ -81,7 +117,9 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
 
     # No alias moved: the cells' gates only reported.
     assert client.get_registered_model("swept").aliases == {}
-    assert {client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags["gate.decision"] for c in report["cells"]} == {"would promote (report only)"}
+    assert {
+        client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags["gate.decision"] for c in report["cells"]
+    } == {"would promote (report only)"}
 
     # The report on the sweep's MLflow run and as a Prefect artifact.
     files = {f.path for f in client.list_artifacts(report["sweep_run"], "sweep")}
@@ -93,16 +131,24 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
     assert f"| fast | 2 | {rows['fast']['mean']:.4f} ± {rows['fast']['std']:.4f}" in artifact.data
 
 
-def test_a_failed_cell_is_reported_and_the_others_complete_with_paired_block_losses(prefect_api, home, corpus, tiny_overrides, tmp_path):
+def test_a_failed_cell_is_reported_and_the_others_complete_with_paired_block_losses(
+    prefect_api, home, corpus, tiny_overrides, tmp_path
+):
     from flows.spec import load as load_pipeline
 
-    lm = load_pipeline("configs/default.yaml", tiny_overrides(corpus, "lm", steps=4)).model_dump(mode="json", exclude_unset=True)
+    lm = load_pipeline("configs/default.yaml", tiny_overrides(corpus, "lm", steps=4)).model_dump(
+        mode="json", exclude_unset=True
+    )
     missing = tmp_path / "missing.txt"
     report = sweep(SweepSpec(base=lm, seeds=[0], conditions={
         "baseline": {}, "hotter": {"pretrain.train.lr": 0.01}, "broken": {"data.sources": [str(missing)]}}))  # fmt: skip
 
     cells = {c["row"]: c for c in report["cells"]}
-    assert (cells["baseline"]["status"], cells["hotter"]["status"], cells["broken"]["status"]) == ("completed", "completed", "failed")
+    assert (cells["baseline"]["status"], cells["hotter"]["status"], cells["broken"]["status"]) == (
+        "completed",
+        "completed",
+        "failed",
+    )
     assert str(missing) in cells["broken"]["error"] and "model" not in cells["broken"]
     rows = {r["row"]: r for r in report["rows"]}
     assert (rows["broken"]["n"], rows["broken"]["failed"], rows["broken"]["mean"]) == (0, 1, None)
@@ -116,7 +162,11 @@ def test_a_failed_cell_is_reported_and_the_others_complete_with_paired_block_los
 
     def losses(cell) -> np.ndarray:
         gate = stage_runs_under(cell["pipeline_run"], "gate")
-        table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=gate, artifact_path="gate/challenger_predictions.json")).read_text())
+        table = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(run_id=gate, artifact_path="gate/challenger_predictions.json")
+            ).read_text()
+        )
         return np.array([row[table["columns"].index("loss")] for row in table["data"]])
 
     hotter, baseline = losses(cells["hotter"]), losses(cells["baseline"])
@@ -133,7 +183,11 @@ def stage_runs_under(pipeline_run: str, stage: str) -> str:
 
 # ---- bad input: one sentence, nothing run -------------------------------------------------------------------------------
 
-TINY = {"base": "configs/sst2-minilm.yaml", "seeds": [0, 1], "conditions": {"none": {}, "lora": {"finetune.method": "lora"}}}
+TINY = {
+    "base": "configs/sst2-minilm.yaml",
+    "seeds": [0, 1],
+    "conditions": {"none": {}, "lora": {"finetune.method": "lora"}},
+}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -160,7 +214,9 @@ def test_bad_input_is_one_sentence_naming_the_key(tmp_path, change, message):
 
 def test_a_condition_identical_to_the_baseline_is_a_warning(tmp_path):
     found = plan(load(write(tmp_path, **{**TINY, "conditions": {"none": {}, "same": {"finetune.method": "full"}}})))
-    assert found.warnings == ["condition same gives the same pipeline as the baseline none: its cells will reuse the baseline's runs and differ by exactly 0"]
+    assert found.warnings == [
+        "condition same gives the same pipeline as the baseline none: its cells will reuse the baseline's runs and differ by exactly 0"
+    ]
     assert len(found.cells) == 4
 
 
@@ -170,7 +226,9 @@ def test_the_cli_refuses_bad_input_with_exit_2_before_anything_runs(tmp_path, ru
     done = run_cli(["sweep", str(path), "--seeds", "0"], home)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {path}: condition typo: unknown key `finetune.train.max_step`: did you mean `finetune.train.max_steps`?"]
+    assert errors == [
+        f"error: {path}: condition typo: unknown key `finetune.train.max_step`: did you mean `finetune.train.max_steps`?"
+    ]
     assert not (home / "mlflow.db").exists()  # no run was opened
 
 
@@ -187,7 +245,8 @@ def test_the_augmentation_preset_seeds_every_seed_and_never_promotes():
     for cell in found.cells:
         spec = cell.spec
         assert (spec.finetune.train.seed, spec.finetune.train.max_steps, spec.gate.report_only) == (cell.seed, 5, True)
-        assert spec.finetune.attack.rows == 200 and spec.finetune.attack.seed == 0  # robustness on the same dev rows in every cell
+        # robustness on the same dev rows in every cell
+        assert spec.finetune.attack.rows == 200 and spec.finetune.attack.seed == 0
         assert spec.labeled.split.salt == found.cells[0].spec.labeled.split.salt  # the same rows everywhere
         augment = spec.augment
         seeded = [augment.eda, augment.pseudo, augment.adversarial] if augment else []
@@ -202,7 +261,12 @@ def test_the_sweep_form_shows_help_for_every_field():
     schema = parameter_schema(sweep).model_dump()
     assert list(schema["properties"]) == ["spec"]
     models = schema.get("definitions") or schema.get("$defs")
-    missing = [f"{name}.{field}" for name, model in models.items() for field, prop in model["properties"].items() if not prop.get("description")]
+    missing = [
+        f"{name}.{field}"
+        for name, model in models.items()
+        for field, prop in model["properties"].items()
+        if not prop.get("description")
+    ]
     assert missing == []
     assert models["SweepSpec"]["properties"]["test"]["enum"] == ["test", "validation"]
     assert all(m.get("additionalProperties") is False for m in models.values())
@@ -218,7 +282,9 @@ def test_set_reaches_into_the_base_and_keeps_dotted_keys_of_conditions_overrides
     found = plan(spec)
     eda = [c for c in found.cells if c.condition == "eda"]
     assert {(c.point, c.spec.augment.eda.copies, c.spec.finetune.method) for c in eda} == {
-        ((("finetune.method", "full"),), 2, "full"), ((("finetune.method", "head"),), 2, "head")}
+        ((("finetune.method", "full"),), 2, "full"),
+        ((("finetune.method", "head"),), 2, "head"),
+    }
     assert found.reference["eda finetune.method=head"] == "none finetune.method=head"
     assert {c.spec.execution.mode for c in found.cells} == {"pools"} and len(found.cells) == 6 * 2 * 3
 
@@ -232,7 +298,14 @@ def test_a_seed_whose_test_rows_differ_from_the_baselines_is_left_out_of_the_pai
         ("base", 1): PerRow(rows, np.array([0.0, 0.0])), ("eda", 1): PerRow(other, np.array([1.0, 1.0])),
     }  # fmt: skip
     found = paired("eda", "base", per_row, [0, 1], "accuracy", [])
-    assert (found["paired_rows"], found["delta"], found["mcnemar_p"]) == (2, 0.5, 1.0)  # seed 0 alone: one row only eda got right
-    assert found["note"] == "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics"
+    # seed 0 alone: one row only eda got right
+    assert (found["paired_rows"], found["delta"], found["mcnemar_p"]) == (2, 0.5, 1.0)
+    assert (
+        found["note"]
+        == "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics"
+    )
     alone = paired("eda", "base", {k: v for k, v in per_row.items() if k[1] == 1}, [0, 1], "accuracy", [])
-    assert alone == {"delta": None, "note": "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics"}
+    assert alone == {
+        "delta": None,
+        "note": "seed 1: the test rows differ from base's (2 vs 2 rows), so it is left out of the paired statistics",
+    }

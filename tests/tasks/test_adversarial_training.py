@@ -6,6 +6,8 @@ import pydantic
 import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+
+# fmt: skip
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -14,7 +16,7 @@ from transformers import (
     GPT2LMHeadModel,
     Trainer,
     TrainingArguments,
-)  # fmt: skip
+)
 
 from tasks.errors import UserError
 from tasks.finetune.adversarial import perturbation, project, trainer_class
@@ -39,17 +41,34 @@ def batch(seed: int = 0, labels: str = "class") -> dict[str, torch.Tensor]:
 
 def bert(dropout: float = 0.0) -> BertForSequenceClassification:
     torch.manual_seed(0)
+    # no dropout unless asked: a training-mode forward is then deterministic and comparable with a plain one
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=2,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )  # no dropout unless asked: a training-mode forward is then deterministic and comparable with a plain one
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForSequenceClassification(config)
 
 
 def gpt2_config(**kw) -> GPT2Config:
     return GPT2Config(
-        n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0, **kw,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+        **kw,
     )
 
 
@@ -73,7 +92,15 @@ def test_spec_defaults_and_bounds():
     spec = AdversarialSpec()
     assert (spec.method, spec.epsilon, spec.alpha, spec.steps, spec.weight) == ("fgm", 1.0, 0.3, 3, 1.0)
     assert AdversarialSpec(method="fgm", steps=7).steps == 7  # ignored by fgm, not refused
-    for bad in ({"epsilon": 0}, {"alpha": -1}, {"steps": 0}, {"steps": 21}, {"weight": -0.5}, {"method": "free"}, {"eps": 1}):
+    for bad in (
+        {"epsilon": 0},
+        {"alpha": -1},
+        {"steps": 0},
+        {"steps": 21},
+        {"weight": -0.5},
+        {"method": "free"},
+        {"eps": 1},
+    ):
         with pytest.raises(pydantic.ValidationError):
             AdversarialSpec(**bad)
     assert all(field.description for field in AdversarialSpec.model_fields.values())
@@ -142,7 +169,9 @@ def test_training_loss_is_clean_plus_adversarial(method, tmp_path):
     torch.testing.assert_close(loss.detach(), clean.detach() + adv)
     assert adv > clean  # the nudge is chosen to raise the loss
     # The same nudge in a random direction raises it less.
-    direction = torch.randn(BATCH, SEQ, 16, generator=torch.Generator().manual_seed(3)) * inputs["attention_mask"][..., None]
+    direction = (
+        torch.randn(BATCH, SEQ, 16, generator=torch.Generator().manual_seed(3)) * inputs["attention_mask"][..., None]
+    )
     random_delta = perturbation(direction, inputs["attention_mask"], 0.5)
     embeds = model.get_input_embeddings()(inputs["input_ids"]) + random_delta
     rest = {k: v for k, v in inputs.items() if k != "input_ids"}
@@ -228,7 +257,11 @@ class NoInputsEmbeds(torch.nn.Module):
 
     def __init__(self, call_embeddings: bool = True):
         super().__init__()
-        self.embed, self.head, self.call_embeddings = torch.nn.Embedding(VOCAB, 8), torch.nn.Linear(8, 2), call_embeddings
+        self.embed, self.head, self.call_embeddings = (
+            torch.nn.Embedding(VOCAB, 8),
+            torch.nn.Linear(8, 2),
+            call_embeddings,
+        )
 
     def forward(self, input_ids, attention_mask, labels):
         h = self.embed(input_ids) if self.call_embeddings else self.embed.weight[input_ids]
@@ -247,7 +280,9 @@ def test_model_without_inputs_embeds_is_perturbed_through_its_embedding_layer(tm
 
 def test_model_without_embedding_layer_is_refused(tmp_path):
     model = NoInputsEmbeds().train()
-    expected = r"finetune\.adversarial .*NoInputsEmbeds has no get_input_embeddings\(\).*set finetune\.adversarial to empty"
+    expected = (
+        r"finetune\.adversarial .*NoInputsEmbeds has no get_input_embeddings\(\).*set finetune\.adversarial to empty"
+    )
     with pytest.raises(UserError, match=expected):
         trainer(model, tmp_path, AdversarialSpec()).compute_loss(model, dict(batch()))
 
@@ -283,8 +318,16 @@ def test_train_logs_adversarial_loss_beside_loss(arch, spec, accumulate, tmp_pat
         torch.manual_seed(0)
         model, train = GPT2LMHeadModel(gpt2_config()), dataset(labels="lm")
     t = trainer(
-        model, tmp_path, spec, train, max_steps=5, per_device_train_batch_size=4, gradient_accumulation_steps=accumulate,
-        logging_steps=1, learning_rate=1e-3, seed=0,
+        model,
+        tmp_path,
+        spec,
+        train,
+        max_steps=5,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulate,
+        logging_steps=1,
+        learning_rate=1e-3,
+        seed=0,
     )
     before = model.get_input_embeddings().weight.detach().clone()
     t.train()

@@ -48,11 +48,19 @@ def test_editing_the_trainer_setup_reruns_the_training_stages_and_only_those(tre
 def test_imports_inside_functions_and_relative_imports_are_followed(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "__init__.py").write_text("")
-    (tmp_path / "tasks" / "stage.py").write_text("def run():\n    from tasks import helper\n    from .sub import deep\n")
+    (tmp_path / "tasks" / "stage.py").write_text(
+        "def run():\n    from tasks import helper\n    from .sub import deep\n"
+    )
     (tmp_path / "tasks" / "helper.py").write_text("import json\n")
     (tmp_path / "tasks" / "sub").mkdir()
     (tmp_path / "tasks" / "sub" / "__init__.py").write_text("")
     (tmp_path / "tasks" / "sub" / "deep.py").write_text("")
     (tmp_path / "tasks" / "unused.py").write_text("")
     found = [p.relative_to(tmp_path).as_posix() for p in code.closure("tasks.stage", tmp_path)]
-    assert found == ["tasks/__init__.py", "tasks/helper.py", "tasks/stage.py", "tasks/sub/__init__.py", "tasks/sub/deep.py"]
+    assert found == [
+        "tasks/__init__.py",
+        "tasks/helper.py",
+        "tasks/stage.py",
+        "tasks/sub/__init__.py",
+        "tasks/sub/deep.py",
+    ]

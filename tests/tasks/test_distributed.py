@@ -18,7 +18,9 @@ def stage_run(home: Path, name: str, version: str = "1"):
     return client, client.get_run(client.get_model_version(name, version).run_id)
 
 
-def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(tmp_path, corpus, sentiment, tiny_overrides, run_cli, registered_versions):
+def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(
+    tmp_path, corpus, sentiment, tiny_overrides, run_cli, registered_versions
+):
     overrides = tiny_overrides(corpus, steps=6) + [
         "pretrain.train.devices=2", "execution.stage_retries=0",
         "labeled.task=classification", f"labeled.train=[{sentiment}]", "labeled.text_column=sentence",
@@ -34,7 +36,10 @@ def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(tmp_path, 
     crashed = run_cli(args, home, MULTISTEP_FAULT_KILL_AT_STEP="5")
     said = crashed.stdout + crashed.stderr
     assert crashed.returncode == 1, said[-3000:]
-    assert "RuntimeError: pretrain: training on 2 devices failed (torchrun exit 1); see the log above, or set pretrain.train.devices=1" in said
+    assert (
+        "RuntimeError: pretrain: training on 2 devices failed (torchrun exit 1); see the log above, or set pretrain.train.devices=1"
+        in said
+    )
     assert "pretrain: no CUDA device on this worker: 2 processes train on the CPU (gloo backend)" in said
     assert registered_versions(home) == []
 
@@ -62,14 +67,19 @@ def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(tmp_path, 
 def test_devices_below_one_are_refused_by_the_spec():
     from flows.spec import load
 
-    with pytest.raises(UserError, match=r"`pretrain.train.devices` Input should be greater than or equal to 1 \(got 0\)"):
+    with pytest.raises(
+        UserError, match=r"`pretrain.train.devices` Input should be greater than or equal to 1 \(got 0\)"
+    ):
         load("configs/default.yaml", ["pretrain.train.devices=0"])
 
 
 def test_more_devices_than_the_worker_has_gpus_are_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(UserError, match=r"finetune.train.devices is 2 but this worker has 1 CUDA device\(s\): set finetune.train.devices to at most 1"):
+    with pytest.raises(
+        UserError,
+        match=r"finetune.train.devices is 2 but this worker has 1 CUDA device\(s\): set finetune.train.devices to at most 1",
+    ):
         distributed.check(TrainSpec(devices=2), "finetune")
     distributed.check(TrainSpec(devices=1, sharding="fsdp"), "finetune")  # one device: nothing to launch
 
@@ -80,5 +90,8 @@ def test_fsdp_without_cuda_is_refused_before_anything_loads(home, monkeypatch):
     ctx = tracking.StageRun("pretrain", "no-run", "no-key", "no-code", {}, {}, None, resumed=False)
     spec = PretrainSpec(train=TrainSpec(devices=2, sharding="fsdp"))
     # The dataset URI is never read: the stage refuses first.
-    with pytest.raises(UserError, match="pretrain.train.sharding fsdp needs CUDA devices and this worker has none: set pretrain.train.sharding to ddp"):
+    with pytest.raises(
+        UserError,
+        match="pretrain.train.sharding fsdp needs CUDA devices and this worker has none: set pretrain.train.sharding to ddp",
+    ):
         pretrain.run(spec, "runs:/missing/dataset", "tiny-base", ctx)

@@ -19,14 +19,41 @@ def interval(delta, low, high, p):
     return {"delta": delta, "low": low, "high": high, "p_value": p}
 
 
-@pytest.mark.parametrize("values, ci, spec, promoted, says", [
-    ({"accuracy": 0.80}, interval(-0.05, -0.08, -0.02, 0.001), GateSpec(), False, "not above min_delta"),               # worse
-    ({"accuracy": 0.85}, interval(0.0, -0.02, 0.02, 1.0), GateSpec(), False, "not above min_delta"),                    # equal
-    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(require_significance=True), False, "not significant"),
-    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(), True, "gain +0.0100"),                           # better, significance not asked
-    ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(min_delta=0.02), False, "not above min_delta 0.02"),
-    ({"accuracy": 0.90}, interval(0.05, 0.02, 0.08, 0.001), GateSpec(require_significance=True), True, "CI +0.0200 to +0.0800"),
-])
+@pytest.mark.parametrize(
+    "values, ci, spec, promoted, says",
+    [
+        ({"accuracy": 0.80}, interval(-0.05, -0.08, -0.02, 0.001), GateSpec(), False, "not above min_delta"),  # worse
+        ({"accuracy": 0.85}, interval(0.0, -0.02, 0.02, 1.0), GateSpec(), False, "not above min_delta"),  # equal
+        (
+            {"accuracy": 0.86},
+            interval(0.01, -0.01, 0.03, 0.3),
+            GateSpec(require_significance=True),
+            False,
+            "not significant",
+        ),
+        (
+            {"accuracy": 0.86},
+            interval(0.01, -0.01, 0.03, 0.3),
+            GateSpec(),
+            True,
+            "gain +0.0100",
+        ),  # better, significance not asked
+        (
+            {"accuracy": 0.86},
+            interval(0.01, -0.01, 0.03, 0.3),
+            GateSpec(min_delta=0.02),
+            False,
+            "not above min_delta 0.02",
+        ),
+        (
+            {"accuracy": 0.90},
+            interval(0.05, 0.02, 0.08, 0.001),
+            GateSpec(require_significance=True),
+            True,
+            "CI +0.0200 to +0.0800",
+        ),
+    ],
+)
 def test_policy_on_synthetic_metrics(values, ci, spec, promoted, says):
     found = decide(spec, "accuracy", CH, CP, {CH: values, CP: {"accuracy": 0.85}}, ci)
     assert found.promote is promoted and says in found.reason
@@ -41,11 +68,15 @@ def test_metrics_that_must_not_regress_and_lower_is_better():
     assert not found.promote and "macro_f1 -0.1000 regress" in found.reason
     # Perplexity: lower wins; without an interval the sign is taken from the direction.
     assert decide(GateSpec(), "perplexity", CH, CP, {CH: {"perplexity": 40.0}, CP: {"perplexity": 50.0}}, None).promote
-    assert not decide(GateSpec(), "perplexity", CH, CP, {CH: {"perplexity": 60.0}, CP: {"perplexity": 50.0}}, None).promote
+    assert not decide(
+        GateSpec(), "perplexity", CH, CP, {CH: {"perplexity": 60.0}, CP: {"perplexity": 50.0}}, None
+    ).promote
 
 
 def test_without_a_champion_the_threshold_decides():
-    assert decide(GateSpec(), "accuracy", CH, None, {CH: {"accuracy": 0.1}}, None).promote  # no threshold: the first one wins
+    assert decide(
+        GateSpec(), "accuracy", CH, None, {CH: {"accuracy": 0.1}}, None
+    ).promote  # no threshold: the first one wins
     assert decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.82}}, None).promote
     low = decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.79}}, None)
     assert not low.promote and "misses the threshold 0.8" in low.reason
@@ -83,9 +114,13 @@ def test_two_concurrent_promotions_have_exactly_one_winner(registry):
                 both_judged.wait(timeout=30)
                 return Decision(True, "beats v1", "accuracy", uri, holder, 0.9)
             return Decision(False, f"does not beat {holder}", "accuracy", uri, holder, 0.9)
+
         results[uri] = promote("m", "champion", uri, judge)
 
-    threads = [threading.Thread(target=contender, args=(uri, rival)) for uri, rival in (("models:/m/2", "models:/m/3"), ("models:/m/3", "models:/m/2"))]
+    threads = [
+        threading.Thread(target=contender, args=(uri, rival))
+        for uri, rival in (("models:/m/2", "models:/m/3"), ("models:/m/3", "models:/m/2"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -102,7 +137,12 @@ def test_a_deleted_champion_version_means_no_champion(registry):
     registry.delete_model_version("m", "1")
     assert gate.holder("m", "champion") is None
     seen = []
-    decision = promote("m", "champion", "models:/m/2", lambda holder: seen.append(holder) or Decision(True, "first", "accuracy", "models:/m/2", holder, 0.9))
+    decision = promote(
+        "m",
+        "champion",
+        "models:/m/2",
+        lambda holder: seen.append(holder) or Decision(True, "first", "accuracy", "models:/m/2", holder, 0.9),
+    )
     assert seen == [None] and decision.promote and gate.holder("m", "champion") == "models:/m/2"
 
 
@@ -112,7 +152,9 @@ def test_a_stale_lock_left_by_a_dead_process_is_broken(registry):
         assert registry.get_registered_model("m.promotion-lock").tags["multistep.lock_time"] != "0"
 
 
-def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(registry, monkeypatch, capsys):
+def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_judged_alone(
+    registry, monkeypatch, capsys
+):
     import numpy as np
 
     from tasks.errors import UserError
@@ -121,7 +163,9 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
     def score(uri, dataset, **kw):
         if uri == "models:/m/1":
             raise UserError("models:/m/1 predicts the labels ['x', 'y'] but the data's labels are ['0', '1']")
-        return scoring.Scored("classification", {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+        return scoring.Scored(
+            "classification", {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": np.ones(10)}, [{"text": "t"}]
+        )
 
     monkeypatch.setattr(scoring, "score", score)
     spec = GateSpec(threshold=0.8)
@@ -137,7 +181,9 @@ def test_the_gate_log_and_the_registry_say_the_same_word(registry, monkeypatch, 
 
     from tasks.evaluate import scoring
 
-    scored = scoring.Scored("classification", {"accuracy": 0.5, "macro_f1": 0.5}, {"accuracy": np.ones(10)}, [{"text": "t"}])
+    scored = scoring.Scored(
+        "classification", {"accuracy": 0.5, "macro_f1": 0.5}, {"accuracy": np.ones(10)}, [{"text": "t"}]
+    )
     monkeypatch.setattr(scoring, "score", lambda uri, dataset, **kw: scored)
     spec = GateSpec()  # v2 scores as v1, the champion: no gain, so no promotion
     gate_v2(spec)
@@ -151,6 +197,8 @@ def gate_v2(spec: GateSpec) -> str:
     from tasks import tracking
 
     inputs = {"model": "models:/m/2", "dataset": "d"}
-    with tracking.stage_run("gate", spec, inputs, code="tasks.gate.stage", experiment="t", digests={"model": "m2", "dataset": "d"}) as ctx:
+    with tracking.stage_run(
+        "gate", spec, inputs, code="tasks.gate.stage", experiment="t", digests={"model": "m2", "dataset": "d"}
+    ) as ctx:
         ctx.output = stage.run(spec, "models:/m/2", "d", ctx)
     return ctx.output

@@ -53,7 +53,9 @@ def stage(body, stage_name="pretrain") -> str:
 
 
 def key(stage_name="pretrain") -> str:
-    return stage_key(stage_name, Spec(), {n: {"uri": u, "digest": u} for n, u in INPUTS.items()}, {}, code.version(CODE))
+    return stage_key(
+        stage_name, Spec(), {n: {"uri": u, "digest": u} for n, u in INPUTS.items()}, {}, code.version(CODE)
+    )
 
 
 def runs(status: str | None = None) -> list:
@@ -80,7 +82,9 @@ def unfinished_run(owner_host: str, pid: int, place: str, heartbeat_age_s: float
 
 
 def exited_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -121,7 +125,10 @@ def test_a_live_owner_is_waited_for_and_its_result_reused(capsys):
     second = threading.Thread(target=lambda: results.setdefault("second", stage(second_body)))
     second.start()
     said = []
-    until(lambda: said.append(capsys.readouterr().out) or "waiting for it to finish" in "".join(said), "the second to wait")
+    until(
+        lambda: said.append(capsys.readouterr().out) or "waiting for it to finish" in "".join(said),
+        "the second to wait",
+    )
     release.set()
     first.join(30)
     second.join(30)
@@ -131,7 +138,10 @@ def test_a_live_owner_is_waited_for_and_its_result_reused(capsys):
     assert calls == ["first"]
     (run,) = runs()
     text = "".join(said)
-    assert f"pretrain: the same stage is running in process {os.getpid()} on {socket.gethostname()} (MLflow run {run.info.run_id}" in text
+    assert (
+        f"pretrain: the same stage is running in process {os.getpid()} on {socket.gethostname()} (MLflow run {run.info.run_id}"
+        in text
+    )
     assert f"pretrain: cache hit, reusing run {run.info.run_id}" in text
     assert "resuming" not in text
 
@@ -158,8 +168,12 @@ def test_a_live_owner_elsewhere_is_refused_in_one_sentence_after_the_wait(monkey
     with pytest.raises(UserError) as err:
         stage(lambda ctx: pytest.fail("a run whose owner is alive was resumed"))
     message = str(err.value)
-    assert message.startswith(f"pretrain: the same stage is still running in process 4242 on other-host (MLflow run {run_id}, last heartbeat 0 s ago) after 0 s of waiting")
-    assert message.endswith("run again once it has finished, or stop that process and run again to resume its checkpoint.")
+    assert message.startswith(
+        f"pretrain: the same stage is still running in process 4242 on other-host (MLflow run {run_id}, last heartbeat 0 s ago) after 0 s of waiting"
+    )
+    assert message.endswith(
+        "run again once it has finished, or stop that process and run again to resume its checkpoint."
+    )
     (run,) = runs()
     assert run.data.tags[OWNER].startswith("other-host:4242:")  # untouched
 
@@ -250,5 +264,8 @@ def test_a_slow_claim_uncontested_wins():
 
 def test_a_lease_setting_that_is_no_number_is_named(monkeypatch):
     monkeypatch.setenv("MULTISTEP_LEASE_WAIT_S", "a day")
-    with pytest.raises(UserError, match=r"^MULTISTEP_LEASE_WAIT_S='a day' is not a number of seconds: set it to e.g. 86400, or unset it$"):
+    with pytest.raises(
+        UserError,
+        match=r"^MULTISTEP_LEASE_WAIT_S='a day' is not a number of seconds: set it to e.g. 86400, or unset it$",
+    ):
         lease.wait_s()

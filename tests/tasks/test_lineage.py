@@ -16,7 +16,9 @@ from tasks.lineage import ancestry
 from tasks.lineage.render import render
 from tasks.tracking import DIGEST, PREFECT_FLOW_RUN, content_digest, stage_run
 
-FLOW_RUNS = {stage: hashlib.md5(stage.encode()).hexdigest() for stage in ("prepare-labeled", "augment", "finetune", "transfer")}
+FLOW_RUNS = {
+    stage: hashlib.md5(stage.encode()).hexdigest() for stage in ("prepare-labeled", "augment", "finetune", "transfer")
+}
 DATA_DIGEST = "sha256:" + hashlib.sha256(b"labeled splits").hexdigest()
 AUGMENTED_DIGEST = "sha256:" + hashlib.sha256(b"augmented splits").hexdigest()
 
@@ -27,7 +29,9 @@ class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def stage(name: str, inputs: dict[str, str], body, round: int | None = None, digests: dict[str, str] | None = None) -> str:
+def stage(
+    name: str, inputs: dict[str, str], body, round: int | None = None, digests: dict[str, str] | None = None
+) -> str:
     """Run `body` as the stage `name` the way the stage flows do, inside a Prefect flow run (its id faked)."""
 
     digests = digests or {n: u for n, u in inputs.items()}
@@ -78,7 +82,9 @@ def register_files(ctx, name: str, tags: dict[str, str]) -> str:
 
 def finetune_stage(model: str, dataset: str, name: str = "sst2", round: int | None = 0, accuracy: float = 0.875) -> str:
     def body(ctx):
-        version = register_files(ctx, name, {"multistep.parent_model": model, "multistep.method": "full", "multistep.labels": "neg,pos"})
+        version = register_files(
+            ctx, name, {"multistep.parent_model": model, "multistep.method": "full", "multistep.labels": "neg,pos"}
+        )
         registry.set_tags(version, {"metric.validation_accuracy": f"{accuracy:.6g}", "metric.train_loss": "0.25"})
         return version
 
@@ -90,7 +96,9 @@ OPERATIONS = [{"op": "drop_layers", "layers": [1, 3]}, {"op": "classification_he
 
 def transfer_stage(model: str, name: str = "sst2-transfer") -> str:
     def body(ctx):
-        return register_files(ctx, name, {"multistep.parent_model": model, "multistep.operations": json.dumps(OPERATIONS)})
+        return register_files(
+            ctx, name, {"multistep.parent_model": model, "multistep.operations": json.dumps(OPERATIONS)}
+        )
 
     return stage("transfer", {"model": model}, body)
 
@@ -121,31 +129,60 @@ def test_lineage_of_a_three_stage_model_lists_all_three(three_stages):
 
     assert [n["stage"] for n in nodes(tree) if n["stage"]] == ["finetune", "augment", "prepare-labeled"]
     assert tree["kind"] == "model" and tree["prefect_flow_run"] == FLOW_RUNS["finetune"]
-    assert tree["details"]["method"] == "full" and tree["details"]["labels"] == ["neg", "pos"] and tree["details"]["round"] == 0
+    assert (
+        tree["details"]["method"] == "full"
+        and tree["details"]["labels"] == ["neg", "pos"]
+        and tree["details"]["round"] == 0
+    )
     assert tree["details"]["metrics"] == {"train_loss": 0.25, "validation_accuracy": 0.875}
     assert tree["run_id"] == MlflowClient().get_model_version("sst2", "1").run_id
-    assert tree["inputs"]["model"] == {**tree["inputs"]["model"], "uri": "package:minilm", "kind": "source", "inputs": {}}
+    assert tree["inputs"]["model"] == {
+        **tree["inputs"]["model"],
+        "uri": "package:minilm",
+        "kind": "source",
+        "inputs": {},
+    }
 
     augmented = tree["inputs"]["dataset"]
-    assert (augmented["uri"], augmented["kind"], augmented["stage"], augmented["digest"]) == (three_stages["augmented"], "dataset", "augment", AUGMENTED_DIGEST)
+    assert (augmented["uri"], augmented["kind"], augmented["stage"], augmented["digest"]) == (
+        three_stages["augmented"],
+        "dataset",
+        "augment",
+        AUGMENTED_DIGEST,
+    )
     assert augmented["details"]["operations"] == {"eda": {"rows": 4000, "synonyms": "wordnet"}}
     assert augmented["details"]["rows"] == {"train": 4040, "validation": 5, "test": 5}
     labeled = augmented["inputs"]["dataset"]
-    assert (labeled["uri"], labeled["stage"], labeled["digest"]) == (three_stages["labeled"], "prepare-labeled", DATA_DIGEST)
+    assert (labeled["uri"], labeled["stage"], labeled["digest"]) == (
+        three_stages["labeled"],
+        "prepare-labeled",
+        DATA_DIGEST,
+    )
     assert labeled["prefect_flow_run"] == FLOW_RUNS["prepare-labeled"]
     leaf = labeled["inputs"]["train0"]
-    assert (leaf["uri"], leaf["kind"], leaf["digest"], leaf["inputs"]) == (str(source), "source", content_digest(source), {})
+    assert (leaf["uri"], leaf["kind"], leaf["digest"], leaf["inputs"]) == (
+        str(source),
+        "source",
+        content_digest(source),
+        {},
+    )
 
     text = render(tree)
     print(text)
     lines = text.splitlines()
     assert len(lines) == 5  # finetune, its two inputs, the labeled dataset, its source
-    assert lines[0].startswith(f"models:/sst2/1  [finetune round 0, run {tree['run_id'][:8]}, flow run {FLOW_RUNS['finetune'][:8]}]  full")
+    assert lines[0].startswith(
+        f"models:/sst2/1  [finetune round 0, run {tree['run_id'][:8]}, flow run {FLOW_RUNS['finetune'][:8]}]  full"
+    )
     assert "validation_accuracy 0.875" in lines[0]
     assert lines[1] == "├─ model: package:minilm"
-    assert lines[2].startswith(f"└─ dataset: runs:/{augmented['run_id'][:8]}…/augmented  [augment, run {augmented['run_id'][:8]}, flow run {FLOW_RUNS['augment'][:8]}]")
+    assert lines[2].startswith(
+        f"└─ dataset: runs:/{augmented['run_id'][:8]}…/augmented  [augment, run {augmented['run_id'][:8]}, flow run {FLOW_RUNS['augment'][:8]}]"
+    )
     assert f"digest {AUGMENTED_DIGEST[7:19]}" in lines[2] and "eda +4,000 rows" in lines[2]
-    assert lines[3].startswith(f"   └─ dataset: runs:/{labeled['run_id'][:8]}…/labeled  [prepare-labeled, run {labeled['run_id'][:8]}")
+    assert lines[3].startswith(
+        f"   └─ dataset: runs:/{labeled['run_id'][:8]}…/labeled  [prepare-labeled, run {labeled['run_id'][:8]}"
+    )
     assert f"digest {DATA_DIGEST[7:19]}" in lines[3] and "40 train / 5 validation / 5 test rows" in lines[3]
     assert lines[4] == f"      └─ train0: {source}  digest {content_digest(source)[7:19]}"
 
@@ -161,7 +198,11 @@ def test_transfer_and_self_training_show_operations_teachers_and_shared_parents_
     tree = ancestry("models:/sst2@champion")
     assert tree["uri"] == "models:/sst2@champion" and tree["details"]["version"] == student
     transfer = tree["inputs"]["model"]
-    assert (transfer["stage"], transfer["details"]["operations"], transfer["details"]["parent_model"]) == ("transfer", OPERATIONS, first)
+    assert (transfer["stage"], transfer["details"]["operations"], transfer["details"]["parent_model"]) == (
+        "transfer",
+        OPERATIONS,
+        first,
+    )
     assert transfer["inputs"]["model"]["uri"] == first and transfer["inputs"]["model"]["stage"] == "finetune"
     data = tree["inputs"]["dataset"]
     assert data["details"]["round"] == 1 and data["details"]["operations"]["pseudo"]["teacher"] == first
@@ -170,7 +211,8 @@ def test_transfer_and_self_training_show_operations_teachers_and_shared_parents_
     assert data["inputs"]["teacher"]["see_above"] and data["inputs"]["teacher"]["inputs"] == {}
     assert data["inputs"]["dataset"]["see_above"] and data["inputs"]["dataset"]["uri"] == three_stages["labeled"]
     full = [n["run_id"] for n in nodes(tree) if n["run_id"] and not n.get("see_above")]
-    assert len(full) == len(set(full)) == 6  # student, transfer, first model, its augment, the labeled data, the second augment
+    # student, transfer, first model, its augment, the labeled data, the second augment
+    assert len(full) == len(set(full)) == 6
 
     text = render(tree)
     print(text)
@@ -187,7 +229,8 @@ def test_cycles_and_missing_parents_end_the_branch_instead_of_the_tree(home, tmp
     source.write_text("text\tlabel\nfine\t1\n")
     labeled = labeled_stage(source)
     run_id = labeled.removeprefix("runs:/").split("/")[0]
-    MlflowClient().set_tag(run_id, "multistep.input.dataset", labeled)  # a loop no stage writes, but a hand-edited tag could
+    # a loop no stage writes, but a hand-edited tag could
+    MlflowClient().set_tag(run_id, "multistep.input.dataset", labeled)
     model = finetune_stage("models:/gone/3", labeled)
 
     tree = ancestry(model)
@@ -231,7 +274,13 @@ def test_cli_prints_the_tree_or_json_and_refuses_unknown_models(three_stages, ho
     embedded = {"MLFLOW_TRACKING_URI": ""}
     shown = run_cli(["lineage", three_stages["model"]], home, timeout=120, **embedded)
     assert shown.returncode == 0, shown.stderr[-3000:]
-    for needle in ("models:/sst2/1  [finetune round 0", "[augment, run", "[prepare-labeled, run", str(three_stages["source"]), DATA_DIGEST[7:19]):
+    for needle in (
+        "models:/sst2/1  [finetune round 0",
+        "[augment, run",
+        "[prepare-labeled, run",
+        str(three_stages["source"]),
+        DATA_DIGEST[7:19],
+    ):
         assert needle in shown.stdout, shown.stdout
 
     as_json = run_cli(["lineage", three_stages["model"], "--json"], home, timeout=120, **embedded)

@@ -6,13 +6,9 @@ import pydantic
 import pytest
 import torch
 from peft import PeftModel
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    BertConfig,
-    GPT2Config,
-    LlamaConfig,
-)  # fmt: skip
+
+# fmt: skip
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, GPT2Config, LlamaConfig
 
 from tasks import methods
 from tasks.errors import UserError
@@ -22,19 +18,43 @@ VOCAB, LABELS, LAYERS = 64, 3, 3
 IDS = torch.randint(1, VOCAB, (4, 10), generator=torch.Generator().manual_seed(0))  # [batch, seq]
 
 CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=2, n_positions=16, bos_token_id=1, eos_token_id=1),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=2, n_positions=16, bos_token_id=1, eos_token_id=1
+    ),
     "llama": lambda: LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=1,
     ),
     "bert": lambda: BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=16,
     ),
 }
-CASES = [("gpt2", "causal_lm"), ("llama", "causal_lm"), ("gpt2", "classification"), ("llama", "classification"), ("bert", "classification")]
+CASES = [
+    ("gpt2", "causal_lm"),
+    ("llama", "causal_lm"),
+    ("gpt2", "classification"),
+    ("llama", "classification"),
+    ("bert", "classification"),
+]
 # Names of each backbone's embeddings and blocks, spelled out rather than derived, so the test checks the rule.
-EMBEDDINGS = {"gpt2": ("transformer.wte.", "transformer.wpe."), "llama": ("model.embed_tokens.",), "bert": ("bert.embeddings.",)}
+EMBEDDINGS = {
+    "gpt2": ("transformer.wte.", "transformer.wpe."),
+    "llama": ("model.embed_tokens.",),
+    "bert": ("bert.embeddings.",),
+}
 BLOCK = {"gpt2": "transformer.h.{}.", "llama": "model.layers.{}.", "bert": "bert.encoder.layer.{}."}
 HEAD = {"gpt2": "score", "llama": "score", "bert": "classifier"}
 
@@ -98,7 +118,9 @@ def test_freeze_layers_freezes_embeddings_and_lowest_blocks_exactly(arch, task):
 
 
 def test_freeze_layers_beyond_the_model_says_how_many_blocks_it_has():
-    with pytest.raises(UserError, match=r"finetune.freeze_layers \(4\) exceeds the model's 3 blocks: set it to at most 3"):
+    with pytest.raises(
+        UserError, match=r"finetune.freeze_layers \(4\) exceeds the model's 3 blocks: set it to at most 3"
+    ):
         methods.prepare(tiny("gpt2", "causal_lm"), MethodSpec(freeze_layers=4), "causal_lm")
 
 
@@ -114,7 +136,9 @@ def test_head_trains_only_the_classifier(arch):
 
 
 def test_head_on_a_causal_lm_is_refused_with_the_reason():
-    with pytest.raises(UserError, match="finetune.method head trains a classification head, and a causal LM has none.*tied"):
+    with pytest.raises(
+        UserError, match="finetune.method head trains a classification head, and a causal LM has none.*tied"
+    ):
         methods.prepare(tiny("gpt2", "causal_lm"), MethodSpec(method="head"), "causal_lm")
 
 
@@ -125,7 +149,9 @@ def test_lora_trains_only_adapters_and_the_head_on_default_targets(arch, task):
     head = {n for n in trainable(model) if ".modules_to_save." in n}
     adapters = trainable(model) - head
     assert all(".lora_A." in n or ".lora_B." in n for n in adapters)
-    assert {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in head} == ({HEAD[arch]} if task == "classification" else set())
+    assert {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in head} == (
+        {HEAD[arch]} if task == "classification" else set()
+    )
     # Every default target is wrapped in every block, and nothing else is.
     wrapped = {n.split(".lora_A.")[0] for n in adapters if ".lora_A." in n}
     targets = methods.DEFAULT_LORA_TARGETS[arch]
@@ -157,20 +183,31 @@ def test_explicit_targets_may_include_the_mlp():
 
 def test_unknown_lora_target_lists_the_modules_the_model_has():
     spec = MethodSpec(method="lora", lora_targets=["c_attn", "qkv"])
-    with pytest.raises(UserError, match=r"^finetune.lora_targets: the model has no module named 'qkv'; it has c_attn, c_fc, c_proj: pick from those\.$"):
+    with pytest.raises(
+        UserError,
+        match=r"^finetune.lora_targets: the model has no module named 'qkv'; it has c_attn, c_fc, c_proj: pick from those\.$",
+    ):
         methods.prepare(tiny("gpt2", "causal_lm"), spec, "causal_lm")
-    with pytest.raises(UserError, match="it has dense, key, query, value: pick"):  # the head is not a target: it trains whole
-        methods.prepare(tiny("bert", "classification"), MethodSpec(method="lora", lora_targets=["classifier"]), "classification")
+    # the head is not a target: it trains whole
+    with pytest.raises(UserError, match="it has dense, key, query, value: pick"):
+        methods.prepare(
+            tiny("bert", "classification"), MethodSpec(method="lora", lora_targets=["classifier"]), "classification"
+        )
 
 
 def test_architecture_without_default_targets_asks_for_them():
     model = tiny("gpt2", "causal_lm")
     model.config.model_type = "mystery"
-    with pytest.raises(UserError, match="no default for model type 'mystery'; the model has c_attn, c_fc, c_proj: set finetune.lora_targets"):
+    with pytest.raises(
+        UserError,
+        match="no default for model type 'mystery'; the model has c_attn, c_fc, c_proj: set finetune.lora_targets",
+    ):
         methods.prepare(model, MethodSpec(method="lora"), "causal_lm")
 
 
-@pytest.mark.parametrize("arch,task", [("gpt2", "causal_lm"), ("llama", "causal_lm"), ("gpt2", "classification"), ("bert", "classification")])
+@pytest.mark.parametrize(
+    "arch,task", [("gpt2", "causal_lm"), ("llama", "causal_lm"), ("gpt2", "classification"), ("bert", "classification")]
+)
 def test_lora_merged_and_adapter_only_reload_with_the_same_logits(tmp_path, arch, task):
     base = tiny(arch, task)
     base.save_pretrained(tmp_path / "base")
@@ -183,7 +220,11 @@ def test_lora_merged_and_adapter_only_reload_with_the_same_logits(tmp_path, arch
 
     # Adapter alone, onto a freshly loaded base: from its folder, or already in memory.
     methods.save_adapter(model, tmp_path / "adapter", base_uri="models:/tiny-base/1")
-    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"adapter_model.safetensors", "adapter_config.json", "README.md"}
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "README.md",
+    }
     assert methods.adapter_base(tmp_path / "adapter") == "models:/tiny-base/1"
     for fresh in (tmp_path / "base", _reload(tmp_path / "base", task)):
         reloaded = methods.load_with_adapter(fresh, tmp_path / "adapter")
@@ -195,7 +236,9 @@ def test_lora_merged_and_adapter_only_reload_with_the_same_logits(tmp_path, arch
     assert not isinstance(merged, PeftModel) and not any("lora_" in n for n, _ in merged.named_parameters())
     merged.save_pretrained(tmp_path / "merged")
     with torch.no_grad():
-        torch.testing.assert_close(_reload(tmp_path / "merged", task)(input_ids=IDS).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _reload(tmp_path / "merged", task)(input_ids=IDS).logits, expected, atol=1e-5, rtol=0
+        )
 
 
 def _reload(path, task):
@@ -226,14 +269,19 @@ def test_unmerged_finalize_keeps_the_adapter_and_full_is_untouched():
 def test_adapter_folder_without_safetensors_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
-    with pytest.raises(UserError, match="lacks adapter_config.json or adapter_model.safetensors .*pickled adapters are refused"):
+    with pytest.raises(
+        UserError, match="lacks adapter_config.json or adapter_model.safetensors .*pickled adapters are refused"
+    ):
         methods.load_with_adapter(tiny("gpt2", "causal_lm"), tmp_path)
 
 
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({"method": "lora", "freeze_layers": 2}, "finetune.freeze_layers \\(2\\) only applies to method full \\(lora already freezes"),
+        (
+            {"method": "lora", "freeze_layers": 2},
+            "finetune.freeze_layers \\(2\\) only applies to method full \\(lora already freezes",
+        ),
         ({"method": "head", "freeze_layers": 1}, "set finetune.freeze_layers to 0 or finetune.method to full"),
         ({"lora_targets": []}, "finetune.lora_targets is an empty list"),
         ({"lora_targets": ["q_proj", " "]}, "finetune.lora_targets has an empty name"),

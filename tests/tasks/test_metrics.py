@@ -180,7 +180,8 @@ def test_confusion_figure():
 
 def test_curves_figure():
     fig = metrics.curves_figure(
-        {"train loss": [(2, 1.5), (1, 2.0), (3, 1.2)], "validation loss": [(1, 2.1), (3, 1.4)], "empty": []}, title="loss"
+        {"train loss": [(2, 1.5), (1, 2.0), (3, 1.2)], "validation loss": [(1, 2.1), (3, 1.4)], "empty": []},
+        title="loss",
     )
     (ax,) = fig.axes
     assert [line.get_label() for line in ax.lines] == ["train loss", "validation loss"]
@@ -208,7 +209,9 @@ def test_generation_perfect_and_partial():
 
 
 def test_generation_per_example():
-    scores = metrics.generation_per_example(["the cat sat on the mat", "xyz"], ["the cat sat on the mat", "a quick brown fox"])
+    scores = metrics.generation_per_example(
+        ["the cat sat on the mat", "xyz"], ["the cat sat on the mat", "a quick brown fox"]
+    )
     assert scores.shape == (2,)
     assert scores[0] == pytest.approx(100.0)
     assert scores[1] < 10

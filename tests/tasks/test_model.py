@@ -47,7 +47,10 @@ def test_folder_without_tokenizer_files_is_refused_unless_the_tokenizer_is_not_n
     model = models.build(ModelSpec(n_layer=1, n_head=1, n_embd=8, n_positions=16), tokenizer)
     model.save_pretrained(tmp_path)  # config.json + model.safetensors, no tokenizer
     # transformers would build an empty GPT2Tokenizer from config.json alone: every text encodes to [].
-    with pytest.raises(UserError, match=rf"^Model folder {tmp_path} has no tokenizer files \(tokenizer.json, .*\): save the tokenizer it was trained with into it"):
+    with pytest.raises(
+        UserError,
+        match=rf"^Model folder {tmp_path} has no tokenizer files \(tokenizer.json, .*\): save the tokenizer it was trained with into it",
+    ):
         models.load(str(tmp_path))
     # Continued pretraining on a prepared dataset takes the dataset's tokenizer: the weights alone are enough.
     loaded, tok = models.load(str(tmp_path), tokenizer=False)
@@ -96,7 +99,9 @@ def test_package_smollm2_loads_from_gguf_with_its_chat_template(tmp_path):
     model.save_pretrained(tmp_path / "saved")
     assert list((tmp_path / "saved").glob("*.safetensors"))
     assert tok.chat_template
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi."}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 3

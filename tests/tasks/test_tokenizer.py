@@ -107,15 +107,20 @@ def test_load_tokenizer_uses_eos_as_missing_pad(bpe, tmp_path):
 def test_a_tokenizer_that_maps_the_text_to_its_unknown_token_is_refused():
     tok = train_tokenizer(["abc"], TokenizerSpec(kind="char"))  # a model's tokenizer that has never seen this script
     texts = ["Съешь же ещё этих мягких французских булок", "abc"]
-    with pytest.raises(UserError, match=r"^The tokenizer of models:/m/1 turns 93% of the training text into its unknown token '<unk>': "
-                                        r"it does not fit this text; .*set data.tokenizer.kind to bpe or char"):
+    with pytest.raises(
+        UserError,
+        match=r"^The tokenizer of models:/m/1 turns 93% of the training text into its unknown token '<unk>': "
+        r"it does not fit this text; .*set data.tokenizer.kind to bpe or char",
+    ):
         check_coverage(tok, texts, encode(tok, texts), "models:/m/1")
     check_coverage(tok, ["abc cab"], encode(tok, ["abc cab"]), "models:/m/1")  # a space in seven characters is fine
 
 
 def test_a_tokenizer_that_makes_almost_no_tokens_is_refused(char):
     texts = ["x" * 5000]
-    with pytest.raises(UserError, match=r"^The tokenizer of /m makes 12 tokens from 5,000 characters of training text: it does not fit"):
+    with pytest.raises(
+        UserError, match=r"^The tokenizer of /m makes 12 tokens from 5,000 characters of training text: it does not fit"
+    ):
         check_coverage(char, texts, [[5] * 12], "/m")
     check_coverage(char, texts, [[5] * 50], "/m")  # one token per 100 characters is still a tokenizer
 

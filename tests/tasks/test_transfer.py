@@ -139,7 +139,9 @@ def test_bert_identity_insertion_is_refused_as_post_ln():
 
 
 def test_insert_position_out_of_range():
-    with pytest.raises(UserError, match=r"insert_identity_at: index 6 is out of range for a stack of 6 blocks .*0–5, or -6 to -1"):
+    with pytest.raises(
+        UserError, match=r"insert_identity_at: index 6 is out of range for a stack of 6 blocks .*0–5, or -6 to -1"
+    ):
         surgery.insert_identity_blocks(tiny("gpt2"), [0, 6])
 
 
@@ -177,7 +179,11 @@ def test_per_layer_config_lists_follow_the_blocks():
 @pytest.mark.parametrize(
     "layers, every, message",
     [
-        ([7], None, r"transfer.drop_layers: index 7 is out of range for a model with 6 layers \(valid: 0–5, or -6 to -1\)"),
+        (
+            [7],
+            None,
+            r"transfer.drop_layers: index 7 is out of range for a model with 6 layers \(valid: 0–5, or -6 to -1\)",
+        ),
         ([-7], None, r"index -7 is out of range"),
         ([1, -5], None, r"index -5 names block 1 a second time"),
         ([0, 1, 2, 3, 4, 5], None, r"removes all 6 layers: keep at least one"),
@@ -271,7 +277,9 @@ def test_bert_mlm_folder_becomes_a_classifier_with_the_body_intact(tmp_path, tok
 
 def test_an_existing_head_is_replaced_not_reused(tokenizer):
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
     source = BertForSequenceClassification(config)
     model = heads.classification_head(source, tokenizer, ["x", "y"])
     assert model.classifier.weight.shape == source.classifier.weight.shape

@@ -67,7 +67,9 @@ def _text(spec: LabeledSpec, name: str) -> str:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{name}: not a readable gzip file ({e}); check the file or drop the .gz from its name") from None
+            raise UserError(
+                f"{name}: not a readable gzip file ({e}); check the file or drop the .gz from its name"
+            ) from None
     return formats.decode_file(name, data, spec)
 
 
@@ -85,7 +87,9 @@ def _label_prefixed(spec: LabeledSpec, src: str) -> list[dict]:
                 continue
             parts = line.split(None, 1)
             if len(parts) < 2 or not parts[1].strip():
-                raise UserError(f"{name}:{i}: the label {parts[0]!r} has no text after it; write `LABEL text` on each line or remove the line")
+                raise UserError(
+                    f"{name}:{i}: the label {parts[0]!r} has no text after it; write `LABEL text` on each line or remove the line"
+                )
             rows.append({"text": parts[1], "label": parts[0], "origin": f"{name}:{i}"})
     return rows
 
@@ -93,7 +97,9 @@ def _label_prefixed(spec: LabeledSpec, src: str) -> list[dict]:
 def _one_file(spec: LabeledSpec, split: str, src: str) -> str:
     expected = src if s3.is_s3(src) else str(storage.file_uri_to_path(src))
     if sources.files(src, spec) != [expected]:  # a folder or prefix, even one holding a single file
-        raise UserError(f"{src}: format parallel reads two files, not a folder; set labeled.{split} to [prompt_file, response_file]")
+        raise UserError(
+            f"{src}: format parallel reads two files, not a folder; set labeled.{split} to [prompt_file, response_file]"
+        )
     return expected
 
 
@@ -105,4 +111,6 @@ def _parallel(spec: LabeledSpec, split: str, prompts: str, responses: str) -> li
             f"{p_name} has {len(p_lines)} lines but {r_name} has {len(r_lines)}; parallel files need one response line "
             f"per prompt line: fix the files or the pair in labeled.{split}"
         )
-    return [{"prompt": p, "response": r, "origin": f"{p_name}:{i}"} for i, (p, r) in enumerate(zip(p_lines, r_lines), 1)]
+    return [
+        {"prompt": p, "response": r, "origin": f"{p_name}:{i}"} for i, (p, r) in enumerate(zip(p_lines, r_lines), 1)
+    ]

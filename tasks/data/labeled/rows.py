@@ -39,7 +39,11 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
     for name in ("validation", "test", "train"):
         if name == "train":
             counts["contamination"], splits["train"] = _contamination(spec, splits)
-            counts["removed"]["contaminated"] = {"train": counts["contamination"]["dropped"], "validation": 0, "test": 0}
+            counts["removed"]["contaminated"] = {
+                "train": counts["contamination"]["dropped"],
+                "validation": 0,
+                "test": 0,
+            }
         cap = spec.max_train_rows if name == "train" else spec.max_eval_rows
         capped = subset(splits[name], cap, spec.split.salt, lambda r: _key(spec, r))
         counts["removed"]["over_max_rows"][name] = len(splits[name]) - len(capped)
@@ -47,7 +51,10 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
     if spec.task == "classification":
         _check_label_sets(spec, splits)
     else:
-        splits = {n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows] for n, rows in splits.items()}
+        splits = {
+            n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows]
+            for n, rows in splits.items()
+        }
     return splits, counts
 
 
@@ -56,7 +63,9 @@ def _contamination(spec: LabeledSpec, splits: dict[str, list[dict]]) -> tuple[di
     texts = lambda rows: [_key(spec, r) for r in rows]  # noqa: E731
     report, hit = {"ngram": spec.contamination_ngram}, [False] * len(splits["train"])
     for name in ("validation", "test"):
-        report[name], flags = decontaminate.overlap(texts(splits["train"]), texts(splits[name]), spec.contamination_ngram)
+        report[name], flags = decontaminate.overlap(
+            texts(splits["train"]), texts(splits[name]), spec.contamination_ngram
+        )
         hit = [a or b for a, b in zip(hit, flags)]
     kept = [r for r, h in zip(splits["train"], hit) if not h] if spec.decontaminate else splits["train"]
     report["dropped"] = len(splits["train"]) - len(kept)
@@ -78,7 +87,9 @@ def _labels_to_strings(spec: LabeledSpec, raw: dict[str, list[dict]]) -> None:
         for row in raw.get(name, []):
             value, where = row["label"], row["origin"]
             if value is None:
-                raise UserError(f"{where}: the label {spec.label_column!r} is null; give every row a label or remove the row")
+                raise UserError(
+                    f"{where}: the label {spec.label_column!r} is null; give every row a label or remove the row"
+                )
             kind = _KINDS.get(type(value))
             if kind is None:
                 raise UserError(

@@ -53,22 +53,30 @@ class LabeledSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self):
         if "{prompt}" not in self.prompt_template:
-            raise ValueError("labeled.prompt_template must contain {prompt}, where each row's prompt goes, e.g. 'Translate German to English: {prompt}'")
+            raise ValueError(
+                "labeled.prompt_template must contain {prompt}, where each row's prompt goes, e.g. 'Translate German to English: {prompt}'"
+            )
         if self.format == "parallel":
             if self.task != "sft":
                 raise ValueError("labeled.format parallel gives prompt/response pairs: set labeled.task to sft")
             for name in SPLITS:
                 sources = getattr(self, name)
                 if sources and len(sources) != 2:
-                    raise ValueError(f"labeled.{name} must be exactly [prompt_file, response_file] with format parallel, not {len(sources)} sources")
+                    raise ValueError(
+                        f"labeled.{name} must be exactly [prompt_file, response_file] with format parallel, not {len(sources)} sources"
+                    )
         if self.format == "label-prefixed" and self.task != "classification":
             raise ValueError("labeled.format label-prefixed gives labeled texts: set labeled.task to classification")
         for name in SPLITS:
             for src in getattr(self, name):
                 if src.startswith("package:"):
-                    raise ValueError(f"labeled.{name}: {src} holds unlabeled text; use files, folders, s3:// or hf: sources")
+                    raise ValueError(
+                        f"labeled.{name}: {src} holds unlabeled text; use files, folders, s3:// or hf: sources"
+                    )
                 if src.startswith("hf:") and self.format in ("label-prefixed", "parallel"):
-                    raise ValueError(f"labeled.{name}: {src} is a hub dataset, not {self.format} files; set labeled.format to auto")
+                    raise ValueError(
+                        f"labeled.{name}: {src} is a hub dataset, not {self.format} files; set labeled.format to auto"
+                    )
         return self
 
     def setting(self, field: str) -> str:

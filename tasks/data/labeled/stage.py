@@ -66,7 +66,6 @@ def _split_card(spec: LabeledSpec, split: list[dict]) -> dict:
     return out
 
 
-
 def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]], card: dict) -> None:
     """Splits as MLflow inputs (the lineage view), the digest as a tag, counts as metrics."""
     for name in SPLITS:
@@ -91,7 +90,11 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
 def card_markdown(card: dict) -> str:
     """The data card as Markdown tables, for the MLflow and Prefect UIs."""
     removed = card["removed"]
-    lines = [f"# Labeled data card ({card['task']})", "", "| split | from | rows read | empty text | contaminated | over max rows | rows |"]
+    lines = [
+        f"# Labeled data card ({card['task']})",
+        "",
+        "| split | from | rows read | empty text | contaminated | over max rows | rows |",
+    ]
     lines.append("|---|---|---:|---:|---:|---:|---:|")
     lines += [
         f"| {n} | {card['split_from'][n]} | {card['rows_read'][n]:,} | {removed['empty_text'][n]:,} | "
@@ -100,17 +103,23 @@ def card_markdown(card: dict) -> str:
     ]
     found = card["contamination"]
     lines += [
-        "", f"Train/eval overlap ({found['ngram']}-gram of lowercased words; training rows before max_train_rows):", "",
+        "",
+        f"Train/eval overlap ({found['ngram']}-gram of lowercased words; training rows before max_train_rows):",
+        "",
         "| eval split | train rows equal to an eval row | train rows sharing an n-gram | eval rows equal to a train row | eval rows sharing an n-gram |",
         "|---|---:|---:|---:|---:|",
     ]
     for n in ("validation", "test"):
         c = found[n]
-        lines.append(f"| {n} | {c['train_rows_exact']:,} | {c['train_rows_ngram']:,} | {c['eval_rows_exact']:,} of {c['eval_rows']:,} | {c['eval_rows_ngram']:,} of {c['eval_rows']:,} |")
+        lines.append(
+            f"| {n} | {c['train_rows_exact']:,} | {c['train_rows_ngram']:,} | {c['eval_rows_exact']:,} of {c['eval_rows']:,} | {c['eval_rows_ngram']:,} of {c['eval_rows']:,} |"
+        )
     if "labels" in card:
         lines += ["", "| label | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
         for label in card["labels"]:
-            lines.append(f"| {label} | " + " | ".join(f"{card['splits'][n]['labels'].get(label, 0):,}" for n in SPLITS) + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(f"{card['splits'][n]['labels'].get(label, 0):,}" for n in SPLITS) + " |"
+            )
     else:
         lines += ["", f"Prompt template: `{card['prompt_template']}`"]
     lines += ["", "| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]

@@ -49,8 +49,14 @@ def save_keyword_classifier(folder, words: list[str], keyword: str, labels=("0",
     folder.mkdir(parents=True, exist_ok=True)
     tok = tokenizer(folder, words=words)
     config = BertConfig(
-        vocab_size=len(tok.get_vocab()), hidden_size=2, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
-        max_position_embeddings=64, id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        vocab_size=len(tok.get_vocab()),
+        hidden_size=2,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=1,
+        max_position_embeddings=64,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     model = BertForSequenceClassification(config)
     with torch.no_grad():

@@ -23,15 +23,39 @@ TABLE = {
 }
 FAKE = Synonyms("fake", lambda word: TABLE.get(word, []))
 PROTECTED = ["not", "no", "never"]
-VOCAB = ["the", "movie", "is", "not", "good", "actor", "plot", "awful", "slow", "Movie", "NOT", "no,", "funny", ",", ".", "never", "Plot", "story"]
+VOCAB = [
+    "the",
+    "movie",
+    "is",
+    "not",
+    "good",
+    "actor",
+    "plot",
+    "awful",
+    "slow",
+    "Movie",
+    "NOT",
+    "no,",
+    "funny",
+    ",",
+    ".",
+    "never",
+    "Plot",
+    "story",
+]
 OPS = ("synonym", "insert", "swap", "delete")
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [
-        {"text": " ".join(rng.choices(VOCAB, k=rng.randint(1, 14))), "text_pair": f"pair {i}", "label": rng.choice(["pos", "neg"]),
-         "origin": f"train:{i}", "lang": "en"}
+        {
+            "text": " ".join(rng.choices(VOCAB, k=rng.randint(1, 14))),
+            "text_pair": f"pair {i}",
+            "label": rng.choice(["pos", "neg"]),
+            "origin": f"train:{i}",
+            "lang": "en",
+        }
         for i in range(n)
     ]
 
@@ -63,7 +87,9 @@ def test_copies_per_row_in_input_order_with_provenance():
         assert params["copy"] == i % 3 and params["seed"] == 7 and params["rate"] == 0.1
         assert isinstance(params["changed"], int) and params["changed"] >= 0
         # Everything but the text stays as it was.
-        assert {k: v for k, v in new.items() if k not in ("text", "source_row", "operation", "params")} == {k: v for k, v in row.items() if k != "text"}
+        assert {k: v for k, v in new.items() if k not in ("text", "source_row", "operation", "params")} == {
+            k: v for k, v in row.items() if k != "text"
+        }
     assert all(row.keys() == {"text", "text_pair", "label", "origin", "lang"} for row in rows)  # inputs untouched
 
 
@@ -148,20 +174,31 @@ def test_random_deletion_only_removes_and_never_empties_a_row():
 def test_protected_words_are_never_replaced_removed_moved_or_inserted():
     rows = _rows(150)
     for seed in range(4):
-        spec = EdaSpec(copies=8, synonym_rate=0.5, insert_rate=0.5, swap_rate=0.5, delete_rate=0.5, protected=PROTECTED, seed=seed)
+        spec = EdaSpec(
+            copies=8, synonym_rate=0.5, insert_rate=0.5, swap_rate=0.5, delete_rate=0.5, protected=PROTECTED, seed=seed
+        )
         for new in augment(rows, spec, FAKE):
             before, after = rows[int(new["source_row"].split(":")[1])]["text"].split(), new["text"].split()
             assert _protected(after) == _protected(before), (new["operation"], before, after)
             if new["operation"] in ("eda.synonym", "eda.swap"):  # same length: protected words keep their places
-                assert [i for i, w in enumerate(after) if w in _protected(before)] == [i for i, w in enumerate(before) if w in _protected(before)]
+                assert [i for i, w in enumerate(after) if w in _protected(before)] == [
+                    i for i, w in enumerate(before) if w in _protected(before)
+                ]
 
 
 def test_an_operation_that_cannot_change_anything_keeps_the_row():
     spec = EdaSpec(copies=4, protected=PROTECTED)
-    out = augment([{"text": "not", "origin": "a", "label": "neg"}, {"text": "the of and", "origin": "b", "label": "pos"}], spec, FAKE)
+    out = augment(
+        [{"text": "not", "origin": "a", "label": "neg"}, {"text": "the of and", "origin": "b", "label": "pos"}],
+        spec,
+        FAKE,
+    )
     assert len(out) == 8
     assert all(r["text"] == "not" and json.loads(r["params"])["changed"] == 0 for r in out[:4])
-    assert {r["operation"]: r["text"] for r in out[4:] if r["operation"] in ("eda.synonym", "eda.insert")} == {"eda.synonym": "the of and", "eda.insert": "the of and"}
+    assert {r["operation"]: r["text"] for r in out[4:] if r["operation"] in ("eda.synonym", "eda.insert")} == {
+        "eda.synonym": "the of and",
+        "eda.insert": "the of and",
+    }
 
 
 def test_long_inputs_show_progress(capsys):
@@ -172,11 +209,16 @@ def test_long_inputs_show_progress(capsys):
 
 
 def test_every_rate_zero_is_refused_with_the_fix():
-    with pytest.raises(ValidationError, match="augment.eda: every rate is 0, so EDA would only copy rows: set one of synonym_rate"):
+    with pytest.raises(
+        ValidationError, match="augment.eda: every rate is 0, so EDA would only copy rows: set one of synonym_rate"
+    ):
         EdaSpec(synonym_rate=0, insert_rate=0, swap_rate=0, delete_rate=0)
 
 
-@pytest.mark.parametrize("bad", [{"copies": 0}, {"copies": 65}, {"swap_rate": 1.5}, {"delete_rate": -0.1}, {"synonyms": "thesaurus"}, {"n_aug": 4}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"copies": 0}, {"copies": 65}, {"swap_rate": 1.5}, {"delete_rate": -0.1}, {"synonyms": "thesaurus"}, {"n_aug": 4}],
+)
 def test_out_of_range_settings_are_refused(bad):
     with pytest.raises(ValidationError):
         EdaSpec(**bad)
@@ -188,9 +230,13 @@ def test_every_field_has_help_text():
 
 def test_eda_with_wordnet_on_real_sentences():
     wordnet = synonyms.wordnet()
-    assert wordnet is not None, "WordNet is not installed: apt-get install wordnet-base (the Makefile's install step does)"
-    rows = [{"text": "a gorgeous , witty , seductive movie .", "label": "1", "origin": "sst2:1"},
-            {"text": "the acting is n't good and the plot is awful", "label": "0", "origin": "sst2:2"}]
+    assert wordnet is not None, (
+        "WordNet is not installed: apt-get install wordnet-base (the Makefile's install step does)"
+    )
+    rows = [
+        {"text": "a gorgeous , witty , seductive movie .", "label": "1", "origin": "sst2:1"},
+        {"text": "the acting is n't good and the plot is awful", "label": "0", "origin": "sst2:2"},
+    ]
     out = augment(rows, _only("synonym", rate=0.5, copies=4, protected=["good"]), wordnet)
     for new in out:
         before = next(r for r in rows if r["origin"] == new["source_row"])["text"].split()

@@ -45,7 +45,9 @@ def test_clean_keeps_text_as_is_without_normalize():
 
 
 def test_length_bounds_are_counted():
-    out, card = clean(rows("", "ab", "abcd", "abcdefgh", "   "), CleanSpec(min_chars=3, max_chars=5, near_dedup_threshold=None))
+    out, card = clean(
+        rows("", "ab", "abcd", "abcdefgh", "   "), CleanSpec(min_chars=3, max_chars=5, near_dedup_threshold=None)
+    )
     assert [r["text"] for r in out] == ["abcd"]
     assert card["removed"]["too_short"] == 3  # "", "ab" and the whitespace-only row
     assert card["removed"]["too_long"] == 1
@@ -84,7 +86,10 @@ def test_near_dedup_is_case_insensitive_and_handles_short_rows():
 
 
 def test_near_dedup_threshold_one_removes_only_same_shingle_sets():
-    out, _ = clean(rows("the cat sat on the mat", "The cat sat on the mat", "the cat sat on a mat"), CleanSpec(near_dedup_threshold=1.0))
+    out, _ = clean(
+        rows("the cat sat on the mat", "The cat sat on the mat", "the cat sat on a mat"),
+        CleanSpec(near_dedup_threshold=1.0),
+    )
     assert [r["text"] for r in out] == ["the cat sat on the mat", "the cat sat on a mat"]
 
 

@@ -78,21 +78,35 @@ TREC = "DESC:manner How did serfdom develop ?\nLOC:city What is the capital of F
 
 def test_label_prefixed_latin1_with_coarse_labels(tmp_path):
     f = write(tmp_path / "train_5500.label", TREC.encode("latin-1"))
-    with pytest.raises(UserError, match=rf"{f}:2: not valid UTF-8 \(byte 0xe7\); set labeled.encoding to the file's encoding"):
+    with pytest.raises(
+        UserError, match=rf"{f}:2: not valid UTF-8 \(byte 0xe7\); set labeled.encoding to the file's encoding"
+    ):
         splits(train=[f], format="label-prefixed")
-    out = splits(train=[f], format="label-prefixed", encoding="latin-1", label_before=":", split={"validation": 0, "test": 0})
-    assert [(r["label"], r["origin"]) for r in out["train"]] == [("DESC", f"{f}:1"), ("LOC", f"{f}:2"), ("NUM", f"{f}:4"), ("LOC", f"{f}:5")]
+    out = splits(
+        train=[f], format="label-prefixed", encoding="latin-1", label_before=":", split={"validation": 0, "test": 0}
+    )
+    assert [(r["label"], r["origin"]) for r in out["train"]] == [
+        ("DESC", f"{f}:1"),
+        ("LOC", f"{f}:2"),
+        ("NUM", f"{f}:4"),
+        ("LOC", f"{f}:5"),
+    ]
     assert out["train"][1]["text"] == "What is the capital of Fran\xe7e ?"
     fine = splits(train=[f], format="label-prefixed", encoding="latin-1", split={"validation": 0, "test": 0})
     assert [r["label"] for r in fine["train"]] == ["DESC:manner", "LOC:city", "NUM:date", "LOC:country"]
 
 
-@pytest.mark.parametrize("name, fmt", [("train.tsv", "auto"), ("train.label", "label-prefixed"), ("train.label.gz", "label-prefixed")])
+@pytest.mark.parametrize(
+    "name, fmt", [("train.tsv", "auto"), ("train.label", "label-prefixed"), ("train.label.gz", "label-prefixed")]
+)
 def test_binary_file_is_refused_as_binary_even_with_latin1(tmp_path, name, fmt):
     binary = b"PK\x03\x04\x14\x00\x00\x00" + bytes(range(256)) * 8  # a zip archive's start, then anything
     f = write(tmp_path / name, gzip.compress(binary) if name.endswith(".gz") else binary)
-    with pytest.raises(UserError, match=rf"^{f}: a binary file, not text \(a NUL byte at offset 5\); no labeled.encoding reads it as text, "
-                                         r"so convert it to text or remove it from labeled.train, labeled.validation or labeled.test$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{f}: a binary file, not text \(a NUL byte at offset 5\); no labeled.encoding reads it as text, "
+        r"so convert it to text or remove it from labeled.train, labeled.validation or labeled.test$",
+    ):
         splits(train=[f], format=fmt, encoding="latin-1")
 
 
@@ -100,7 +114,11 @@ def test_parallel_gz_files_become_sft_prompts(tmp_path):
     de = write(tmp_path / "train.de.gz", gzip.compress("Zwei Männer .\nEin Hund läuft .\n".encode()))
     en = write(tmp_path / "train.en.gz", gzip.compress(b"Two men .\nA dog runs .\n"))
     out = splits(
-        task="sft", train=[de, en], format="parallel", prompt_template="Translate German to English: {prompt}", split={"validation": 0, "test": 0}
+        task="sft",
+        train=[de, en],
+        format="parallel",
+        prompt_template="Translate German to English: {prompt}",
+        split={"validation": 0, "test": 0},
     )
     assert out["train"] == [
         {"prompt": "Translate German to English: Zwei Männer .", "response": "Two men .", "origin": f"{de}:1"},
@@ -134,7 +152,12 @@ def test_parquet_and_save_to_disk_folders(tmp_path):
 
 
 def test_normalize_drops_rows_left_empty_and_counts_them(tmp_path):
-    f = jsonl(tmp_path / "a.jsonl", {"text": "caf\u0065\u0301  ok", "label": "a"}, {"text": " \u200b ", "label": "b"}, {"text": "x", "label": "b"})
+    f = jsonl(
+        tmp_path / "a.jsonl",
+        {"text": "caf\u0065\u0301  ok", "label": "a"},
+        {"text": " \u200b ", "label": "b"},
+        {"text": "x", "label": "b"},
+    )
     out, counts = built(train=[f], split={"validation": 0, "test": 0})
     assert texts(out["train"]) == ["café ok", "x"]
     assert counts["removed"]["empty_text"] == {"train": 1, "validation": 0, "test": 0}
@@ -194,9 +217,21 @@ def test_max_rows_subset_is_deterministic_unbiased_by_file_order_and_counted(tmp
     [
         ("sentence\tlabel\nhi\t1\n", {}, r":1: no column 'text' \(found: sentence, label\); set labeled.text_column"),
         ("text\tsentiment\nhi\t1\n", {}, r":1: no column 'label' \(found: text, sentiment\); set labeled.label_column"),
-        ("text\tlabel\nhi\t1\n", {"text_pair_column": "hypothesis"}, r":1: no column 'hypothesis' \(found: text, label\); set labeled.text_pair_column"),
-        ("prompt\tanswer\nhi\tho\n", {"task": "sft"}, r":1: no column 'response' \(found: prompt, answer\); set labeled.response_column"),
-        ("question\tresponse\nhi\tho\n", {"task": "sft"}, r":1: no column 'prompt' \(found: question, response\); set labeled.prompt_column"),
+        (
+            "text\tlabel\nhi\t1\n",
+            {"text_pair_column": "hypothesis"},
+            r":1: no column 'hypothesis' \(found: text, label\); set labeled.text_pair_column",
+        ),
+        (
+            "prompt\tanswer\nhi\tho\n",
+            {"task": "sft"},
+            r":1: no column 'response' \(found: prompt, answer\); set labeled.response_column",
+        ),
+        (
+            "question\tresponse\nhi\tho\n",
+            {"task": "sft"},
+            r":1: no column 'prompt' \(found: question, response\); set labeled.prompt_column",
+        ),
     ],
 )
 def test_missing_columns(tmp_path, content, kw, message):
@@ -208,7 +243,10 @@ def test_missing_columns(tmp_path, content, kw, message):
 @pytest.mark.parametrize(
     "labels, message",
     [
-        ([1, "pos"], r":2: the label 'pos' is a string but the first label \(at .*a.jsonl:1\) is an integer; write every label as the same type"),
+        (
+            [1, "pos"],
+            r":2: the label 'pos' is a string but the first label \(at .*a.jsonl:1\) is an integer; write every label as the same type",
+        ),
         ([1, True], r":2: the label True is a boolean but the first label \(at .*a.jsonl:1\) is an integer"),
         (["pos", None], r":2: the label 'label' is null; give every row a label"),
         (["pos", " "], r":2: the label ' ' is empty; give every row a label"),
@@ -225,7 +263,9 @@ def test_bad_labels(tmp_path, labels, message):
 def test_mixed_label_types_across_splits_name_the_first_odd_row(tmp_path):
     f = jsonl(tmp_path / "train.jsonl", {"text": "a", "label": 0}, {"text": "b", "label": 1})
     v = jsonl(tmp_path / "val.jsonl", {"text": "c", "label": 1}, {"text": "d", "label": "1"})
-    with pytest.raises(UserError, match=rf"{v}:2: the label '1' is a string but the first label \(at {f}:1\) is an integer"):
+    with pytest.raises(
+        UserError, match=rf"{v}:2: the label '1' is a string but the first label \(at {f}:1\) is an integer"
+    ):
         splits(train=[f], validation=[v])
 
 
@@ -237,20 +277,32 @@ def test_label_before_that_leaves_nothing(tmp_path):
 
 def test_text_that_is_not_a_string(tmp_path):
     f = jsonl(tmp_path / "a.jsonl", {"text": "ok", "label": "a"}, {"text": 5, "label": "b"})
-    with pytest.raises(UserError, match=rf"{f}:2: 'text' is int, not a string; fix the value or set labeled.text_column"):
+    with pytest.raises(
+        UserError, match=rf"{f}:2: 'text' is int, not a string; fix the value or set labeled.text_column"
+    ):
         splits(train=[f])
 
 
 def test_labels_that_training_never_saw(tmp_path):
     f = jsonl(tmp_path / "train.jsonl", {"text": "a", "label": "pos"}, {"text": "b", "label": "neg"})
-    v = jsonl(tmp_path / "val.jsonl", {"text": "c", "label": "meh"}, {"text": "d", "label": "pos"}, {"text": "e", "label": "huh"})
-    with pytest.raises(UserError, match=r"The validation split has labels that training never saw \(huh, meh\); fix the data, or add training rows"):
+    v = jsonl(
+        tmp_path / "val.jsonl",
+        {"text": "c", "label": "meh"},
+        {"text": "d", "label": "pos"},
+        {"text": "e", "label": "huh"},
+    )
+    with pytest.raises(
+        UserError,
+        match=r"The validation split has labels that training never saw \(huh, meh\); fix the data, or add training rows",
+    ):
         splits(train=[f], validation=[v], split={"test": 0})
 
 
 def test_one_label_in_training(tmp_path):
     f = jsonl(tmp_path / "a.jsonl", {"text": "a", "label": "pos"}, {"text": "b", "label": "pos"})
-    with pytest.raises(UserError, match=r"The training split has only one label \('pos'\) and a classifier needs at least two"):
+    with pytest.raises(
+        UserError, match=r"The training split has only one label \('pos'\) and a classifier needs at least two"
+    ):
         splits(train=[f], split={"validation": 0, "test": 0})
 
 
@@ -268,14 +320,18 @@ def test_empty_splits(tmp_path):
 
 def test_label_prefixed_line_without_text(tmp_path):
     f = write(tmp_path / "a.label", "LOC:city Where is it ?\nNUM:date   \n")
-    with pytest.raises(UserError, match=rf"{f}:2: the label 'NUM:date' has no text after it; write `LABEL text` on each line"):
+    with pytest.raises(
+        UserError, match=rf"{f}:2: the label 'NUM:date' has no text after it; write `LABEL text` on each line"
+    ):
         splits(train=[f], format="label-prefixed")
 
 
 def test_parallel_files_of_different_lengths_and_folders(tmp_path):
     de = write(tmp_path / "d" / "a.de", "eins\nzwei\ndrei\n")
     en = write(tmp_path / "a.en.gz", gzip.compress(b"one\ntwo\n"))
-    with pytest.raises(UserError, match=rf"{de} has 3 lines but {en} has 2; parallel files need one response line per prompt line"):
+    with pytest.raises(
+        UserError, match=rf"{de} has 3 lines but {en} has 2; parallel files need one response line per prompt line"
+    ):
         splits(task="sft", train=[de, en], format="parallel")
     with pytest.raises(UserError, match=rf"{tmp_path}/d: format parallel reads two files, not a folder"):
         splits(task="sft", train=[str(tmp_path / "d"), en], format="parallel")
@@ -285,7 +341,10 @@ def test_parallel_files_of_different_lengths_and_folders(tmp_path):
     "kw, message",
     [
         ({"task": "sft", "prompt_template": "Translate: {text}"}, "prompt_template must contain {prompt}"),
-        ({"task": "sft", "format": "parallel", "train": ["a", "b", "c"]}, r"labeled.train must be exactly \[prompt_file, response_file\]"),
+        (
+            {"task": "sft", "format": "parallel", "train": ["a", "b", "c"]},
+            r"labeled.train must be exactly \[prompt_file, response_file\]",
+        ),
         ({"format": "parallel", "train": ["a", "b"]}, "set labeled.task to sft"),
         ({"train": []}, "at least 1 item"),
         ({"max_train_rows": 0}, "greater than or equal to 1"),
@@ -298,7 +357,9 @@ def test_spec_validation(kw, message):
 
 
 def test_missing_source_and_unknown_type_name_labeled_settings(tmp_path):
-    with pytest.raises(UserError, match="no such file or folder .*fix the path in labeled.train, labeled.validation or labeled.test"):
+    with pytest.raises(
+        UserError, match="no such file or folder .*fix the path in labeled.train, labeled.validation or labeled.test"
+    ):
         read.source_digests(LabeledSpec(train=[str(tmp_path / "nope.tsv")]))
     f = write(tmp_path / "q.label", "LOC:city Where ?\n")
     with pytest.raises(UserError, match=rf"{f}: unknown file type '.label'.* or set labeled.format"):
@@ -306,7 +367,9 @@ def test_missing_source_and_unknown_type_name_labeled_settings(tmp_path):
     with pytest.raises(UserError, match="labeled.encoding 'utf-9' is not a known text encoding"):
         splits(train=[f], format="label-prefixed", encoding="utf-9")
     t = write(tmp_path / "q.txt", "plain words\n")
-    with pytest.raises(UserError, match=rf"{t}: a text file has no named columns; set labeled.format to the file's format"):
+    with pytest.raises(
+        UserError, match=rf"{t}: a text file has no named columns; set labeled.format to the file's format"
+    ):
         splits(train=[t])
 
 
@@ -319,10 +382,20 @@ def test_s3_label_prefixed_prefix_and_parallel_objects(s3_bucket):
 
     put("trec/a.label", b"LOC:city Where ?\n")
     put("trec/b.label", b"NUM:date When ?\n")
-    out = splits(train=[f"{s3_bucket}/trec"], format="label-prefixed", label_before=":", split={"validation": 0, "test": 0})
-    assert [(r["label"], r["origin"]) for r in out["train"]] == [("LOC", f"{s3_bucket}/trec/a.label:1"), ("NUM", f"{s3_bucket}/trec/b.label:1")]
+    out = splits(
+        train=[f"{s3_bucket}/trec"], format="label-prefixed", label_before=":", split={"validation": 0, "test": 0}
+    )
+    assert [(r["label"], r["origin"]) for r in out["train"]] == [
+        ("LOC", f"{s3_bucket}/trec/a.label:1"),
+        ("NUM", f"{s3_bucket}/trec/b.label:1"),
+    ]
     de, en = put("m/v.de.gz", gzip.compress(b"Hallo\n")), put("m/v.en.gz", gzip.compress(b"Hello\n"))
-    assert splits(task="sft", train=[de, en], format="parallel", split={"validation": 0, "test": 0})["train"][0]["response"] == "Hello"
+    assert (
+        splits(task="sft", train=[de, en], format="parallel", split={"validation": 0, "test": 0})["train"][0][
+            "response"
+        ]
+        == "Hello"
+    )
     with pytest.raises(UserError, match=f"{s3_bucket}/m: format parallel reads two files, not a folder"):
         splits(task="sft", train=[f"{s3_bucket}/m", en], format="parallel")
 
@@ -331,7 +404,10 @@ def test_s3_label_prefixed_prefix_and_parallel_objects(s3_bucket):
 
 
 def test_run_round_trip_through_mlflow(home, tmp_path):
-    train = write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"film {i} is {'good bad'.split()[i % 2]} .\t{i % 2}\n" for i in range(60)))
+    train = write(
+        tmp_path / "train.tsv",
+        "sentence\tlabel\n" + "".join(f"film {i} is {'good bad'.split()[i % 2]} .\t{i % 2}\n" for i in range(60)),
+    )
     dev = write(tmp_path / "dev.tsv", "sentence\tlabel\nsharp .\t1\ndull .\t0\n\t0\n")
     spec = LabeledSpec(train=[train], validation=[dev], text_column="sentence", split={"test": 0.2}, max_train_rows=30)
     uri = stage(spec)
@@ -343,9 +419,15 @@ def test_run_round_trip_through_mlflow(home, tmp_path):
     assert card["splits"]["validation"] == {"rows": 2, "labels": {"0": 1, "1": 1}}
     assert card["splits"]["train"]["rows"] == 30 and card["rows_read"] == {"train": 60, "validation": 3, "test": 0}
     assert card["removed"]["empty_text"]["validation"] == 1
-    assert card["sources"] == {train: read.source_digests(spec)["train0"], dev: read.source_digests(spec)["validation0"]}
+    assert card["sources"] == {
+        train: read.source_digests(spec)["train0"],
+        dev: read.source_digests(spec)["validation0"],
+    }
     rows_ = {n: labeled.load_rows(uri, n) for n in ("train", "validation", "test")}
-    assert rows_["validation"] == [{"text": "sharp .", "label": "1", "origin": f"{dev}:2"}, {"text": "dull .", "label": "0", "origin": f"{dev}:3"}]
+    assert rows_["validation"] == [
+        {"text": "sharp .", "label": "1", "origin": f"{dev}:2"},
+        {"text": "dull .", "label": "0", "origin": f"{dev}:3"},
+    ]
     assert len(rows_["train"]) == 30 and len(rows_["test"]) == card["splits"]["test"]["rows"] > 0
     assert set(rows_["train"][0]) == {"text", "label", "origin"}
 
@@ -359,27 +441,50 @@ def test_run_round_trip_through_mlflow(home, tmp_path):
 
 
 def test_train_rows_overlapping_evaluation_are_reported_and_dropped_when_asked(tmp_path):
-    train = write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"row {i} of the training data\t{i % 2}\n" for i in range(20))
-                  + "a gorgeous film about love .\t1\nwe saw a gorgeous film about love and war .\t1\n")
+    train = write(
+        tmp_path / "train.tsv",
+        "sentence\tlabel\n"
+        + "".join(f"row {i} of the training data\t{i % 2}\n" for i in range(20))
+        + "a gorgeous film about love .\t1\nwe saw a gorgeous film about love and war .\t1\n",
+    )
     dev = write(tmp_path / "dev.tsv", "sentence\tlabel\nA gorgeous film about love\t1\nsomething else entirely\t0\n")
-    kw = dict(train=[train], test=[dev], text_column="sentence", split={"validation": 0, "test": 0}, contamination_ngram=5)
+    kw = dict(
+        train=[train], test=[dev], text_column="sentence", split={"validation": 0, "test": 0}, contamination_ngram=5
+    )
     out, counts = built(**kw)
-    assert counts["contamination"]["test"] == {"train_rows_exact": 1, "train_rows_ngram": 2, "eval_rows_exact": 1, "eval_rows_ngram": 1, "eval_rows": 2}
+    assert counts["contamination"]["test"] == {
+        "train_rows_exact": 1,
+        "train_rows_ngram": 2,
+        "eval_rows_exact": 1,
+        "eval_rows_ngram": 1,
+        "eval_rows": 2,
+    }
     assert len(out["train"]) == 22 and counts["removed"]["contaminated"]["train"] == 0  # reported only
     out, counts = built(**kw, decontaminate=True)
-    assert len(out["train"]) == 20 and counts["removed"]["contaminated"]["train"] == counts["contamination"]["dropped"] == 2
+    assert (
+        len(out["train"]) == 20
+        and counts["removed"]["contaminated"]["train"] == counts["contamination"]["dropped"] == 2
+    )
     assert not any("gorgeous" in r["text"] for r in out["train"])
 
 
 def test_run_sft_round_trip(home, tmp_path):
     de = write(tmp_path / "v.de", "".join(f"Satz {i}\n" for i in range(20)))
     en = write(tmp_path / "v.en", "".join(f"Sentence {i}\n" for i in range(20)))
-    spec = LabeledSpec(task="sft", train=[de, en], format="parallel", prompt_template="DE→EN: {prompt}", split={"validation": 0.2, "test": 0})
+    spec = LabeledSpec(
+        task="sft",
+        train=[de, en],
+        format="parallel",
+        prompt_template="DE→EN: {prompt}",
+        split={"validation": 0.2, "test": 0},
+    )
     uri = stage(spec)
     card = labeled.card(uri)
     assert card["task"] == "sft" and "labels" not in card and card["prompt_template"] == "DE→EN: {prompt}"
     got = labeled.load_rows(uri, "train") + labeled.load_rows(uri, "validation")
-    assert sorted((r["prompt"], r["response"]) for r in got) == sorted((f"DE→EN: Satz {i}", f"Sentence {i}") for i in range(20))
+    assert sorted((r["prompt"], r["response"]) for r in got) == sorted(
+        (f"DE→EN: Satz {i}", f"Sentence {i}") for i in range(20)
+    )
     assert labeled.load_rows(uri, "test") == []
     with pytest.raises(UserError, match="Unknown split 'dev'"):
         labeled.load_rows(uri, "dev")
@@ -392,7 +497,12 @@ def test_run_sft_round_trip(home, tmp_path):
 def test_shared_data_sets():
     sst = splits(train=[str(SHARED / "sst2" / "dev.tsv")], text_column="sentence", split={"validation": 0, "test": 0})
     assert len(sst["train"]) == 872 and {r["label"] for r in sst["train"]} == {"0", "1"}
-    trec = splits(train=[str(SHARED / "trec" / "TREC_10.label")], format="label-prefixed", label_before=":", split={"validation": 0, "test": 0})
+    trec = splits(
+        train=[str(SHARED / "trec" / "TREC_10.label")],
+        format="label-prefixed",
+        label_before=":",
+        split={"validation": 0, "test": 0},
+    )
     assert len(trec["train"]) == 500
     assert rows.label_order(r["label"] for r in trec["train"]) == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     pair = [str(SHARED / "multi30k" / f"val.{lang}.gz") for lang in ("de", "en")]

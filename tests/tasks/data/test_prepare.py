@@ -23,8 +23,11 @@ def weights_only(tmp_path):
 
 
 def test_a_model_folder_without_tokenizer_files_names_both_fixes(weights_only):
-    with pytest.raises(UserError, match=rf"^Model folder {weights_only} has no tokenizer files \(.*\): save the tokenizer it was trained with "
-                                        r"into it \(tokenizer.save_pretrained\), or set data.tokenizer.kind to bpe or char\.$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^Model folder {weights_only} has no tokenizer files \(.*\): save the tokenizer it was trained with "
+        r"into it \(tokenizer.save_pretrained\), or set data.tokenizer.kind to bpe or char\.$",
+    ):
         prepare._tokenizer(FROM_MODEL, str(weights_only), ["some text"])
 
 
@@ -32,5 +35,8 @@ def test_a_pickle_only_folder_is_refused_for_its_weights_before_its_tokenizer(we
     model = models.load(str(weights_only), tokenizer=False)[0]
     (weights_only / "model.safetensors").unlink()
     torch.save(model.state_dict(), weights_only / "pytorch_model.bin")
-    with pytest.raises(UserError, match=rf"^Model folder {weights_only} holds only pickle weights \(pytorch_model.bin\).*convert them to safetensors"):
+    with pytest.raises(
+        UserError,
+        match=rf"^Model folder {weights_only} holds only pickle weights \(pytorch_model.bin\).*convert them to safetensors",
+    ):
         prepare._tokenizer(FROM_MODEL, str(weights_only), ["some text"])

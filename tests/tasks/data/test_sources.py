@@ -70,13 +70,17 @@ BINARY = bytes.fromhex("1f8b0800000000000003") + bytes(range(256)) * 4
 def test_binary_file_is_refused_as_binary_whatever_the_encoding(tmp_path, encoding):
     f = write(tmp_path / "model.txt", BINARY)
     # latin-1 decodes any bytes: without the check, following the old advice trained on the binary.
-    with pytest.raises(UserError, match=rf"^{f}: a binary file, not text \(a NUL byte at offset 3\); .*remove it from data.sources$"):
+    with pytest.raises(
+        UserError, match=rf"^{f}: a binary file, not text \(a NUL byte at offset 3\); .*remove it from data.sources$"
+    ):
         read_sources(spec(f, encoding=encoding))
 
 
 def test_control_characters_without_nul_are_binary_but_tabs_and_escapes_are_text(tmp_path):
     noisy = write(tmp_path / "noisy.jsonl", b"\x01\x02\x03\x04 ab\x05\x06\x07\x08 " * 50)
-    with pytest.raises(UserError, match=rf"^{noisy}: a binary file, not text \(67% control characters in its first 8 KiB\)"):
+    with pytest.raises(
+        UserError, match=rf"^{noisy}: a binary file, not text \(67% control characters in its first 8 KiB\)"
+    ):
         read_sources(spec(noisy))
     log = write(tmp_path / "log.txt", "\x1b[31mred\x1b[0m\tcol\fpage\r\n" * 20)
     assert len(read_sources(spec(log, text_unit="line"))) == 20
