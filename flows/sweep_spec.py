@@ -6,7 +6,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from flows.spec import PipelineSpec, explain
+from flows.spec import PipelineSpec, _apply, explain
 from flows.spec import load as load_pipeline
 from tasks.errors import UserError
 from tasks.spec import Spec
@@ -120,8 +120,6 @@ def load(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = 
 def _set(data: dict, item: str) -> None:
     """One --set: under overrides, grid and a condition the rest of the key stays one dotted key, as those maps hold them
     (`conditions.eda.augment.pseudo=null` drops eda's pseudo-labels and keeps its EDA); elsewhere it is a path."""
-    from flows.spec import _apply
-
     key, sep, raw = item.partition("=")
     parts = key.split(".")
     depth = {"overrides": 1, "grid": 1, "conditions": 2}.get(parts[0])

@@ -58,9 +58,8 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     elif spec.model_driven:
         model, tok = predict.load(teacher_uri, labels, "augment.teacher")
         if spec.pseudo:
-            labeled_texts = {
-                r["text"] for split in splits.values() for r in split
-            }  # never pseudo-label an evaluation row
+            # never pseudo-label an evaluation row
+            labeled_texts = {r["text"] for split in splits.values() for r in split}
             pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)
             rows, stats = pseudo.label(model, tok, pool, labels, spec.pseudo, teacher_uri, spec.max_length)
             added += rows

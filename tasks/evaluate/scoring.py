@@ -23,9 +23,8 @@ class Scored:
 
     task: str
     metrics: dict[str, float]
-    per_example: dict[
-        str, np.ndarray
-    ]  # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
+    # metric → [n] scores oriented so that higher is better (negated log-loss for perplexity)
+    per_example: dict[str, np.ndarray]
     predictions: list[dict]
     report: dict | None = None  # classification: per-class scores and the confusion matrix
 

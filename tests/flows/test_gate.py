@@ -90,12 +90,8 @@ def test_a_failed_evaluation_is_retried_without_retraining(home, corpus, tiny_ov
         filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}'",
         output_format="list",
     )
-    assert sorted(r.info.run_name for r in runs) == [
-        "evaluate",
-        "gate",
-        "prepare",
-        "pretrain",
-    ]  # trained once; the gate run resumed
+    # trained once; the gate run resumed
+    assert sorted(r.info.run_name for r in runs) == ["evaluate", "gate", "prepare", "pretrain"]
     assert len(MlflowClient().search_model_versions("name = 'tiny-base'")) == 1
 
 

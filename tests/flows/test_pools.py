@@ -184,9 +184,8 @@ def test_retraining_twice_on_unchanged_data_reuses_every_stage_and_new_data_goes
     assert set(reused) == {"prepare-labeled", "finetune", "gate"}
     assert len(mlflow.search_model_versions("name = 'retrained'")) == 1
     first_run = mlflow.get_run(first)
-    assert reused == {
-        stage: stage_run(mlflow, first_run, stage).info.run_id for stage in reused
-    }  # the first run's stages
+    # the first run's stages
+    assert reused == {stage: stage_run(mlflow, first_run, stage).info.run_id for stage in reused}
 
     data.write_text(_reviews(200))  # new rows arrived
     third = _retrain(team, spec)

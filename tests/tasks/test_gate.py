@@ -31,13 +31,8 @@ def interval(delta, low, high, p):
             False,
             "not significant",
         ),
-        (
-            {"accuracy": 0.86},
-            interval(0.01, -0.01, 0.03, 0.3),
-            GateSpec(),
-            True,
-            "gain +0.0100",
-        ),  # better, significance not asked
+        # better, significance not asked
+        ({"accuracy": 0.86}, interval(0.01, -0.01, 0.03, 0.3), GateSpec(), True, "gain +0.0100"),
         (
             {"accuracy": 0.86},
             interval(0.01, -0.01, 0.03, 0.3),

@@ -65,10 +65,11 @@ def test_tsv_like_sst2_with_given_validation(tmp_path):
     train = write(tmp_path / "train.tsv", SST)
     dev = write(tmp_path / "dev.tsv", "sentence\tlabel\na gorgeous film . \t1\n")
     out = splits(train=[train], validation=[dev], text_column="sentence", split={"validation": 0.5, "test": 0})
+    # the validation fraction is ignored: its rows are given
     assert out["train"] == [
         {"text": "it 's a charming journey .", "label": "1", "origin": f"{train}:2"},
         {"text": "unflinchingly bleak .", "label": "0", "origin": f"{train}:3"},
-    ]  # the validation fraction is ignored: its rows are given
+    ]
     assert out["validation"] == [{"text": "a gorgeous film .", "label": "1", "origin": f"{dev}:2"}]
     assert out["test"] == []
 
