@@ -25,8 +25,8 @@ def module_file(name: str, root: Path = PACKAGE_ROOT) -> Path | None:
     return None
 
 
-def imported(name: str, root: Path = PACKAGE_ROOT) -> set[str]:
-    """Project modules that module `name` imports anywhere in its source, and the packages around them."""
+def named(name: str, root: Path = PACKAGE_ROOT) -> set[str]:
+    """Project modules that module `name` names in an import anywhere in its source (inside functions too)."""
     path = module_file(name, root)
     is_package = path.name == "__init__.py"
     found = set()
@@ -38,9 +38,15 @@ def imported(name: str, root: Path = PACKAGE_ROOT) -> set[str]:
             if node.level:  # relative: from the module's own package upwards
                 package = name.split(".") if is_package else name.split(".")[:-1]
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from tasks import train` names a module
-    # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+            for alias in node.names:  # `from tasks import train` names a module, `from tasks.train import fit` does not
+                found.add(f"{base}.{alias.name}" if module_file(f"{base}.{alias.name}", root) else base)
+    return {m for m in found if module_file(m, root) is not None}
+
+
+def imported(name: str, root: Path = PACKAGE_ROOT) -> set[str]:
+    """Project modules that importing module `name` runs directly: those it names, and the packages around them
+    (importing a.b.c runs a/__init__.py and a/b/__init__.py first)."""
+    found = named(name, root)
     found |= {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
     return {m for m in found if module_file(m, root) is not None}
 

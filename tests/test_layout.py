@@ -23,25 +23,8 @@ def modules(package: str) -> dict[str, Path]:
     return found
 
 
-def imports(name: str, path: Path) -> set[str]:
-    """The project modules that module `name` imports by name, anywhere in its source (inside functions too)."""
-    is_package = path.name == "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = name.split(".") if is_package else name.split(".")[:-1]
-                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            for alias in node.names:  # `from tasks import train` names a module, `from tasks.train import fit` does not
-                found.add(f"{base}.{alias.name}" if code.module_file(f"{base}.{alias.name}") else base)
-    return {m for m in found if code.module_file(m)}
-
-
 def graph() -> dict[str, set[str]]:
-    return {name: imports(name, path) for package in code.PACKAGES for name, path in modules(package).items()}
+    return {name: code.named(name) for package in code.PACKAGES for name in modules(package)}
 
 
 def stage_packages() -> set[str]:
