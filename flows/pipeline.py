@@ -6,8 +6,6 @@ from prefect import flow
 
 from flows import dispatch
 from flows.spec import PipelineSpec
-
-# fmt: skip
 from flows.stages import (
     STAGES,
     augment_stage,

@@ -20,7 +20,6 @@ def start(args: list[str], home: Path, name: str, **env) -> subprocess.Popen:
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     home.mkdir(parents=True, exist_ok=True)
     with open(home / f"{name}.out", "w") as out:
-        # fmt: skip
         return subprocess.Popen(
             [sys.executable, "-m", "flows.cli", *args],
             cwd=REPO,

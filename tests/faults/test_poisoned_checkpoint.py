@@ -26,7 +26,6 @@ def cli(args: list[str], home: Path, name: str, **env) -> tuple[int, str]:
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     home.mkdir(parents=True, exist_ok=True)
     with open(home / f"{name}.out", "w") as out:
-        # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", *args],
             cwd=REPO,

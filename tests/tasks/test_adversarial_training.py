@@ -6,8 +6,6 @@ import pydantic
 import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
-
-# fmt: skip
 from transformers import (
     BertConfig,
     BertForSequenceClassification,

@@ -6,8 +6,6 @@ import pydantic
 import pytest
 import torch
 from peft import PeftModel
-
-# fmt: skip
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, GPT2Config, LlamaConfig
 
 from tasks import methods
