@@ -92,16 +92,12 @@ def trainer(spec, init: str, data: str, ctx) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     model, tok, _, encoded = setup(spec, init, data)
     model = methods.prepare(model, spec, "causal_lm")
-    return build(
-        spec,
-        model,
-        tok,
-        Examples(encoded["train"]),
-        Examples(encoded["validation"]),
-        collate(tok.pad_token_id),
-        ctx,
-        **SELECT,
-    )
+    return _trainer(spec, model, tok, encoded, ctx)
+
+
+def _trainer(spec, model, tok, encoded, ctx) -> Trainer:
+    train, validation = Examples(encoded["train"]), Examples(encoded["validation"])
+    return build(spec, model, tok, train, validation, collate(tok.pad_token_id), ctx, **SELECT)
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
@@ -118,16 +114,7 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
-    trainer = build(
-        spec,
-        model,
-        tok,
-        Examples(encoded["train"]),
-        Examples(encoded["validation"]),
-        collate(tok.pad_token_id),
-        ctx,
-        **SELECT,
-    )
+    trainer = _trainer(spec, model, tok, encoded, ctx)
     fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {} if loss_before is None else {"test_loss_before": loss_before}
     for split in ("validation", "test"):

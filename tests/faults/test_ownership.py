@@ -5,51 +5,9 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def start(args: list[str], home: Path, name: str, **env) -> subprocess.Popen:
-    """`multistep ARGS` in the background against `home`, its output in files (a SIGKILLed run's server keeps pipes open)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / f"{name}.out", "w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args],
-            cwd=REPO,
-            env={**inherited, "MULTISTEP_HOME": str(home), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-
-
-def said(home: Path, name: str) -> str:
-    return (home / f"{name}.out").read_text()
-
-
-def stop(proc: subprocess.Popen, timeout: float = 240) -> int:
-    """Wait for the CLI, then end whatever it left behind in its process group (e.g. its Prefect server)."""
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        kill(proc)
-    return proc.returncode
-
-
-def kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def waits_for(text: str) -> tuple[int, str] | None:
@@ -62,7 +20,7 @@ def waits_for(text: str) -> tuple[int, str] | None:
 
 
 def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_killed(
-    tmp_path, corpus, tiny_overrides, registered_versions
+    tmp_path, corpus, tiny_overrides, start_cli, registered_versions
 ):
     home = tmp_path / "home"
     home.mkdir()
@@ -77,36 +35,37 @@ def test_identical_runs_wait_for_a_live_owner_and_one_resumes_it_once_it_is_kill
         "MULTISTEP_LEASE_POLL_S": "0.2",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
-    procs = {n: start(args, home, n, PREFECT_HOME=str(tmp_path / f"prefect-{n}"), **env) for n in names}
-    try:
-        deadline = time.monotonic() + 240
-        while True:  # until the two others both wait for the one that holds
-            waiting = {n: waits_for(said(home, n)) for n in names}
-            holders = {w[0] for w in waiting.values() if w}
-            owner = [n for n in names if {procs[n].pid} == holders]
-            if (
-                owner
-                and sum(map(bool, waiting.values())) == 2
-                and "fault injection: holding after checkpoint-3" in said(home, owner[0])
-            ):
-                break
-            ended = {n: said(home, n)[-3000:] for n, p in procs.items() if p.poll() is not None}
-            assert not ended and time.monotonic() < deadline, ended or {n: said(home, n)[-2000:] for n in names}
-            time.sleep(0.1)
-        owner = owner[0]
-        (run_id,) = {w[1] for w in waiting.values() if w}
-        others = [n for n in names if n != owner]
-        for n in others:
-            assert "resuming" not in said(home, n)  # the live owner's run is left alone
+    clis = {n: start_cli(args, home, n, PREFECT_HOME=str(tmp_path / f"prefect-{n}"), **env) for n in names}
+    procs = {n: cli.proc for n, cli in clis.items()}
 
-        os.killpg(procs[owner].pid, signal.SIGKILL)
-        procs[owner].wait()
-        codes = [stop(procs[n]) for n in others]
-    finally:
-        for proc in procs.values():
-            kill(proc)
+    def said(name: str) -> str:
+        return clis[name].out.read_text() + clis[name].err.read_text()
 
-    outputs = {n: said(home, n) for n in others}
+    deadline = time.monotonic() + 240
+    while True:  # until the two others both wait for the one that holds
+        waiting = {n: waits_for(said(n)) for n in names}
+        holders = {w[0] for w in waiting.values() if w}
+        owner = [n for n in names if {procs[n].pid} == holders]
+        if (
+            owner
+            and sum(map(bool, waiting.values())) == 2
+            and "fault injection: holding after checkpoint-3" in said(owner[0])
+        ):
+            break
+        ended = {n: said(n)[-3000:] for n, p in procs.items() if p.poll() is not None}
+        assert not ended and time.monotonic() < deadline, ended or {n: said(n)[-2000:] for n in names}
+        time.sleep(0.1)
+    owner = owner[0]
+    (run_id,) = {w[1] for w in waiting.values() if w}
+    others = [n for n in names if n != owner]
+    for n in others:
+        assert "resuming" not in said(n)  # the live owner's run is left alone
+
+    os.killpg(procs[owner].pid, signal.SIGKILL)
+    procs[owner].wait()
+    codes = [clis[n].finish(timeout=240).returncode for n in others]
+
+    outputs = {n: said(n) for n in others}
     assert codes == [0, 0], outputs
     resumed = [n for n, text in outputs.items() if f"pretrain: resuming unfinished run {run_id}" in text]
     assert len(resumed) == 1, outputs

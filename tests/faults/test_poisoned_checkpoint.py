@@ -4,11 +4,7 @@ line, quarantines it, resumes from the previous checkpoint and registers exactly
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class RunsCode:
@@ -21,40 +17,15 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def cli(args: list[str], home: Path, name: str, **env) -> tuple[int, str]:
-    """`multistep ARGS` against `home`; (exit code, stdout + stderr). Output to a file: a SIGKILLed run's server keeps pipes open."""
-    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / f"{name}.out", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args],
-            cwd=REPO,
-            env={**inherited, "MULTISTEP_HOME": str(home), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=300)
-        finally:
-            try:  # whatever the run left behind in its group, e.g. its Prefect server
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    return proc.returncode, (home / f"{name}.out").read_text()
-
-
 def test_a_poisoned_checkpoint_is_quarantined_and_the_stage_resumes_from_the_previous_one(
-    tmp_path, corpus, tiny_overrides, registered_versions
+    tmp_path, corpus, tiny_overrides, run_cli, registered_versions
 ):
     import torch
 
     home = tmp_path / "home"
     args = ["run", "configs/default.yaml", *sum((["--set", o] for o in tiny_overrides(corpus, steps=8)), [])]
-    code, _ = cli(args, home, "killed", MULTISTEP_FAULT_KILL_AT_STEP="7")  # after checkpoint-3 and checkpoint-6
-    assert code == -signal.SIGKILL
+    killed = run_cli(args, home, MULTISTEP_FAULT_KILL_AT_STEP="7")  # after checkpoint-3 and checkpoint-6
+    assert killed.returncode == -signal.SIGKILL
     (store,) = home.glob("artifacts/*/artifacts/checkpoints")
     assert sorted(p.name for p in store.iterdir()) == ["checkpoint-3", "checkpoint-6"]
     run_id = store.parent.parent.name
@@ -62,9 +33,10 @@ def test_a_poisoned_checkpoint_is_quarantined_and_the_stage_resumes_from_the_pre
     poisoned.unlink()  # the published file is a hard link of the Trainer's own copy: replace it, as an attacker would
     torch.save(RunsCode(tmp_path / "pwned"), poisoned)
 
-    code, said = cli(args, home, "rerun")
+    rerun = run_cli(args, home)
+    said = rerun.stdout + rerun.stderr
 
-    assert code == 0, said[-3000:]
+    assert rerun.returncode == 0, said[-3000:]
     assert not (tmp_path / "pwned").exists()
     lines = [line for line in said.splitlines() if "checkpoint-6" in line]
     assert len(lines) == 1, lines
