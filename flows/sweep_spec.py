@@ -1,7 +1,7 @@
 """The sweep's form (SweepSpec, the Prefect run form of the `sweep` flow) and its YAML file with `--set` and `--seeds`."""
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -12,14 +12,6 @@ from tasks.errors import UserError
 from tasks.spec import Spec
 
 # Every seed a pipeline has; the split salts (data.split.salt, labeled.split.salt) are not seeds: every cell sees the same rows.
-SEED_FIELDS = (
-    "pretrain.train.seed",
-    "transfer.seed",
-    "augment.eda.seed",
-    "augment.pseudo.seed",
-    "augment.adversarial.seed",
-    "finetune.train.seed",
-)
 SeedField = Literal[
     "pretrain.train.seed",
     "transfer.seed",
@@ -28,6 +20,7 @@ SeedField = Literal[
     "augment.adversarial.seed",
     "finetune.train.seed",
 ]
+SEED_FIELDS = get_args(SeedField)
 Metric = Literal[
     "auto",
     "accuracy",
