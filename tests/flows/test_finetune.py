@@ -116,16 +116,17 @@ def test_head_only_on_the_packaged_minilm(home, sentiment):
     assert MlflowClient().get_model_version("mini", "1").tags["multistep.method"] == "head"
 
 
+def lora_sft(overrides: list[str], pairs) -> list[str]:
+    """The tiny preset fine-tuned with LoRA on the prompt/response pairs (each test adds its steps and sizes)."""
+    split = ["labeled.split.validation=0.2", "labeled.split.test=0.2"]
+    return overrides + ["labeled.task=sft", f"labeled.train=[{pairs}]", *split, "finetune.method=lora"]
+
+
 def test_lora_sft_merged_scores_generations_before_and_after(home, corpus, pairs, tiny_overrides):
     spec = load(
         "configs/default.yaml",
-        tiny_overrides(corpus)
+        lora_sft(tiny_overrides(corpus), pairs)
         + [
-            "labeled.task=sft",
-            f"labeled.train=[{pairs}]",
-            "labeled.split.validation=0.2",
-            "labeled.split.test=0.2",
-            "finetune.method=lora",
             "finetune.lora_rank=4",
             "finetune.train.max_steps=6",
             "finetune.train.batch_size=8",
@@ -207,13 +208,8 @@ def test_lora_adapter_version_records_its_base_and_loads_on_top_of_it(home, corp
 
     spec = load(
         "configs/default.yaml",
-        tiny_overrides(corpus)
+        lora_sft(tiny_overrides(corpus), pairs)
         + [
-            "labeled.task=sft",
-            f"labeled.train=[{pairs}]",
-            "labeled.split.validation=0.2",
-            "labeled.split.test=0.2",
-            "finetune.method=lora",
             "finetune.merge_lora=false",
             "finetune.lora_rank=4",
             "finetune.train.max_steps=4",
