@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 from flows import embedded, supervise
@@ -179,12 +178,8 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     backend.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
     _hide_tracebacks_of_user_errors()
     from flows.pipeline import llm_pipeline
-    from flows.stages import STAGES
-    from tasks.report import pipeline_summary
 
-    start = time.perf_counter()
-    result = _call(llm_pipeline, spec, prefect_ready)
-    print(pipeline_summary(result, time.perf_counter() - start, STAGES))
+    result = _call(llm_pipeline, spec, prefect_ready)  # the flow prints its summary (tasks/report.py)
     if args.json:
         print(json.dumps(result))
     return 0

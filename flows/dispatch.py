@@ -22,11 +22,12 @@ def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
     """Run a stage flow where `execution` (the spec's ExecutionSpec) says, its MLflow run under the pipeline's `parent_run_id`;
     again after an unexpected failure, never after an input error."""
     params |= {"experiment": execution.experiment, "parent_run_id": parent_run_id}
+    name = run_name(stage.name, params.get("round"))
     for attempt in range(execution.stage_retries + 1):
         try:
             if execution.mode == "local":
-                return stage(**params)
-            return _remote(stage, execution, params)
+                return stage.with_options(flow_run_name=lambda: name)(**params)
+            return _remote(stage, execution, params, name)
         except UserError:
             raise
         except Exception as exc:
@@ -34,6 +35,13 @@ def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
                 raise
             print(f"{stage.name}: attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); running it again")
     raise AssertionError("unreachable")
+
+
+def run_name(stage: str, round: int | None) -> str:
+    """`<pipeline run> · <stage>`: in Prefect's list of runs a stage run says which pipeline run it belongs to."""
+    from prefect.runtime import flow_run
+
+    return f"{flow_run.name or 'pipeline'} · {stage}" + (f"-round{round}" if round is not None else "")
 
 
 class StageCrashed(RuntimeError):
@@ -51,7 +59,7 @@ def deployment_name(stage: str, pool: str) -> str:
     return f"{stage}/{pool}"
 
 
-def _remote(stage: Flow, execution, params: dict) -> str:
+def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
     from prefect import get_client
     from prefect.deployments import run_deployment
 
@@ -62,7 +70,9 @@ def _remote(stage: Flow, execution, params: dict) -> str:
     # The Secret block's name travels as the flow run's environment, never its value and never a flow parameter.
     env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
     parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
-    run = run_deployment(name, parameters=parameters, timeout=0, job_variables={"env": env} if env else None)
+    run = run_deployment(
+        name, parameters=parameters, timeout=0, flow_run_name=run_name, job_variables={"env": env} if env else None
+    )
     print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
     with get_client(sync_client=True) as client:
         run = _wait(client, run, pool, execution.start_timeout_s, timeout)

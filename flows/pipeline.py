@@ -1,5 +1,7 @@
 """llm_pipeline: the DAG of DESIGN.md §2 as a table of contents."""
 
+import re
+import time
 from functools import partial
 
 from prefect import flow
@@ -17,11 +19,27 @@ from flows.stages import (
     pretrain_stage,
     transfer_stage,
 )
-from tasks import registry, rounds
+from tasks import registry, report, rounds
 from tasks.tracking import pipeline_run
 
 
-@flow(name="llm-pipeline", log_prints=True)
+def run_name() -> str:
+    """The pipeline flow run's name (Prefect asks before the run starts): see `name_for`."""
+    from prefect.runtime import flow_run
+
+    return name_for(flow_run.name, flow_run.parameters.get("spec"))
+
+
+def name_for(current: str | None, spec: PipelineSpec | dict | None) -> str:
+    """`<pipeline name>-<MMDD-HHMM>`, or the name the run was given (typed in the Prefect form, set by a sweep)."""
+    # Prefect names an unnamed run with two random words (`classy-jackalope`); any other name was chosen by someone.
+    if current and not re.fullmatch(r"[a-z]+-[a-z]+", current):
+        return current
+    name = spec.name if isinstance(spec, PipelineSpec) else (spec or {}).get("name", PipelineSpec().name)
+    return f"{name}-{time.strftime('%m%d-%H%M')}"
+
+
+@flow(name="llm-pipeline", log_prints=True, flow_run_name=run_name)
 def llm_pipeline(spec: PipelineSpec = PipelineSpec(), parent_run_id: str | None = None) -> dict[str, str]:
     """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow.
 
@@ -34,7 +52,7 @@ def llm_pipeline(spec: PipelineSpec = PipelineSpec(), parent_run_id: str | None 
 
 def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str | None = None) -> dict[str, str]:
     """The DAG; with `retrain`, fine-tuning starts from the gate's champion (see registry.retraining_start)."""
-    ex, out, model = spec.execution, {}, None
+    ex, out, model, start = spec.execution, {}, None, time.perf_counter()
     dispatch.prepare(planned(spec), ex)
     with pipeline_run(spec.name, spec, ex.experiment, parent_run_id) as parent:
         if spec.pretrain:
@@ -71,7 +89,9 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
             out["gate"] = dispatch.call(
                 gate_stage, ex, parent, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"]
             )
-    return {"pipeline_run": parent, "model": model, **out}
+    result = {"pipeline_run": parent, "model": model, **out}
+    print(report.publish(result, time.perf_counter() - start, STAGES, spec))
+    return result
 
 
 def student(ex, parent: str, init: str, labeled: str, spec: PipelineSpec, teacher: str | None, round: int) -> str:

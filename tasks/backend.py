@@ -13,6 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from tasks.errors import UserError
 
+# The experiment tag MLflow's UI reads to open an experiment as model training (runs, metrics, the registry) rather than
+# in its GenAI mode (traces, evaluations); tasks/links.py adds the URL parameter that does the same for a page.
+KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 def home() -> Path:
     """Where the embedded stack keeps its state (`MULTISTEP_HOME`, default `.multistep`)."""
@@ -34,11 +38,13 @@ def configure(experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
+        if exp.tags.get(KIND) != TRAINING:  # made before this setting, or by hand: MLflow would open it in GenAI mode
+            MlflowClient().set_experiment_tag(exp.experiment_id, KIND, TRAINING)
         return exp.experiment_id
     # The embedded store keeps artifacts beside its database; a server decides for itself.
     location = (home() / "artifacts").as_uri() if uri.startswith("sqlite:") else None
     try:
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        return mlflow.create_experiment(experiment, artifact_location=location, tags={KIND: TRAINING})
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
         return mlflow.get_experiment_by_name(experiment).experiment_id
 

@@ -26,7 +26,7 @@ def register(model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | No
     existing = find_version(name, ctx.key)
     if existing:
         return existing
-    tags = {**ctx.lineage(), **(tags or {})}
+    tags = {k: v for k, v in {**ctx.lineage(), **(tags or {})}.items() if v != ""}  # the registry UI shows empty ones
     client = MlflowClient()
     if model_uri.startswith("models:/"):
         version = mlflow.register_model(model_uri, name, tags=tags)
@@ -50,6 +50,16 @@ def set_tags(version_uri: str, tags: dict[str, str | float]) -> None:
     client = MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
+
+
+def replace_tags(version_uri: str, prefix: str, tags: dict[str, str]) -> None:
+    """Set `tags`, all named `<prefix>…`, and delete the version's other `<prefix>…` tags (left by an earlier decision)."""
+    name, version = version_uri.removeprefix("models:/").split("/")
+    client = MlflowClient()
+    for stale in set(client.get_model_version(name, version).tags) - set(tags):
+        if stale.startswith(prefix):
+            client.delete_model_version_tag(name, version, stale)
+    set_tags(version_uri, tags)
 
 
 def metric(version_uri: str, name: str) -> float | None:

@@ -1,12 +1,15 @@
 """The end-of-run summary: what ran, what was reused, where results are, how to browse them."""
 
-import os
+import time
 from collections.abc import Iterable
 
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
+from tasks import links
 from tasks.backend import tracking_uri
-from tasks.tracking import STAGE
+from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, STAGE, flatten, public
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
@@ -29,7 +32,7 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
             start = max(run.info.start_time, parent.info.start_time)
             took = max(0, (run.info.end_time or start) - start) / 1000
             lines.append(
-                f"  {run.info.run_name:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}"
+                f"  {run.info.run_name.rpartition('/')[2]:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}"
             )
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
         if stage not in ran and f"multistep.reused.{stage}" in parent.data.tags:
@@ -68,15 +71,56 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
     if train_seconds:
         lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
     lines += [
-        _browse(),
-        f"            python -c \"import mlflow; print(mlflow.transformers.load_model('{result['model']}'))\"",
+        *_browse(parent.info.experiment_id, parent.info.run_id, result["model"]),
+        f"load:       python -c \"import mlflow; print(mlflow.transformers.load_model('{result['model']}'))\"",
     ]
     return "\n".join(lines)
 
 
-def _browse() -> str:
-    """Where to look: the servers this run used, or `make ui` for the embedded stores."""
-    prefect, mlflow_uri = os.environ.get("PREFECT_API_URL"), os.environ.get("MLFLOW_TRACKING_URI", "")
-    if prefect and mlflow_uri.startswith("http"):
-        return f"browse:     Prefect {prefect.removesuffix('/api')} and MLflow {mlflow_uri}"
-    return "browse:     make ui   → Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000"
+def _browse(experiment_id: str, run_id: str, model: str) -> list[str]:
+    """Where to look: pages of the servers this run used, or of `make ui` for the embedded stores (MLflow in training mode)."""
+    embedded = not tracking_uri().startswith(("http://", "https://"))
+    return [
+        "browse:     " + ("make ui, then open" if embedded else f"Prefect {links.prefect_ui()}"),
+        f"  runs      {links.experiment(experiment_id)}",
+        f"  pipeline  {links.run(experiment_id, run_id)}",
+        f"  model     {links.model_uri(model)}",
+    ]
+
+
+def publish(result: dict[str, str], wall_seconds: float, stages: Iterable[str], spec: BaseModel) -> str:
+    """Put the summary where each UI shows it, and return it: on the pipeline's MLflow run (description, the spec as
+    params, the final model's metrics, output URIs as tags) and as a Prefect markdown artifact."""
+    text = pipeline_summary(result, wall_seconds, stages)
+    client, run_id = MlflowClient(), result["pipeline_run"]
+    parent = client.get_run(run_id)
+    tags = {f"multistep.output.{k}": v for k, v in result.items() if k != "pipeline_run" and v}
+    metrics = {}
+    if result.get("model", "").startswith("models:/"):
+        name, version = result["model"].removeprefix("models:/").split("/")
+        found = client.get_model_version(name, version).tags
+        metrics = {k.removeprefix("metric."): float(v) for k, v in found.items() if k.startswith("metric.")}
+        tags["multistep.model_page"] = links.model(name, version)
+        tags.update({k: v for k, v in found.items() if k == "gate.decision"})
+    flow_run = parent.data.tags.get(PREFECT_FLOW_RUN)
+    heading = f"Pipeline **{parent.data.tags.get(PIPELINE)}**" + (
+        f" — Prefect flow run [{parent.info.run_name}]({links.flow_run(flow_run)})" if flow_run else ""
+    )
+    model = f"\n\nModel: [{result['model']}]({links.model_uri(result['model'])})" if result.get("model") else ""
+    tags["mlflow.note.content"] = f"{heading}{model}\n\n```\n{text}\n```"
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in flatten(public(spec)).items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    if flow_run:
+        from prefect.artifacts import create_markdown_artifact
+
+        experiment = parent.info.experiment_id
+        create_markdown_artifact(
+            f"{heading}\n\nMLflow run [{run_id}]({links.run(experiment, run_id)}){model}\n\n```\n{text}\n```",
+            key="pipeline-summary",
+            description="What ran, what was reused, the final model and where to browse it",
+        )
+    return text

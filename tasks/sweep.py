@@ -11,8 +11,9 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from tasks import links
 from tasks.backend import configure
-from tasks.tracking import _prefect_tags, _tag_prefect_flow_run, git_commit, public, resolve_version
+from tasks.tracking import git_commit, public, resolve_version
 
 # What each task's versions carry as `metric.<split>_<name>` (SFT's generation scores as `metric.<name>`, on test rows).
 METRICS = {
@@ -51,10 +52,10 @@ def sweep_run(name: str, spec, experiment: str) -> Iterator[str]:
     experiment_id = configure(experiment)
     client = MlflowClient()
     run_id = client.create_run(
-        experiment_id, run_name=name, tags={SWEEP: name, "git.commit": git_commit(), **_prefect_tags()}
+        experiment_id, run_name=name, tags={SWEEP: name, "git.commit": git_commit(), **links.prefect_tags()}
     ).info.run_id
     client.log_dict(run_id, public(spec), "sweep/spec.json")
-    _tag_prefect_flow_run(run_id)
+    links.tag_flow_run(run_id)
     status = "FAILED"
     try:
         yield run_id

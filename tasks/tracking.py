@@ -14,7 +14,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, SecretStr
 
-from tasks import interrupt, lease
+from tasks import interrupt, lease, links
 from tasks.backend import configure
 from tasks.errors import UserError
 
@@ -176,10 +176,12 @@ def stage_run(
     digests = digests or {name: digest(uri) for name, uri in inputs.items()}
     version = source.version(code)
     key = stage_key(stage, spec, {n: {"uri": inputs[n], "digest": digests[n]} for n in sorted(inputs)}, params, version)
-    tags = {STAGE: stage, STAGE_KEY: key, **_prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
+    tags = {STAGE: stage, STAGE_KEY: key, **links.prefect_tags(), **({ROUND: str(round)} if round is not None else {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run_name = stage if round is None else f"{stage}-round{round}"
+    # `<pipeline>/<stage>`: in the experiment's flat list of runs, the name says which pipeline a stage run belongs to
+    pipeline = MlflowClient().get_run(parent_run_id).data.tags.get(PIPELINE) if parent_run_id else None
+    run_name = (f"{pipeline}/" if pipeline else "") + (stage if round is None else f"{stage}-round{round}")
     taken = lease.take(
         stage,
         result=lambda: next((r for r in _find(experiment_id, key, finished=True) if r.data.tags.get(OUTPUT)), None),
@@ -213,11 +215,11 @@ def stage_run(
             MlflowClient().set_tag(run_id, k, v)
     ctx = StageRun(stage, run_id, key, version, dict(inputs), digests, parent_run_id, resumed=resumed, tags=tags)
     try:
-        _tag_prefect_flow_run(run_id)
+        links.tag_flow_run(run_id)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), _killed_on_interrupt():
             for name, uri in inputs.items():
                 mlflow.set_tag(f"multistep.input.{name}", uri)
-            mlflow.log_params(_flatten(public(spec)))
+            mlflow.log_params(flatten(public(spec)))
             yield ctx
             if not ctx.output:
                 raise RuntimeError(f"{stage}: the stage body set no output URI")
@@ -237,10 +239,10 @@ def _killed_on_interrupt() -> Iterator[None]:
         raise
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in data.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": str(v)[:500]})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": str(v)[:500]})
     return out
 
 
@@ -248,35 +250,17 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
 def pipeline_run(name: str, spec: BaseModel | None, experiment: str, parent_run_id: str | None = None) -> Iterator[str]:
     """The pipeline's own MLflow run, the parent of every stage run (nested under `parent_run_id` when given); yields its id."""
     experiment_id = configure(experiment)
-    tags = {PIPELINE: name, "git.commit": git_commit(), **_prefect_tags()}
+    prefect = links.prefect_tags()
+    tags = {PIPELINE: name, "git.commit": git_commit(), **prefect}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with (
-        mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-pipeline", tags=tags) as run,
-        _killed_on_interrupt(),
-    ):
+    # The Prefect run's name (one typed in the form, or `<name>-<time>`) names the MLflow run: the two lists match.
+    run_name = prefect.get("prefect.flow_run_name") or f"{name}-pipeline"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run, _killed_on_interrupt():
         if spec is not None:
             mlflow.log_dict(public(spec), "spec.json")
-        _tag_prefect_flow_run(run.info.run_id)
+        links.tag_flow_run(run.info.run_id)
         yield run.info.run_id
-
-
-def _prefect_tags() -> dict[str, str]:
-    from prefect.runtime import flow_run
-
-    return {PREFECT_FLOW_RUN: flow_run.id, "prefect.flow_run_name": flow_run.name} if flow_run.id else {}
-
-
-def _tag_prefect_flow_run(mlflow_run_id: str) -> None:
-    """Tag the current Prefect flow run with the MLflow run, the other half of the two-way link."""
-    from prefect import get_client
-    from prefect.runtime import flow_run
-
-    if not flow_run.id:
-        return
-    with get_client(sync_client=True) as client:
-        current = client.read_flow_run(flow_run.id)
-        client.update_flow_run(flow_run.id, tags=[*current.tags, f"mlflow-run:{mlflow_run_id}"])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

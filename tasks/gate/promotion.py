@@ -49,17 +49,11 @@ class Decision:
         return "promoted" if self.promote else "rejected"
 
     def tags(self) -> dict[str, str]:
+        """The decision as version tags; what does not apply (no champion, no interval) is left out, not written empty."""
         out = {
-            f"gate.{k}": (
-                ""
-                if v is None
-                else json.dumps(v)
-                if isinstance(v, dict)
-                else f"{v:.6g}"
-                if isinstance(v, float)
-                else str(v)
-            )
+            f"gate.{k}": json.dumps(v) if isinstance(v, dict) else f"{v:.6g}" if isinstance(v, float) else str(v)
             for k, v in asdict(self).items()
+            if v is not None and v != {}
         }
         out["gate.decision"] = self.verdict
         return out

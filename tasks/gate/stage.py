@@ -95,7 +95,7 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
     else:
         decision = promote(name, spec.alias, challenger, judge)
     _record(decision, scored, ctx, spec)
-    registry.set_tags(challenger, decision.tags())
+    registry.replace_tags(challenger, "gate.", decision.tags())
     print(f"gate: {decision.verdict} — {decision.reason}")
     return f"runs:/{ctx.run_id}/gate"
 

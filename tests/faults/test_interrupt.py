@@ -14,10 +14,10 @@ HOLD = "MULTISTEP_FAULT_HOLD_AT_STEP"  # tasks/train.py: hold after that step's 
 
 
 def statuses(home: Path) -> dict[str, str]:
-    """MLflow run name → status, and the Prefect flow run state of each (through its `mlflow-run:` tag)."""
+    """MLflow run (its stage, or `pipeline`) → status, and the Prefect flow run state of each (through its `mlflow-run:` tag)."""
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     runs = {
-        r.info.run_id: r.info.run_name
+        r.info.run_id: r.data.tags.get("multistep.stage", "pipeline")
         for r in client.search_runs([client.get_experiment_by_name("multistep").experiment_id])
     }
     # The flow runs of this home among those of the suite's Prefect database, which the CLIs share.
@@ -59,8 +59,8 @@ def test_ctrl_c_then_sigterm_each_stop_at_a_checkpoint_that_the_same_command_res
         == f"multistep: interrupted by SIGINT (pretrain at checkpoint-4); the same command resumes: {command}"
     )
     assert statuses(home) == {
-        "tiny-pipeline": "KILLED", "prepare": "FINISHED", "pretrain": "KILLED",
-        "prefect tiny-pipeline": "CANCELLED", "prefect prepare": "COMPLETED", "prefect pretrain": "CANCELLED",
+        "pipeline": "KILLED", "prepare": "FINISHED", "pretrain": "KILLED",
+        "prefect pipeline": "CANCELLED", "prefect prepare": "COMPLETED", "prefect pretrain": "CANCELLED",
     }  # fmt: skip
     assert processes_of(home) == []  # the embedded server outlived the SIGINT, then stopped last
     assert registered_versions(home) == []

@@ -67,7 +67,7 @@ def stage_runs(pipeline_run: str) -> dict[str, mlflow.entities.Run]:
     found = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{pipeline_run}'", output_format="list"
     )
-    return {r.info.run_name: r for r in found}
+    return {r.info.run_name.rpartition("/")[2]: r for r in found}  # runs are named <pipeline>/<stage>
 
 
 def write_rows(path: Path, rows: list[str]) -> Path:

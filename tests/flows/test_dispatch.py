@@ -62,7 +62,7 @@ def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
     outcomes = [Crashed(message="no heartbeat"), Completed()]
     calls = []
 
-    def remote(stage, execution, params):
+    def remote(stage, execution, params, run_name):
         calls.append(params)
         state = outcomes.pop(0)
         if not state.is_completed():
@@ -74,7 +74,7 @@ def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
     assert dispatch.call(stage, execution, None, spec=None) == "runs:/abc/dataset"
     assert len(calls) == 2
 
-    def refuses(stage, execution, params):
+    def refuses(stage, execution, params, run_name):
         calls.append(params)
         raise UserError("data.sources: no such file")
 

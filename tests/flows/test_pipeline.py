@@ -1,6 +1,7 @@
 """The walking skeleton end to end, in-process against a real Prefect API and an embedded MLflow store."""
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from flows.pipeline import llm_pipeline
 from flows.spec import load
-from tasks import code, tracking
+from tasks import code, links, tracking
 from tasks.data import prepared
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -85,6 +86,53 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
         assert torch.equal(a, b), name
     generated = mlflow.pyfunc.load_model(result["model"]).predict(["The "])
     assert isinstance(generated[0], str) and generated[0]
+
+    check_the_uis_name_summarise_and_link(result, stages)
+
+
+def check_the_uis_name_summarise_and_link(result: dict[str, str], stages: dict[str, mlflow.entities.Run]) -> None:
+    """Issue 14: names that say what a run is, a pipeline run that summarises, links both ways, training mode."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    client = MlflowClient()
+    parent = client.get_run(result["pipeline_run"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow opens it as training
+    with get_client(sync_client=True) as prefect:
+        pipeline_flow_run = prefect.read_flow_run(parent.data.tags[tracking.PREFECT_FLOW_RUN])
+        assert re.fullmatch(r"tiny-\d{4}-\d{4}", pipeline_flow_run.name)
+        assert parent.info.run_name == pipeline_flow_run.name  # the Prefect name carried into MLflow
+        for stage, run_ in stages.items():
+            assert run_.info.run_name == f"tiny/{stage}"
+            stage_flow_run = prefect.read_flow_run(run_.data.tags[tracking.PREFECT_FLOW_RUN])
+            assert stage_flow_run.name == f"{pipeline_flow_run.name} · {stage}"
+            [link] = prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-run"])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[stage_flow_run.id])),
+            )
+            assert links.run(parent.info.experiment_id, run_.info.run_id) in link.data
+            assert links.flow_run(str(stage_flow_run.id)) in run_.data.tags["mlflow.note.content"]
+        [summary] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipeline_flow_run.id])),
+        )
+    # The pipeline's MLflow run summarises: the spec as params, the final model's metrics, output URIs, the summary.
+    data = parent.data
+    assert data.params["pretrain.train.max_steps"] == "6" and data.params["name"] == "tiny"
+    version_metrics = {
+        k.removeprefix("metric."): float(v)
+        for k, v in client.get_model_version("tiny-base", "1").tags.items()
+        if k.startswith("metric.")
+    }
+    assert version_metrics and data.metrics == pytest.approx(version_metrics)
+    assert data.tags["multistep.output.model"] == result["model"] == data.tags["multistep.output.base"]
+    assert data.tags["multistep.output.dataset"] == result["dataset"]
+    assert data.tags["gate.decision"] == "promoted"
+    description = data.tags["mlflow.note.content"]
+    assert links.flow_run(str(pipeline_flow_run.id)) in description and links.model("tiny-base", "1") in description
+    assert "stages:" in description and "registered: models:/tiny-base/1" in description
+    assert links.run(parent.info.experiment_id, parent.info.run_id) in summary.data and "stages:" in summary.data
 
 
 def test_unchanged_rerun_reuses_every_stage(home, corpus, caplog, run):
