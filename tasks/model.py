@@ -14,6 +14,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     BertConfig,
     GPT2Config,
@@ -189,6 +190,7 @@ def _refuse_pickle(model_dir: Path) -> None:
 HEADS = (
     ("ForSequenceClassification", AutoModelForSequenceClassification, "text-classification"),
     ("ForMaskedLM", AutoModelForMaskedLM, "fill-mask"),
+    ("ForQuestionAnswering", AutoModelForQuestionAnswering, "question-answering"),
     ("ForCausalLM", AutoModelForCausalLM, "text-generation"),
     ("LMHeadModel", AutoModelForCausalLM, "text-generation"),
 )
