@@ -190,7 +190,8 @@ def _refuse_pickle(model_dir: Path) -> None:
 HEADS = (
     ("ForSequenceClassification", AutoModelForSequenceClassification, "text-classification"),
     ("ForMaskedLM", AutoModelForMaskedLM, "fill-mask"),
-    ("ForQuestionAnswering", AutoModelForQuestionAnswering, "question-answering"),
+    # transformers 5 has no question-answering pipeline: the flavour logs a span model (head and all) as feature-extraction
+    ("ForQuestionAnswering", AutoModelForQuestionAnswering, "feature-extraction"),
     ("ForCausalLM", AutoModelForCausalLM, "text-generation"),
     ("LMHeadModel", AutoModelForCausalLM, "text-generation"),
 )

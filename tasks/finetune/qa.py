@@ -143,7 +143,8 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
             if split == "test":
                 mlflow.log_table(table(rows[split], predicted, per), "evaluation/test_predictions.json")
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
-    return register(spec, trainer.model, tok, "question-answering", register_as, init, metrics, ctx, how.tags())
+    task = models.task_of(trainer.model)  # feature-extraction: transformers 5 dropped the question-answering pipeline
+    return register(spec, trainer.model, tok, task, register_as, init, metrics, ctx, how.tags())
 
 
 def table(rows: list[dict], predicted: list[str], per: dict) -> pd.DataFrame:
