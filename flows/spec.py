@@ -128,6 +128,7 @@ class PipelineSpec(Spec):
             allowed = {
                 "classification": ("auto", "accuracy", "macro_f1"),
                 "sft": ("auto", "exact_match", "chrf"),
+                "extractive-qa": ("auto", "f1", "exact_match"),
                 "lm": ("auto", "perplexity"),
             }[task]
             if self.gate.metric not in allowed:

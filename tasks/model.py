@@ -14,6 +14,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     BertConfig,
     GPT2Config,
@@ -189,6 +190,8 @@ def _refuse_pickle(model_dir: Path) -> None:
 HEADS = (
     ("ForSequenceClassification", AutoModelForSequenceClassification, "text-classification"),
     ("ForMaskedLM", AutoModelForMaskedLM, "fill-mask"),
+    # transformers 5 has no question-answering pipeline: the flavour logs a span model (head and all) as feature-extraction
+    ("ForQuestionAnswering", AutoModelForQuestionAnswering, "feature-extraction"),
     ("ForCausalLM", AutoModelForCausalLM, "text-generation"),
     ("LMHeadModel", AutoModelForCausalLM, "text-generation"),
 )

@@ -8,8 +8,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from transformers import AutoModelForQuestionAnswering
 
-from tasks import interrupt, predict
+from tasks import answers, interrupt, predict, spans
 from tasks import metrics as metrics_
 from tasks import model as models
 from tasks.data import labeled, prepared
@@ -30,7 +31,7 @@ class Scored:
 
 
 def task_of(dataset: str) -> str:
-    """`classification` or `sft` for labeled datasets, `lm` for a packed corpus."""
+    """`classification`, `sft` or `extractive-qa` for labeled datasets, `lm` for a packed corpus."""
     card = prepared.card(dataset)
     return card.get("task", "lm")
 
@@ -57,6 +58,8 @@ def score(
             {"perplexity": -losses, "loss": -losses},
             [{"block": i, "loss": float(loss)} for i, loss in enumerate(losses)],
         )
+    if task == "extractive-qa":
+        return _extractive_qa(model_uri, dataset, split, max_rows, max_length)
     if task == "sft" and max_rows is None:
         max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
     rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
@@ -89,6 +92,26 @@ def score(
         per,
         [{"prompt": r["prompt"], "reference": ref, "generated": h} for r, ref, h in zip(rows, refs, hyps)],
     )
+
+
+def _extractive_qa(model_uri: str, dataset: str, split: str, max_rows: int | None, max_length: int) -> Scored:
+    """Exact match and F1 of the best span per question, windowed as the model version was fine-tuned (its tags)."""
+    rows = subset(
+        labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r["question"] + "\n" + r["context"]
+    )
+    if not rows:
+        raise UserError(
+            f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})"
+        )
+    model, tok = models.load(model_uri, auto=AutoModelForQuestionAnswering)
+    predicted = spans.predict(model, tok, rows, spans.settings_of(model_uri, max_length))
+    golds = [[a["text"] for a in r["answers"]] for r in rows]
+    found, per = answers.scores(predicted, golds)
+    preds = [
+        {"question": r["question"], "gold": " | ".join(dict.fromkeys(g)), "prediction": p, "em": em, "f1": f}
+        for r, g, p, em, f in zip(rows, golds, predicted, per["exact_match"], per["f1"])
+    ]
+    return Scored("extractive-qa", found, per, preds)
 
 
 def block_losses(model, blocks: np.ndarray, batch_size: int = 32) -> np.ndarray:

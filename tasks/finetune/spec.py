@@ -3,7 +3,7 @@ score after training (generations, an attack's robust accuracy)."""
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tasks.spec import AttackSpec, MethodSpec, Spec, TrainSpec
 
@@ -37,9 +37,24 @@ class FinetuneSpec(MethodSpec):
     """SFT: held-out test rows generated and scored (BLEU, chrF, exact match) before and after training; 0 skips it."""
     max_new_tokens: int = Field(48, ge=1, le=4096)
     """SFT: longest generated response when scoring."""
+    doc_stride: int | None = Field(None, ge=1)
+    """Extractive QA: tokens shared by consecutive windows of a context longer than max_length (Hugging Face's `--doc_stride`); below max_length / 2; empty is a quarter of max_length."""
+    max_answer_length: int = Field(30, ge=1, le=512)
+    """Extractive QA: longest answer predicted, in tokens."""
+    n_best: int = Field(20, ge=1, le=200)
+    """Extractive QA: start and end candidates kept per window (the n best logits of each) when picking the answer span."""
     adversarial: AdversarialSpec | None = None
     """Adversarial training: each batch also trains on its word embeddings nudged against the model (FGM or PGD); empty trains on clean inputs only."""
     attack: AttackSpec | None = None
     """Classification: after training, attack test rows with word substitutions and report robust accuracy and the attack success rate beside clean accuracy; empty skips it."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
+
+    @model_validator(mode="after")
+    def _stride_leaves_context(self):
+        if self.doc_stride is not None and self.doc_stride >= self.max_length // 2:
+            raise ValueError(
+                f"finetune.doc_stride ({self.doc_stride}) must be below half of finetune.max_length ({self.max_length}) "
+                "so that each window moves on through the context: lower doc_stride or raise max_length"
+            )
+        return self

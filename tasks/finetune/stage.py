@@ -5,14 +5,15 @@ from types import ModuleType
 from transformers import Trainer
 
 from tasks.data import labeled
-from tasks.finetune import classify, sft
+from tasks.finetune import classify, qa, sft
 from tasks.finetune.spec import FinetuneSpec
 from tasks.tracking import StageRun
 
 
 def body(data: str) -> ModuleType:
-    """The module that fine-tunes for the dataset's task (`classify` or `sft`); its `run` registers the best checkpoint."""
-    return classify if labeled.card(data)["task"] == "classification" else sft
+    """The module that fine-tunes for the dataset's task (`classify`, `sft` or `qa`); its `run` registers the best checkpoint."""
+    task = labeled.card(data)["task"]
+    return {"classification": classify, "extractive-qa": qa}.get(task, sft)
 
 
 def trainer(spec: FinetuneSpec, init: str, data: str, ctx: StageRun) -> Trainer:

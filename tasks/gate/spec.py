@@ -8,8 +8,8 @@ from tasks.spec import Spec
 
 
 class GateSpec(Spec):
-    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity"] = "auto"
-    """Test metric that decides; auto: accuracy for classification, chrf for SFT, perplexity for a language model."""
+    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity", "f1"] = "auto"
+    """Test metric that decides; auto: accuracy for classification, chrf for SFT, f1 (SQuAD token F1) for extractive QA, perplexity for a language model."""
     min_delta: float = Field(0.0, ge=0)
     """The challenger must beat the champion by more than this (in the metric's units: 0.01 = one accuracy point; perplexity compares mean log-loss)."""
     require_significance: bool = False
@@ -18,7 +18,7 @@ class GateSpec(Spec):
     """Confidence level of the bootstrap interval."""
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     """Resamples of the test rows for the interval."""
-    must_not_regress: list[Literal["accuracy", "macro_f1", "ece", "exact_match", "chrf", "bleu"]] = []
+    must_not_regress: list[Literal["accuracy", "macro_f1", "ece", "exact_match", "chrf", "bleu", "f1"]] = []
     """Other metrics the challenger may not lose on (beyond regress_tolerance), e.g. macro_f1 when accuracy decides."""
     regress_tolerance: float = Field(0.0, ge=0)
     """How much a must_not_regress metric may drop before it blocks promotion."""

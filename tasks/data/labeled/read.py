@@ -5,6 +5,7 @@ import zlib
 
 from tasks import s3, storage
 from tasks.data import formats, sources
+from tasks.data.labeled import squad
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.errors import UserError
 
@@ -22,7 +23,10 @@ def read_splits(spec: LabeledSpec) -> dict[str, list[dict]]:
             continue
         out[split] = []
         for src in given:
-            found = _label_prefixed(spec, src) if spec.format == "label-prefixed" else _table(spec, src)
+            if spec.task == "extractive-qa":
+                found = _qa(spec, src)
+            else:
+                found = _label_prefixed(spec, src) if spec.format == "label-prefixed" else _table(spec, src)
             if not found:
                 raise UserError(f"{src}: produced no rows; check the file, or remove it from labeled.{split}")
             out[split].extend(found)
@@ -58,6 +62,13 @@ def _table(spec: LabeledSpec, src: str) -> list[dict]:
             row[role] = value if role == "label" else formats.text_value(origin, column, value, keys[column])
         rows.append({**row, "origin": origin})
     return rows
+
+
+def _qa(spec: LabeledSpec, src: str) -> list[dict]:
+    """Question rows {question, context, answers, title, origin} from SQuAD JSON files or a table with an answers column."""
+    if squad.is_squad(spec, src):
+        return [row for name in sources.files(src, spec) for row in squad.parse(name, _text(spec, name))]
+    return [squad.table_row(spec, *found) for found in sources.read_table(src, spec, squad.table_columns(spec))]
 
 
 def _text(spec: LabeledSpec, name: str) -> str:

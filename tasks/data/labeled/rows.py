@@ -6,6 +6,7 @@ import re
 import reprlib
 
 from tasks.data import clean, decontaminate
+from tasks.data.labeled import squad
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.errors import UserError
 
@@ -18,11 +19,23 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
     if spec.task == "classification":
         _labels_to_strings(spec, raw)
     drawn = [s for s in ("validation", "test") if s not in raw]
+    how = "drawn from train by a hash of the article title (else the context)" if spec.task == "extractive-qa" else ""
     counts = {
         "rows_read": {s: len(raw.get(s, [])) for s in SPLITS},
         "removed": {"empty_text": {s: 0 for s in SPLITS}, "over_max_rows": {}},
-        "split_from": {s: "drawn from train by content hash" if s in drawn else "given" for s in SPLITS},
+        "split_from": {s: (how or "drawn from train by content hash") if s in drawn else "given" for s in SPLITS},
     }
+    if spec.task == "extractive-qa":  # before drawing: a question that loses every answer is dropped, not trained on
+        found = squad.align(raw)
+        counts["misaligned_answers"] = {s: found["misaligned_answers"].get(s, 0) for s in SPLITS}
+        for why in ("misaligned_answer", "no_answer"):
+            counts["removed"][why] = {s: found[why].get(s, 0) for s in SPLITS}
+        for name, rows in raw.items():
+            if not rows:
+                raise UserError(
+                    f"labeled.{name}: none of its {counts['rows_read'][name]} questions has an answer whose answer_start "
+                    "points at the answer's text in the context; fix the answer offsets in the files"
+                )
     splits = {}
     for name, rows in raw.items():
         splits[name] = _drop_empty(spec, rows)
@@ -50,7 +63,7 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
         splits[name] = capped
     if spec.task == "classification":
         _check_label_sets(spec, splits)
-    else:
+    elif spec.task == "sft":
         splits = {
             n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows]
             for n, rows in splits.items()
@@ -115,6 +128,8 @@ def _labels_to_strings(spec: LabeledSpec, raw: dict[str, list[dict]]) -> None:
 def _text_fields(spec: LabeledSpec) -> list[str]:
     if spec.task == "sft":
         return ["prompt", "response"]
+    if spec.task == "extractive-qa":
+        return ["question", "context"]
     return ["text", "text_pair"] if spec.text_pair_column else ["text"]
 
 
@@ -123,7 +138,7 @@ def _drop_empty(spec: LabeledSpec, rows: list[dict]) -> list[dict]:
     fields = _text_fields(spec)
     out = []
     for row in rows:
-        if spec.normalize:
+        if spec.normalize and spec.task != "extractive-qa":  # QA answers are offsets into the context as given
             row = {**row, **{f: clean.normalize(row[f]) for f in fields}}
         if all(row[f].strip() for f in fields):
             out.append(row)
@@ -134,13 +149,17 @@ def _key(spec: LabeledSpec, row: dict) -> str:
     """What the split and subset hashes see: the input texts, never the label or response, so that one input stays in one split."""
     if spec.task == "sft":
         return row["prompt"]
+    if spec.task == "extractive-qa":
+        return row["question"] + "\n" + row["context"]
     return row["text"] + ("\t" + row["text_pair"] if spec.text_pair_column else "")
 
 
 def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> dict[str, list[dict]]:
     """Training rows split by content hash; only the splits in `drawn` take a share (a given split's fraction is ignored)."""
     how = spec.split.replace(**{s: getattr(spec.split, s) if s in drawn else 0.0 for s in ("validation", "test")})
-    parts = clean.split([{"text": _key(spec, r), "row": r} for r in train], how)
+    # QA: every question of an article (without titles, of a context) hashes alike, so it lands in one split.
+    key = squad.group if spec.task == "extractive-qa" else lambda r: _key(spec, r)
+    parts = clean.split([{"text": key(r), "row": r} for r in train], how)
     return {name: [p["row"] for p in parts[name]] for name in ["train", *drawn]}
 
 

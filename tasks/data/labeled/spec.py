@@ -11,18 +11,18 @@ SPLITS = ("train", "validation", "test")
 
 
 class LabeledSpec(Spec):
-    task: Literal["classification", "sft"] = "classification"
-    """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn."""
+    task: Literal["classification", "sft", "extractive-qa"] = "classification"
+    """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn; `extractive-qa`: a question, a context and the answers as character spans of the context (SQuAD)."""
     train: list[str] = Field(min_length=1)
-    """Training data: local files or folders (.jsonl .csv .tsv .parquet, any file when format is set), `save_to_disk` folders, `s3://` URIs or `hf:<dataset id>` (online only); with format `parallel`, exactly `[prompt_file, response_file]`."""
+    """Training data: local files or folders (.jsonl .csv .tsv .parquet, SQuAD .json/.json.gz for extractive-qa, any file when format is set), `save_to_disk` folders, `s3://` URIs or `hf:<dataset id>` (online only); with format `parallel`, exactly `[prompt_file, response_file]`."""
     validation: list[str] = []
     """Validation data, used as it is (`split.validation` is then ignored); empty draws `split.validation` of the training rows by content hash."""
     test: list[str] = []
     """Test data, used as it is (`split.test` is then ignored); empty draws `split.test` of the training rows by content hash."""
     split: SplitSpec = SplitSpec()
     """Fractions of the training rows drawn for validation and test when those lists are empty; the salt also picks the rows kept by max_train_rows and max_eval_rows."""
-    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow", "label-prefixed", "parallel"] = "auto"
-    """File format; `auto` goes by extension; `label-prefixed`: one `LABEL text` per line (TREC), the label being the first whitespace-separated field; `parallel`: two plain-text files (optionally .gz) whose lines align, prompts then responses (Multi30k); `arrow`: a save_to_disk folder."""
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow", "label-prefixed", "parallel", "squad"] = "auto"
+    """File format; `auto` goes by extension (for extractive-qa, .json and .json.gz files are SQuAD); `squad`: SQuAD JSON, `data → paragraphs → qas → answers` with `answer_start` (optionally .gz); `label-prefixed`: one `LABEL text` per line (TREC), the label being the first whitespace-separated field; `parallel`: two plain-text files (optionally .gz) whose lines align, prompts then responses (Multi30k); `arrow`: a save_to_disk folder."""
     encoding: str | None = None
     """Text encoding of the files; empty means strict UTF-8, and a file that is not valid UTF-8 is an error (TREC's training file needs latin-1)."""
     text_column: str = "text"
@@ -35,12 +35,20 @@ class LabeledSpec(Spec):
     """SFT: the column that holds the prompt; not used by parallel files."""
     response_column: str = "response"
     """SFT: the column that holds the response to learn; not used by parallel files."""
+    question_column: str = "question"
+    """Extractive QA: the column with the question; not used by SQuAD JSON files."""
+    context_column: str = "context"
+    """Extractive QA: the column with the context the answer is cut from; not used by SQuAD JSON files."""
+    answers_column: str = "answers"
+    """Extractive QA: the column with the answers, `{text: [...], answer_start: [...]}` (character offsets into the context, as Hugging Face's squad); not used by SQuAD JSON files."""
+    title_column: str | None = None
+    """Extractive QA: a column naming each row's article, which keeps an article's questions in one split; empty groups by context. SQuAD JSON files give the article title."""
     prompt_template: str = "{prompt}"
     """SFT: the prompt the model sees, with `{prompt}` replaced by the row's prompt, e.g. `Translate German to English: {prompt}`."""
     label_before: str | None = None
     """Keep only the part of each label before this separator, e.g. `:` turns TREC's `LOC:city` into the coarse class `LOC`; empty keeps labels whole."""
     max_train_rows: int | None = Field(None, ge=1)
-    """Keep at most this many training rows (after validation and test are drawn), chosen by a salted content hash so that neither file order nor a rerun changes the choice; empty keeps all."""
+    """Keep at most this many training rows (after validation and test are drawn), chosen by a salted content hash so that neither file order nor a rerun changes the choice; empty keeps all. Extractive QA caps questions (single rows, not whole articles)."""
     max_eval_rows: int | None = Field(None, ge=1)
     """Keep at most this many rows of validation and of test each, chosen the same way; empty keeps all."""
     contamination_ngram: int = Field(8, ge=1, le=64)
@@ -48,7 +56,7 @@ class LabeledSpec(Spec):
     decontaminate: bool = False
     """Drop training rows that equal a validation or test text or share an n-gram with one; off only reports the overlap."""
     normalize: bool = True
-    """Unicode NFC, no control characters, single spaces, stripped, on texts, pairs, prompts and responses (not labels); rows left empty are dropped and counted in the card."""
+    """Unicode NFC, no control characters, single spaces, stripped, on texts, pairs, prompts and responses (not labels, and not extractive-QA rows, whose answers are character offsets into the context as given); rows left empty are dropped and counted in the card."""
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -65,6 +73,10 @@ class LabeledSpec(Spec):
                     raise ValueError(
                         f"labeled.{name} must be exactly [prompt_file, response_file] with format parallel, not {len(sources)} sources"
                     )
+        if self.format == "squad" and self.task != "extractive-qa":
+            raise ValueError(
+                "labeled.format squad gives questions with answer spans: set labeled.task to extractive-qa"
+            )
         if self.format == "label-prefixed" and self.task != "classification":
             raise ValueError("labeled.format label-prefixed gives labeled texts: set labeled.task to classification")
         for name in SPLITS:
@@ -73,7 +85,7 @@ class LabeledSpec(Spec):
                     raise ValueError(
                         f"labeled.{name}: {src} holds unlabeled text; use files, folders, s3:// or hf: sources"
                     )
-                if src.startswith("hf:") and self.format in ("label-prefixed", "parallel"):
+                if src.startswith("hf:") and self.format in ("label-prefixed", "parallel", "squad"):
                     raise ValueError(
                         f"labeled.{name}: {src} is a hub dataset, not {self.format} files; set labeled.format to auto"
                     )

@@ -16,6 +16,8 @@ from tasks.storage import dataset_source
 from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 ARTIFACT = "labeled"
+# Extractive QA: the gold answers of a question, as SQuAD writes them.
+ANSWERS = pa.list_(pa.struct([("text", pa.string()), ("answer_start", pa.int64())]))
 
 
 def run(spec: LabeledSpec, ctx: StageRun) -> str:
@@ -32,11 +34,11 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
     }
     if spec.task == "classification":
         card["labels"] = rows.label_order(r["label"] for r in splits["train"])
-    else:
+    elif spec.task == "sft":
         card["prompt_template"] = spec.prompt_template
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        schema = pa.schema([(c, pa.string()) for c in columns])
+        schema = pa.schema([(c, ANSWERS if c == "answers" else pa.string()) for c in columns])
         for name in SPLITS:
             pq.write_table(pa.Table.from_pylist(splits[name], schema=schema), out / f"{name}.parquet")
         card["digest"] = content_digest(out)
@@ -53,6 +55,8 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
 def _columns(spec: LabeledSpec) -> list[str]:
     if spec.task == "sft":
         return ["prompt", "response", "origin"]
+    if spec.task == "extractive-qa":
+        return ["question", "context", "answers", "title", "origin"]
     return ["text", *(["text_pair"] if spec.text_pair_column else []), "label", "origin"]
 
 
@@ -63,6 +67,9 @@ def _split_card(spec: LabeledSpec, split: list[dict]) -> dict:
         for r in split:
             counts[r["label"]] = counts.get(r["label"], 0) + 1
         out["labels"] = {label: counts[label] for label in rows.label_order(counts)}
+    if spec.task == "extractive-qa":
+        out["articles"] = len({r["title"] for r in split if r["title"]})
+        out["contexts"] = len({r["context"] for r in split})
     return out
 
 
@@ -71,7 +78,7 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
     for name in SPLITS:
         frame = pd.DataFrame(splits[name], columns=card["columns"])
         source = dataset_source(f"{ARTIFACT}/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
-        targets = "label" if spec.task == "classification" else "response"
+        targets = {"classification": "label", "sft": "response", "extractive-qa": "answers"}[spec.task]
         with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=f"{ctx.stage}-{name}")
@@ -84,7 +91,23 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
         metrics.update({f"contamination_{n}_{k}": v for k, v in card["contamination"][n].items()})
     if "labels" in card:
         metrics["num_labels"] = len(card["labels"])
+    if "misaligned_answers" in card:
+        metrics["misaligned_answers"] = sum(card["misaligned_answers"].values())
     log_metrics(ctx.run_id, metrics)
+
+
+def qa_markdown(card: dict) -> list[str]:
+    """Extractive QA: answers dropped because their answer_start does not point at their text, articles per split."""
+    removed, splits = card["removed"], card["splits"]
+    return [
+        "| split | articles | contexts | answers whose answer_start misses their text (dropped) | questions left without an answer (dropped) | questions without answers (dropped) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {n} | {splits[n]['articles']:,} | {splits[n]['contexts']:,} | {card['misaligned_answers'][n]:,} | "
+            f"{removed['misaligned_answer'][n]:,} | {removed['no_answer'][n]:,} |"
+            for n in SPLITS
+        ),
+    ]
 
 
 def card_markdown(card: dict) -> str:
@@ -120,7 +143,9 @@ def card_markdown(card: dict) -> str:
             lines.append(
                 f"| {label} | " + " | ".join(f"{card['splits'][n]['labels'].get(label, 0):,}" for n in SPLITS) + " |"
             )
-    else:
+    elif "prompt_template" in card:
         lines += ["", f"Prompt template: `{card['prompt_template']}`"]
+    if "misaligned_answers" in card:
+        lines += ["", *qa_markdown(card)]
     lines += ["", "| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
     return "\n".join(lines) + "\n"
