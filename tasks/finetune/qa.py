@@ -112,7 +112,19 @@ def trainer(spec, init: str, data: str, ctx) -> Trainer:
 def _trainer(spec, model, tok, rows, encoded, ctx) -> Trainer:
     how = settings(spec)
     train, validation = encoded["train"][0], encoded["validation"][0]
-    return build(spec, model, tok, train, validation, DataCollatorWithPadding(tok), ctx, **_select(rows, encoded, how))
+    # Windows run from a short paragraph to max_length tokens (SQuAD's average 176 of 384): random batches padded to
+    # ~322, close to twice the work; batches of similar length pad little.
+    return build(
+        spec,
+        model,
+        tok,
+        train,
+        validation,
+        DataCollatorWithPadding(tok),
+        ctx,
+        group_by_length=True,
+        **_select(rows, encoded, how),
+    )
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
