@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering
 
-from tasks import answers, interrupt, predict, spans
+from tasks import interrupt, predict, qa_scores, spans
 from tasks import metrics as metrics_
 from tasks import model as models
 from tasks.data import labeled, prepared
@@ -106,7 +106,7 @@ def _extractive_qa(model_uri: str, dataset: str, split: str, max_rows: int | Non
     model, tok = models.load(model_uri, auto=AutoModelForQuestionAnswering)
     predicted = spans.predict(model, tok, rows, spans.settings_of(model_uri, max_length))
     golds = [[a["text"] for a in r["answers"]] for r in rows]
-    found, per = answers.scores(predicted, golds)
+    found, per = qa_scores.scores(predicted, golds)
     preds = [
         {"question": r["question"], "gold": " | ".join(dict.fromkeys(g)), "prediction": p, "em": em, "f1": f}
         for r, g, p, em, f in zip(rows, golds, predicted, per["exact_match"], per["f1"])

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
 
-from tasks import answers, distributed, methods, registry, spans
+from tasks import distributed, methods, qa_scores, registry, spans
 from tasks import model as models
 from tasks.data import labeled
 from tasks.errors import UserError
@@ -74,7 +74,7 @@ def scorer(found: spans.Windows, rows: list[dict], how: spans.Settings):
 
     def compute(eval_pred) -> dict[str, float]:
         start_logits, end_logits = eval_pred.predictions[:2]
-        return answers.scores(spans.best_answers(start_logits, end_logits, found, rows, how), golds)[0]
+        return qa_scores.scores(spans.best_answers(start_logits, end_logits, found, rows, how), golds)[0]
 
     return compute
 
@@ -150,7 +150,7 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
             # spans.predict is what the gate and `multistep evaluate` run: the version's metrics are theirs
             predicted = spans.predict(trainer.model, tok, rows[split], how)
             golds = [[a["text"] for a in r["answers"]] for r in rows[split]]
-            found, per = answers.scores(predicted, golds)
+            found, per = qa_scores.scores(predicted, golds)
             metrics.update({f"{split}_{k}": v for k, v in found.items()})
             if split == "test":
                 mlflow.log_table(table(rows[split], predicted, per), "evaluation/test_predictions.json")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tasks import answers, spans
+from tasks import qa_scores, spans
 from tasks.data import clean
 from tasks.data.labeled import read, rows
 from tasks.data.labeled.spec import LabeledSpec
@@ -78,15 +78,15 @@ def test_an_answer_no_window_can_hold_is_dropped_from_training_and_counted(tok):
 
 
 def test_exact_match_and_f1_follow_the_official_normalisation():
-    assert answers.normalize("  The Cat,   sat!  on a   mat. ") == "cat sat on mat"
-    assert answers.normalize("Anthem theatre") == "anthem theatre"  # articles only as whole words
-    assert answers.exact_match("the Denver Broncos!", "Denver  Broncos") == 1.0
+    assert qa_scores.normalize("  The Cat,   sat!  on a   mat. ") == "cat sat on mat"
+    assert qa_scores.normalize("Anthem theatre") == "anthem theatre"  # articles only as whole words
+    assert qa_scores.exact_match("the Denver Broncos!", "Denver  Broncos") == 1.0
     # pred tokens {cat, sat, on, mat}, gold {cat, on, mat}: precision 3/4, recall 1, F1 6/7
-    assert answers.f1("The cat sat on a mat", "cat on the mat") == pytest.approx(6 / 7)
-    assert answers.f1("x b b", "b b c") == pytest.approx(2 / 3)  # tokens counted with multiplicity
-    assert answers.f1("a b b", "b b c") == pytest.approx(0.8)  # "a" is an article: P 2/2, R 2/3
-    assert answers.f1("the", "a") == 0.0  # both empty after normalising: nothing shared
-    found, per = answers.scores(["Denver", "cat sat"], [["Denver Broncos", "denver"], ["dog", "the cat"]])
+    assert qa_scores.f1("The cat sat on a mat", "cat on the mat") == pytest.approx(6 / 7)
+    assert qa_scores.f1("x b b", "b b c") == pytest.approx(2 / 3)  # tokens counted with multiplicity
+    assert qa_scores.f1("a b b", "b b c") == pytest.approx(0.8)  # "a" is an article: P 2/2, R 2/3
+    assert qa_scores.f1("the", "a") == 0.0  # both empty after normalising: nothing shared
+    found, per = qa_scores.scores(["Denver", "cat sat"], [["Denver Broncos", "denver"], ["dog", "the cat"]])
     assert per["exact_match"].tolist() == [1.0, 0.0] and per["f1"] == pytest.approx([1.0, 2 / 3])
     assert found == pytest.approx({"exact_match": 0.5, "f1": 5 / 6})
 
