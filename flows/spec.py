@@ -128,6 +128,7 @@ class PipelineSpec(Spec):
             allowed = {
                 "classification": ("auto", "accuracy", "macro_f1"),
                 "sft": ("auto", "exact_match", "chrf"),
+                "math": ("auto", "answer_accuracy"),
                 "lm": ("auto", "perplexity"),
             }[task]
             if self.gate.metric not in allowed:

@@ -1,18 +1,19 @@
-"""The finetune stage's body: the dataset's task picks the module that fine-tunes (`classify` or `sft`)."""
+"""The finetune stage's body: the dataset's task picks the module that fine-tunes (`classify`, `sft` or `reasoning`)."""
 
 from types import ModuleType
 
 from transformers import Trainer
 
 from tasks.data import labeled
-from tasks.finetune import classify, sft
+from tasks.finetune import classify, reasoning, sft
 from tasks.finetune.spec import FinetuneSpec
 from tasks.tracking import StageRun
 
 
 def body(data: str) -> ModuleType:
-    """The module that fine-tunes for the dataset's task (`classify` or `sft`); its `run` registers the best checkpoint."""
-    return classify if labeled.card(data)["task"] == "classification" else sft
+    """The module that fine-tunes for the dataset's task (`classify`, `sft` or `reasoning`); its `run` registers the best checkpoint."""
+    task = labeled.card(data)["task"]
+    return classify if task == "classification" else reasoning if task == "math" else sft
 
 
 def trainer(spec: FinetuneSpec, init: str, data: str, ctx: StageRun) -> Trainer:

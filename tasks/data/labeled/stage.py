@@ -51,7 +51,7 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
 
 
 def _columns(spec: LabeledSpec) -> list[str]:
-    if spec.task == "sft":
+    if spec.task in ("sft", "math"):
         return ["prompt", "response", "origin"]
     return ["text", *(["text_pair"] if spec.text_pair_column else []), "label", "origin"]
 
@@ -122,5 +122,11 @@ def card_markdown(card: dict) -> str:
             )
     else:
         lines += ["", f"Prompt template: `{card['prompt_template']}`"]
+    if "no_final_answer" in removed:
+        lines += [
+            "",
+            "Solutions without a `#### <number>` final answer, dropped: "
+            + ", ".join(f"{removed['no_final_answer'][n]:,} {n}" for n in SPLITS),
+        ]
     lines += ["", "| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
     return "\n".join(lines) + "\n"
