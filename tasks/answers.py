@@ -7,6 +7,9 @@ from decimal import Decimal
 
 import numpy as np
 
+# Sequences generated at once when scoring math: worked solutions run to ~256 tokens, and on a CPU one decoding step of
+# 32 sequences costs little more than one of 8 (measured with SmolLM2-135M: 4.2 s per problem at 32, 7.9 s at 8).
+BATCH_SIZE = 32
 MARK = "####"  # GSM8K writes the final answer after this mark, on the solution's last line
 # `<<48/2=24>>`: the calculator annotations of GSM8K solutions (the result follows them in the text).
 ANNOTATION = re.compile(r"<<[^>]*>>")

@@ -76,7 +76,8 @@ def score(
         ]
         return Scored(task, metrics_.flat(report), {"accuracy": metrics_.correct(y, probs)}, preds, report)
     model, tok = models.load(model_uri)
-    hyps = predict.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens)
+    batch = answers.BATCH_SIZE if task == "math" else 8
+    hyps = predict.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size=batch)
     refs = [r["response"] for r in rows]
     if task == "math":
         found, correct, extracted = answers.score(hyps, refs)

@@ -12,12 +12,15 @@ def judge(model, tok, rows: list[dict], spec) -> tuple[dict[str, float], dict[st
     """answer_accuracy and no_answer_rate of greedy generations (with self_consistency, voted_answer_accuracy and
     voted_no_answer_rate too); and the generations-table columns they add (suffix → values)."""
     prompts, solutions = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    greedy = generate(model, tok, prompts, spec.max_new_tokens)
+    greedy = generate(model, tok, prompts, spec.max_new_tokens, batch_size=answers.BATCH_SIZE)
     metrics, _, found = answers.score(greedy, solutions)
     columns = {"": greedy, "_answer": [answers.shown(a) for a in found]}
     vote = spec.self_consistency
     if vote:
-        drawn = sample(model, tok, prompts, spec.max_new_tokens, vote.samples, vote.temperature, spec.train.seed)
+        per_batch = max(1, answers.BATCH_SIZE // vote.samples)  # prompts per batch: each brings `samples` sequences
+        drawn = sample(
+            model, tok, prompts, spec.max_new_tokens, vote.samples, vote.temperature, spec.train.seed, per_batch
+        )
         voted = [answers.vote([answers.extract(g) for g in gens]) for gens in drawn]
         hits = [answers.same(v, answers.final(s)) for v, s in zip(voted, solutions)]
         metrics["voted_answer_accuracy"] = sum(hits) / len(rows)

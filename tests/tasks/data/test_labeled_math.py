@@ -63,6 +63,10 @@ def test_gzipped_jsonl_gives_math_pairs_with_the_annotations_stripped(tmp_path):
     assert counts["removed"]["no_final_answer"] == {"train": 0, "validation": 0, "test": 0}
     kept, _ = built(spec(train, keep_annotations=True))
     assert [r["response"] for r in kept["train"]] == [r["answer"] for r in RECORDS]
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    gsm8k(folder / "train.jsonl.gz", RECORDS)  # a folder's .jsonl.gz files count as JSONL too
+    assert [r["response"] for r in built(spec(str(folder)))[0]["train"]] == [r["response"] for r in out["train"]]
 
 
 def test_a_solution_without_a_final_answer_is_an_error_naming_its_line(tmp_path):
