@@ -129,6 +129,7 @@ class PipelineSpec(Spec):
                 "classification": ("auto", "accuracy", "macro_f1"),
                 "sft": ("auto", "exact_match", "chrf"),
                 "extractive-qa": ("auto", "f1", "exact_match"),
+                "math": ("auto", "answer_accuracy"),
                 "lm": ("auto", "perplexity"),
             }[task]
             if self.gate.metric not in allowed:

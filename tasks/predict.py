@@ -1,5 +1,5 @@
 """What models predict, for any stage that asks: a classifier loaded with its label set checked and its batched class
-probabilities (a teacher, an attack's target, a model being scored), and greedy generation from prompts."""
+probabilities (a teacher, an attack's target, a model being scored), and greedy or sampled generation from prompts."""
 
 from collections.abc import Mapping
 
@@ -62,6 +62,40 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy responses, batched with left padding so every prompt ends where generation starts."""
+    return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=False)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    k: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 8,
+) -> list[list[str]]:
+    """k responses per prompt by temperature sampling (no top-k or top-p cut), the same for the same seed and batch size."""
+    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's random stream goes on as if nothing was drawn
+        torch.manual_seed(seed)
+        flat = _generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            num_return_sequences=k,
+        )
+    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]  # generate returns each prompt's k in a row
+
+
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, **how) -> list[str]:
     model.eval()
     limit = models.max_positions(model.config)  # prompt + response must fit the model's positions
     out = []
@@ -77,8 +111,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             input_ids=ids.to(model.device),
             attention_mask=mask.to(model.device),
             max_new_tokens=budget,
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **how,
         )[:, longest:]
         out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out

@@ -2,8 +2,10 @@
 
 import codecs
 import csv
+import gzip
 import io
 import json
+import zlib
 
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
@@ -39,6 +41,16 @@ def records(name: str, data: bytes, fmt: str, spec, columns: dict[str, str]) -> 
     if fmt in ("csv", "tsv"):
         return _csv_records(name, text, columns, "\t" if fmt == "tsv" else ",")
     raise UserError(f"{name}: a {fmt} file has no named columns; set {setting(spec, 'format')} to the file's format")
+
+
+def gunzip(name: str, data: bytes) -> bytes:
+    """The bytes inside a .gz file; a file that is not gzip is an error naming it."""
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(
+            f"{name}: not a readable gzip file ({e}); check the file or drop the .gz from its name"
+        ) from None
 
 
 def decode_file(name: str, data: bytes, spec, fmt: str | None = None) -> str:

@@ -62,7 +62,7 @@ def _read_source(src: str, spec: PrepareSpec) -> list[dict]:
         return [
             {"text": formats.text_value(origin, column, rec[column], key), "origin": origin} for origin, rec in found
         ]
-    return [row for f in files(src, spec) for row in formats.parse(f, storage.read_bytes(f), _format(f, spec), spec)]
+    return [row for f in files(src, spec) for row in formats.parse(f, _read(f), _format(f, spec), spec)]
 
 
 def read_table(src: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]]:
@@ -72,11 +72,13 @@ def read_table(src: str, spec, columns: dict[str, str]) -> list[tuple[str, dict]
     folder = dataset_folder(src, spec)
     if folder:
         return _dataset_records(str(folder), _load_dataset_folder(folder), columns)
-    return [
-        rec
-        for f in files(src, spec)
-        for rec in formats.records(f, storage.read_bytes(f), _format(f, spec), spec, columns)
-    ]
+    return [rec for f in files(src, spec) for rec in formats.records(f, _read(f), _format(f, spec), spec, columns)]
+
+
+def _read(name: str) -> bytes:
+    """A file's bytes, gunzipped when its name ends in .gz (`train.jsonl.gz` reads as JSONL)."""
+    data = storage.read_bytes(name)
+    return formats.gunzip(name, data) if Path(name).suffix.lower() == ".gz" else data
 
 
 def files(src: str, spec) -> list[str]:
@@ -146,7 +148,13 @@ def _hidden(rel: str) -> bool:
 
 def _supported(name: str, spec: PrepareSpec) -> bool:
     # With an explicit format every file counts; with auto only the known extensions do.
-    return spec.format != "auto" or Path(name).suffix.lower() in EXTENSIONS
+    return spec.format != "auto" or _suffix(name) in EXTENSIONS
+
+
+def _suffix(name: str) -> str:
+    """The extension that says the format, under a .gz if there is one."""
+    path = Path(name)
+    return (path.with_suffix("") if path.suffix.lower() == ".gz" else path).suffix.lower()
 
 
 def _local_files(path: Path, spec: PrepareSpec) -> list[Path]:
@@ -186,7 +194,7 @@ def _s3_files(src: str, spec: PrepareSpec) -> dict[str, str]:
 def _format(name: str, spec: PrepareSpec) -> str:
     if spec.format != "auto":
         return spec.format
-    suffix = Path(name).suffix.lower()
+    suffix = _suffix(name)
     if suffix not in EXTENSIONS:
         raise UserError(
             f"{name}: unknown file type {suffix or '(none)'!r}; use {' '.join(EXTENSIONS)} or set {formats.setting(spec, 'format')}"

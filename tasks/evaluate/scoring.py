@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForQuestionAnswering
 
-from tasks import interrupt, predict, qa_scores, spans
+from tasks import answers, interrupt, predict, qa_scores, spans
 from tasks import metrics as metrics_
 from tasks import model as models
 from tasks.data import labeled, prepared
@@ -31,7 +31,7 @@ class Scored:
 
 
 def task_of(dataset: str) -> str:
-    """`classification`, `sft` or `extractive-qa` for labeled datasets, `lm` for a packed corpus."""
+    """`classification`, `sft`, `extractive-qa` or `math` for labeled datasets, `lm` for a packed corpus."""
     card = prepared.card(dataset)
     return card.get("task", "lm")
 
@@ -60,7 +60,7 @@ def score(
         )
     if task == "extractive-qa":
         return _extractive_qa(model_uri, dataset, split, max_rows, max_length)
-    if task == "sft" and max_rows is None:
+    if task in ("sft", "math") and max_rows is None:
         max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
     rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
     if not rows:
@@ -79,8 +79,16 @@ def score(
         ]
         return Scored(task, metrics_.flat(report), {"accuracy": metrics_.correct(y, probs)}, preds, report)
     model, tok = models.load(model_uri)
-    hyps = predict.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens)
+    batch = answers.BATCH_SIZE if task == "math" else 8
+    hyps = predict.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size=batch)
     refs = [r["response"] for r in rows]
+    if task == "math":
+        found, correct, extracted = answers.score(hyps, refs)
+        preds = [
+            {"prompt": r["prompt"], "reference": ref, "generated": h, "answer": answers.shown(a), "correct": bool(c)}
+            for r, ref, h, a, c in zip(rows, refs, hyps, extracted, correct)
+        ]
+        return Scored(task, found, {"answer_accuracy": correct}, preds)
     found = metrics_.generation(hyps, refs)
     per = {
         "exact_match": np.array([float(h.strip() == r.strip()) for h, r in zip(hyps, refs)]),
@@ -171,7 +179,9 @@ def compare(
                 for m in scored.per_example
             }
         shown = ", ".join(
-            f"{k} {v:.4g}" for k, v in scored.metrics.items() if "_" not in k or k in ("macro_f1", "exact_match")
+            f"{k} {v:.4g}"
+            for k, v in scored.metrics.items()
+            if "_" not in k or k in ("macro_f1", "exact_match", "answer_accuracy")
         )
         print(f"evaluate: {uri} on {split} ({len(scored.predictions)} rows): {shown}")
     return out

@@ -75,6 +75,12 @@ def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str,
     }
 
 
+def judge_generations(model, tok, rows: list[dict], spec) -> tuple[dict[str, float], dict[str, list]]:
+    """Greedy responses scored with BLEU, chrF and exact match; and the generations-table columns they add (suffix → values)."""
+    hypotheses = generate(model, tok, [r["prompt"] for r in rows], spec.max_new_tokens)
+    return generation_scores(hypotheses, [r["response"] for r in rows]), {"": hypotheses}
+
+
 def setup(spec, init: str, data: str):
     """The model as loaded (seeded, so every torchrun rank starts alike), its tokenizer, the rows and their encodings by split."""
     set_seed(spec.train.seed)
@@ -100,8 +106,8 @@ def _trainer(spec, model, tok, encoded, ctx) -> Trainer:
     return build(spec, model, tok, train, validation, collate(tok.pad_token_id), ctx, **SELECT)
 
 
-def run(spec, init: str, data: str, register_as: str, ctx) -> str:
-    """Fine-tune for instruction following; score generations before and after; register the best checkpoint."""
+def run(spec, init: str, data: str, register_as: str, ctx, judge=judge_generations) -> str:
+    """Fine-tune for instruction following; score generations before and after with `judge`; register the best checkpoint."""
     existing = registry.find_version(register_as, ctx.key)
     if existing:
         print(f"finetune: {existing} was already registered by this stage")
@@ -109,8 +115,7 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     distributed.check(spec.train, ctx.stage)
     model, tok, rows, encoded = setup(spec, init, data)
     held_out = rows["test"][: spec.generation_rows]
-    prompts, references = [r["prompt"] for r in held_out], [r["response"] for r in held_out]
-    before = generate(model, tok, prompts, spec.max_new_tokens) if held_out else []
+    before = judge(model, tok, held_out, spec) if held_out else None
     loss_before = mean_loss(model, encoded["test"], tok.pad_token_id) if encoded["test"] else None
 
     model = methods.prepare(model, spec, "causal_lm")
@@ -123,12 +128,13 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
                 f"{split}_loss"
             ]
     if held_out:
-        after = generate(trainer.model, tok, prompts, spec.max_new_tokens)
-        metrics.update({f"{k}_before": v for k, v in generation_scores(before, references).items()})
-        metrics.update(generation_scores(after, references))
-        mlflow.log_table(
-            {"prompt": prompts, "reference": references, "before": before, "after": after}, "generations.json"
-        )
+        after = judge(trainer.model, tok, held_out, spec)
+        metrics.update({f"{k}_before": v for k, v in before[0].items()})
+        metrics.update(after[0])
+        table = {"prompt": [r["prompt"] for r in held_out], "reference": [r["response"] for r in held_out]}
+        table.update({f"before{suffix}": values for suffix, values in before[1].items()})
+        table.update({f"after{suffix}": values for suffix, values in after[1].items()})
+        mlflow.log_table(table, "generations.json")
     log_metrics(ctx.run_id, metrics)
     print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return register(spec, trainer.model, tok, "text-generation", register_as, init, metrics, ctx, {})

@@ -21,6 +21,15 @@ class AdversarialSpec(Spec):
     """The loss trained on is clean + weight × adversarial; logged as `loss` = `clean_loss` + weight × `adv_loss`."""
 
 
+class SelfConsistencySpec(Spec):
+    samples: int = Field(5, ge=2, le=64)
+    """Generations sampled per problem; the answer is the number most of them end in (a tie goes to the one sampled first)."""
+    temperature: float = Field(0.7, gt=0, le=2)
+    """Sampling temperature, with no top-k or top-p cut; the seed is finetune.train.seed, so a rerun draws the same samples."""
+    rows: int | None = Field(None, ge=1)
+    """Vote on the first this many of the generation rows only (each costs `samples` generations); greedy accuracy on the same rows is reported beside it as greedy_answer_accuracy_voted_rows; empty votes on all."""
+
+
 # FinetuneSpec extends the method's fields (method, freeze_layers, lora_*) so the form reads finetune.method=lora.
 class FinetuneSpec(MethodSpec):
     init: str | None = None
@@ -34,9 +43,11 @@ class FinetuneSpec(MethodSpec):
     patience: int | None = Field(3, ge=1)
     """Stop after this many validation scores without improvement; empty trains for max_steps."""
     generation_rows: int = Field(50, ge=0)
-    """SFT: held-out test rows generated and scored (BLEU, chrF, exact match) before and after training; 0 skips it."""
+    """SFT and math: the first this many test rows generated and scored (BLEU, chrF, exact match; math: the extracted answer's accuracy) before and after training; 0 skips it."""
     max_new_tokens: int = Field(48, ge=1, le=4096)
-    """SFT: longest generated response when scoring."""
+    """SFT and math: longest generated response when scoring (a worked solution needs ~256)."""
+    self_consistency: SelfConsistencySpec | None = None
+    """Math: also score a majority vote over sampled generations of each held-out problem (self-consistency, Wang et al. 2022), reported as voted_answer_accuracy beside greedy answer_accuracy; empty scores greedy decoding only."""
     doc_stride: int | None = Field(None, ge=1)
     """Extractive QA: tokens shared by consecutive windows of a context longer than max_length (Hugging Face's `--doc_stride`); below max_length / 2; empty is a quarter of max_length."""
     max_answer_length: int = Field(30, ge=1, le=512)

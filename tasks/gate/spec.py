@@ -8,8 +8,10 @@ from tasks.spec import Spec
 
 
 class GateSpec(Spec):
-    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity", "f1"] = "auto"
-    """Test metric that decides; auto: accuracy for classification, chrf for SFT, f1 (SQuAD token F1) for extractive QA, perplexity for a language model."""
+    metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity", "f1", "answer_accuracy"] = (
+        "auto"
+    )
+    """Test metric that decides; auto: accuracy for classification, chrf for SFT, f1 (SQuAD token F1) for extractive QA, answer_accuracy (the extracted final number) for math, perplexity for a language model."""
     min_delta: float = Field(0.0, ge=0)
     """The challenger must beat the champion by more than this (in the metric's units: 0.01 = one accuracy point; perplexity compares mean log-loss)."""
     require_significance: bool = False

@@ -43,7 +43,13 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
         metric = (
             spec.metric
             if spec.metric != "auto"
-            else {"classification": "accuracy", "sft": "chrf", "extractive-qa": "f1", "lm": "perplexity"}[mine.task]
+            else {
+                "classification": "accuracy",
+                "sft": "chrf",
+                "extractive-qa": "f1",
+                "math": "answer_accuracy",
+                "lm": "perplexity",
+            }[mine.task]
         )
         if metric not in mine.metrics:
             # the spec validator prevents this

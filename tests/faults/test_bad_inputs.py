@@ -121,3 +121,27 @@ def test_a_binary_source_is_refused_as_binary_even_with_the_encoding_the_old_mes
         f"error: {binary}: a binary file, not text (a NUL byte at offset 7); no data.encoding reads it as text, "
         "so convert it to text or remove it from data.sources"
     )
+
+
+def test_a_gsm8k_solution_without_its_final_answer_is_refused_with_its_line(tmp_path, registered_versions):
+    import gzip
+    import json
+
+    train = tmp_path / "train.jsonl.gz"
+    records = [
+        {"question": "How many legs do 2 cats have?", "answer": "2 x 4 = <<2*4=8>>8\n#### 8"},
+        {"question": "How many legs do 3 cats have?", "answer": "3 x 4 = <<3*4=12>>12 legs."},
+    ]
+    train.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+    home = tmp_path / "home"
+    sets = [f"labeled.train=[{train}]", f"labeled.test=[{train}]"]
+    result, survivors = run_and_look_for_survivors(
+        ["run", "configs/gsm8k-smollm2.yaml", *sum((["--set", s] for s in sets), [])], home
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {train}:2: the solution has no final answer `#### <number>`; end it with one, "
+        "or set labeled.allow_missing_answer to true to drop such rows"
+    ], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and registered_versions(home) == [] and survivors == []

@@ -45,7 +45,7 @@ def source_digests(spec: LabeledSpec) -> dict[str, str]:
 
 def _roles(spec: LabeledSpec) -> dict[str, str]:
     """{row field: source column} for the task."""
-    if spec.task == "sft":
+    if spec.task in ("sft", "math"):
         return {"prompt": spec.prompt_column, "response": spec.response_column}
     pair = {"text_pair": spec.text_pair_column} if spec.text_pair_column else {}
     return {"text": spec.text_column, **pair, "label": spec.label_column}

@@ -5,6 +5,7 @@ import json
 import re
 import reprlib
 
+from tasks import answers
 from tasks.data import clean, decontaminate
 from tasks.data.labeled import squad
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
@@ -36,6 +37,8 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
                     f"labeled.{name}: none of its {counts['rows_read'][name]} questions has an answer whose answer_start "
                     "points at the answer's text in the context; fix the answer offsets in the files"
                 )
+    if spec.task == "math":
+        counts["removed"]["no_final_answer"] = _solutions(spec, raw)
     splits = {}
     for name, rows in raw.items():
         splits[name] = _drop_empty(spec, rows)
@@ -125,8 +128,34 @@ def _labels_to_strings(spec: LabeledSpec, raw: dict[str, list[dict]]) -> None:
             row["label"] = label
 
 
+def _solutions(spec: LabeledSpec, raw: dict[str, list[dict]]) -> dict[str, int]:
+    """Math: every solution must end in `#### <number>` (or, when allowed, is dropped and counted per split); the
+    calculator annotations are stripped unless kept. Returns the dropped count per split."""
+    dropped = {s: 0 for s in SPLITS}
+    for name, rows in raw.items():
+        kept = []
+        for row in rows:
+            if answers.final(row["response"]) is None:
+                if not spec.allow_missing_answer:
+                    raise UserError(
+                        f"{row['origin']}: the solution has no final answer `#### <number>`; end it with one, or set "
+                        "labeled.allow_missing_answer to true to drop such rows"
+                    )
+                dropped[name] += 1
+                continue
+            text = row["response"] if spec.keep_annotations else answers.strip_annotations(row["response"])
+            kept.append({**row, "response": text})
+        if rows and not kept:
+            raise UserError(
+                f"labeled.{name}: none of its {len(rows)} solutions ends in `#### <number>`; "
+                "check labeled.response_column and the files"
+            )
+        raw[name] = kept
+    return dropped
+
+
 def _text_fields(spec: LabeledSpec) -> list[str]:
-    if spec.task == "sft":
+    if spec.task in ("sft", "math"):
         return ["prompt", "response"]
     if spec.task == "extractive-qa":
         return ["question", "context"]
@@ -147,7 +176,7 @@ def _drop_empty(spec: LabeledSpec, rows: list[dict]) -> list[dict]:
 
 def _key(spec: LabeledSpec, row: dict) -> str:
     """What the split and subset hashes see: the input texts, never the label or response, so that one input stays in one split."""
-    if spec.task == "sft":
+    if spec.task in ("sft", "math"):
         return row["prompt"]
     if spec.task == "extractive-qa":
         return row["question"] + "\n" + row["context"]

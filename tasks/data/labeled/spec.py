@@ -11,8 +11,8 @@ SPLITS = ("train", "validation", "test")
 
 
 class LabeledSpec(Spec):
-    task: Literal["classification", "sft", "extractive-qa"] = "classification"
-    """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn; `extractive-qa`: a question, a context and the answers as character spans of the context (SQuAD)."""
+    task: Literal["classification", "sft", "extractive-qa", "math"] = "classification"
+    """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn; `extractive-qa`: a question, a context and the answers as character spans of the context (SQuAD); `math`: a word problem and its worked solution ending in `#### <number>` (GSM8K), scored by the extracted final answer."""
     train: list[str] = Field(min_length=1)
     """Training data: local files or folders (.jsonl .csv .tsv .parquet, SQuAD .json/.json.gz for extractive-qa, any file when format is set), `save_to_disk` folders, `s3://` URIs or `hf:<dataset id>` (online only); with format `parallel`, exactly `[prompt_file, response_file]`."""
     validation: list[str] = []
@@ -45,6 +45,10 @@ class LabeledSpec(Spec):
     """Extractive QA: a column naming each row's article, which keeps an article's questions in one split; empty groups by context. SQuAD JSON files give the article title."""
     prompt_template: str = "{prompt}"
     """SFT: the prompt the model sees, with `{prompt}` replaced by the row's prompt, e.g. `Translate German to English: {prompt}`."""
+    keep_annotations: bool = False
+    """Math: keep GSM8K's `<<48/2=24>>` calculator annotations in the solutions; off strips them, so the model learns plain worked solutions."""
+    allow_missing_answer: bool = False
+    """Math: drop solutions without a `#### <number>` final answer and count them on the data card; off makes such a row an error naming its file and line."""
     label_before: str | None = None
     """Keep only the part of each label before this separator, e.g. `:` turns TREC's `LOC:city` into the coarse class `LOC`; empty keeps labels whole."""
     max_train_rows: int | None = Field(None, ge=1)

@@ -53,7 +53,7 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
 
 
 def _columns(spec: LabeledSpec) -> list[str]:
-    if spec.task == "sft":
+    if spec.task in ("sft", "math"):
         return ["prompt", "response", "origin"]
     if spec.task == "extractive-qa":
         return ["question", "context", "answers", "title", "origin"]
@@ -147,5 +147,11 @@ def card_markdown(card: dict) -> str:
         lines += ["", f"Prompt template: `{card['prompt_template']}`"]
     if "misaligned_answers" in card:
         lines += ["", *qa_markdown(card)]
+    if "no_final_answer" in removed:
+        lines += [
+            "",
+            "Solutions without a `#### <number>` final answer, dropped: "
+            + ", ".join(f"{removed['no_final_answer'][n]:,} {n}" for n in SPLITS),
+        ]
     lines += ["", "| source | digest |", "|---|---|"] + [f"| {s} | {d} |" for s, d in card["sources"].items()]
     return "\n".join(lines) + "\n"
