@@ -63,34 +63,42 @@ def report_qa(client, result: dict) -> list[str]:
 def report_math(client, result: dict) -> list[str]:
     import mlflow
 
-    from tasks import metrics
+    from tasks import answers, metrics
 
     version, run = finetune_run(client, result)
     m = run.data.metrics
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="generations.json")
     table = json.loads(Path(path).read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
-    lines = [f"problems scored: {len(rows)}"]
-    for kind in ("", "_voted"):
-        before_key, after_key = f"correct_before{kind}", f"correct{kind}"
-        if after_key not in rows[0]:
-            continue
-        before = np.array([bool(r[before_key]) for r in rows])
-        after = np.array([bool(r[after_key]) for r in rows])
-        test = metrics.mcnemar(after, before)
-        interval = metrics.paired_bootstrap(after.astype(float), before.astype(float), samples=10000)
+    gold = [answers.final(r["reference"]) for r in rows]
+
+    def correct(column: str) -> np.ndarray:
+        return np.array([answers.same(float(r[column]) if r[column] else None, g) for r, g in zip(rows, gold)])
+
+    lines = [f"problems scored: {len(rows)} (greedy)"]
+    voted_rows = sum(r.get("after_voted") is not None for r in rows)
+    comparisons = [("greedy", "before_answer", "after_answer", len(rows))]
+    if voted_rows:
+        comparisons += [
+            ("self-consistency", "before_voted", "after_voted", voted_rows),
+            ("after: voted vs greedy", "after_answer", "after_voted", voted_rows),
+        ]
+    for label, a_col, b_col, n in comparisons:
+        a, b = correct(a_col)[:n], correct(b_col)[:n]
+        test = metrics.mcnemar(b, a)
+        interval = metrics.paired_bootstrap(b.astype(float), a.astype(float), samples=10000)
         lines.append(
-            f"{'self-consistency' if kind else 'greedy'}: accuracy before {100 * before.mean():.1f}%, "
-            f"after {100 * after.mean():.1f}%, gain {100 * (after.mean() - before.mean()):+.1f} pt "
+            f"{label} on {n}: {100 * a.mean():.1f}% → {100 * b.mean():.1f}%, {100 * (b.mean() - a.mean()):+.1f} pt "
             f"[{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}] (paired bootstrap 95%), "
-            f"McNemar p {test['p_value']:.3g} ({test['only_a']} fixed, {test['only_b']} broken)"
+            f"McNemar p {test['p_value']:.3g} ({test['a_only']} gained, {test['b_only']} lost)"
         )
-    lines.append(
-        "no number found: "
-        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(m.items()) if k.startswith("no_answer_rate"))
+    lines.append("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()) if "answer" in k))
+    lines.append(f"training: {m.get('train_seconds', float('nan')):.0f} s")
+    after, before = correct("after_answer"), correct("before_answer")
+    pick = next(
+        (i for i in range(len(rows)) if after[i] and not before[i]), next((i for i in range(len(rows)) if after[i]), 0)
     )
-    example = next((r for r in rows if r["correct"] and not r["correct_before"]), rows[0])
-    lines.append("worked example:\n" + json.dumps(example, indent=2, ensure_ascii=False))
+    lines.append("worked example:\n" + json.dumps(rows[pick], indent=2, ensure_ascii=False))
     return lines
 
 
