@@ -66,7 +66,7 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
         splits[name] = capped
     if spec.task == "classification":
         _check_label_sets(spec, splits)
-    elif spec.task == "sft":
+    elif spec.task in ("sft", "math"):
         splits = {
             n: [{**r, "prompt": spec.prompt_template.replace("{prompt}", r["prompt"])} for r in rows]
             for n, rows in splits.items()

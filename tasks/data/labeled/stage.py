@@ -34,7 +34,7 @@ def run(spec: LabeledSpec, ctx: StageRun) -> str:
     }
     if spec.task == "classification":
         card["labels"] = rows.label_order(r["label"] for r in splits["train"])
-    elif spec.task == "sft":
+    elif spec.task in ("sft", "math"):
         card["prompt_template"] = spec.prompt_template
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -78,7 +78,9 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
     for name in SPLITS:
         frame = pd.DataFrame(splits[name], columns=card["columns"])
         source = dataset_source(f"{ARTIFACT}/{name}.parquet")  # file://, s3:// or mlflow-artifacts:/
-        targets = {"classification": "label", "sft": "response", "extractive-qa": "answers"}[spec.task]
+        targets = {"classification": "label", "sft": "response", "math": "response", "extractive-qa": "answers"}[
+            spec.task
+        ]
         with warnings.catch_warnings():  # file:// matches two equivalent source resolvers; either is right
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=f"{ctx.stage}-{name}")
