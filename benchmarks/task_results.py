@@ -70,10 +70,9 @@ def report_math(client, result: dict) -> list[str]:
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="generations.json")
     table = json.loads(Path(path).read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
-    gold = [answers.final(r["reference"]) for r in rows]
 
     def correct(column: str) -> np.ndarray:
-        return np.array([answers.same(float(r[column]) if r[column] else None, g) for r, g in zip(rows, gold)])
+        return np.array([answers.hit(r[column], r["reference"]) for r in rows])
 
     lines = [f"problems scored: {len(rows)} (greedy)"]
     voted_rows = sum(r.get("after_voted") is not None for r in rows)

@@ -77,3 +77,8 @@ def score(generations: list[str], solutions: list[str]) -> tuple[dict[str, float
 def shown(value: float | None) -> str:
     """An answer as a table cell: `1234`, `12.5`, or empty for none."""
     return "" if value is None else format(Decimal(repr(value)).normalize(), "f")
+
+
+def hit(cell: str | None, solution: str) -> bool:
+    """A table cell's answer (as `shown` writes it) against the final number of a worked solution."""
+    return same(float(cell) if cell else None, final(solution))

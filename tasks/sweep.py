@@ -11,18 +11,21 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from tasks import links
+from tasks import answers, links
 from tasks.backend import configure
+from tasks.gate.spec import AUTO
 from tasks.tracking import git_commit, public, resolve_version
 
-# What each task's versions carry as `metric.<split>_<name>` (SFT's generation scores as `metric.<name>`, on test rows).
+# What each task's versions carry as `metric.<split>_<name>` (SFT's and math's generation scores as `metric.<name>`).
 METRICS = {
     "classification": ("accuracy", "macro_f1", "ece", "nll", "robust_accuracy", "attack_success_rate"),
     "sft": ("chrf", "bleu", "exact_match", "loss"),
+    "extractive-qa": ("f1", "exact_match"),
+    "math": ("answer_accuracy", "voted_answer_accuracy", "no_answer_rate", "loss"),
     "lm": ("perplexity", "loss"),
 }
-GATE_METRIC = {"classification": "accuracy", "sft": "chrf", "lm": "perplexity"}  # the gate's `auto`
-LOWER_IS_BETTER = {"ece", "nll", "perplexity", "loss", "attack_success_rate"}
+GATE_METRIC = AUTO
+LOWER_IS_BETTER = {"ece", "nll", "perplexity", "loss", "attack_success_rate", "no_answer_rate"}
 BOOTSTRAP_SAMPLES, CONFIDENCE = 2000, 0.95
 SWEEP = "multistep.sweep"
 
@@ -115,7 +118,7 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
 
 def _value(tags: dict, task: str, metric: str, split: str) -> float | None:
     """The metric the registering stage put on the version: the numbers of the table are the registry's."""
-    name = metric if task == "sft" and metric != "loss" else f"{split}_{metric}"
+    name = metric if task in ("sft", "math") and metric != "loss" else f"{split}_{metric}"
     value = tags.get(f"metric.{name}")
     return float(value) if value is not None else None
 
@@ -141,6 +144,13 @@ def _per_row(plan, outputs: dict, version) -> PerRow | str:
             else metrics.generation_per_example(hyps, refs)
         )
         return PerRow([(r["prompt"], r["reference"]) for r in table], scores)
+    if plan.task == "extractive-qa":
+        table = _table(version.run_id, "evaluation/test_predictions.json")
+        return PerRow([(r["question"], r["gold"]) for r in table], np.array([float(r[plan.metric]) for r in table]))
+    if plan.task == "math" and plan.metric == "answer_accuracy":
+        table = _table(version.run_id, "generations.json")
+        hits = [answers.hit(r["after_answer"], r["reference"]) for r in table]
+        return PerRow([(r["prompt"], r["reference"]) for r in table], np.array(hits, dtype=float))
     if plan.task == "lm" and "gate" in outputs:  # the gate scored the final model's test blocks one by one
         table = _table(outputs["gate"].removeprefix("runs:/").split("/")[0], "gate/challenger_predictions.json")
         return PerRow([(outputs["dataset"], r["block"]) for r in table], np.array([float(r["loss"]) for r in table]))

@@ -6,6 +6,15 @@ from pydantic import Field, model_validator
 
 from tasks.spec import Spec
 
+# The metric `gate.metric: auto` stands for, by task (the gate and a sweep's report read it).
+AUTO = {
+    "classification": "accuracy",
+    "sft": "chrf",
+    "extractive-qa": "f1",
+    "math": "answer_accuracy",
+    "lm": "perplexity",
+}
+
 
 class GateSpec(Spec):
     metric: Literal["auto", "accuracy", "macro_f1", "exact_match", "chrf", "perplexity", "f1", "answer_accuracy"] = (

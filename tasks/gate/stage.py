@@ -16,7 +16,7 @@ from tasks import metrics, registry
 from tasks.errors import UserError
 from tasks.evaluate import scoring
 from tasks.gate.promotion import Decision, decide, holder, promote
-from tasks.gate.spec import GateSpec
+from tasks.gate.spec import AUTO, GateSpec
 from tasks.tracking import log_metrics, resolve_version
 
 
@@ -40,17 +40,7 @@ def run(spec: GateSpec, challenger: str, dataset: str, ctx) -> str:
 
     def judge(champion: str | None) -> Decision:
         mine = scores(challenger)
-        metric = (
-            spec.metric
-            if spec.metric != "auto"
-            else {
-                "classification": "accuracy",
-                "sft": "chrf",
-                "extractive-qa": "f1",
-                "math": "answer_accuracy",
-                "lm": "perplexity",
-            }[mine.task]
-        )
+        metric = spec.metric if spec.metric != "auto" else AUTO[mine.task]
         if metric not in mine.metrics:
             # the spec validator prevents this
             raise ValueError(f"gate.metric {metric} is not measured for {mine.task} models")
