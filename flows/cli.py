@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from flows import embedded, supervise
@@ -178,8 +179,13 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     backend.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
     _hide_tracebacks_of_user_errors()
     from flows.pipeline import llm_pipeline
+    from flows.stages import STAGES
+    from tasks.report import pipeline_summary
 
-    result = _call(llm_pipeline, spec, prefect_ready)  # the flow prints its summary (tasks/report.py)
+    start = time.perf_counter()
+    result = _call(llm_pipeline, spec, prefect_ready)
+    # The flow put the summary on its MLflow run and in Prefect (tasks/report.publish); the terminal gets it plain.
+    print(pipeline_summary(result, time.perf_counter() - start, STAGES))
     if args.json:
         print(json.dumps(result))
     return 0

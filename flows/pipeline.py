@@ -90,7 +90,7 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
                 gate_stage, ex, parent, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"]
             )
     result = {"pipeline_run": parent, "model": model, **out}
-    print(report.publish(result, time.perf_counter() - start, STAGES, spec))
+    report.publish(result, time.perf_counter() - start, STAGES, spec)
     return result
 
 

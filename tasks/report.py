@@ -1,5 +1,6 @@
 """The end-of-run summary: what ran, what was reused, where results are, how to browse them."""
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -123,4 +124,16 @@ def publish(result: dict[str, str], wall_seconds: float, stages: Iterable[str], 
             key="pipeline-summary",
             description="What ran, what was reused, the final model and where to browse it",
         )
+        _prefect_log(text)
     return text
+
+
+def _prefect_log(text: str) -> None:
+    """The summary in the Prefect run's logs only: the terminal gets it from the CLI, unprefixed and on stdout."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("multistep.summary")
+    if not logger.handlers:
+        logger.addHandler(APILogHandler())
+        logger.propagate, logger.level = False, logging.INFO  # not to Prefect's console handler
+    logger.info(text)

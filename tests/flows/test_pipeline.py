@@ -93,7 +93,14 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
 def check_the_uis_name_summarise_and_link(result: dict[str, str], stages: dict[str, mlflow.entities.Run]) -> None:
     """Issue 14: names that say what a run is, a pipeline run that summarises, links both ways, training mode."""
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     client = MlflowClient()
     parent = client.get_run(result["pipeline_run"])
@@ -113,6 +120,8 @@ def check_the_uis_name_summarise_and_link(result: dict[str, str], stages: dict[s
             )
             assert links.run(parent.info.experiment_id, run_.info.run_id) in link.data
             assert links.flow_run(str(stage_flow_run.id)) in run_.data.tags["mlflow.note.content"]
+        logs = prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline_flow_run.id])))
+        assert any("stages:" in log.message and "registered: models:/tiny-base/1" in log.message for log in logs)
         [summary] = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-summary"])),
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipeline_flow_run.id])),
