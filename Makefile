@@ -59,7 +59,7 @@ test: install
 # Browse what ran: Prefect and MLflow on 127.0.0.1, reading the embedded stores under .multistep/.
 ui: install
 	@mkdir -p .multistep/artifacts
-	@echo "Prefect UI: http://127.0.0.1:4200   MLflow UI: http://127.0.0.1:5000   (Ctrl-C stops both)"
+	@echo "Prefect UI: http://127.0.0.1:4200   MLflow UI (training view, runs and registry): http://127.0.0.1:5000/#/models?workflowType=machine_learning   (Ctrl-C stops both)"
 	PREFECT_HOME=$(CURDIR)/.multistep/prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/.multistep/mlflow.db \
 		--default-artifact-root $(CURDIR)/.multistep/artifacts; kill %1

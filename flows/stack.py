@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flows import s3server
+from tasks import links
 from tasks.errors import UserError
 from tasks.tracking import PACKAGE_ROOT
 
@@ -289,7 +290,7 @@ def main(argv: list[str]) -> int:
     print(
         f"stack: up from {root} (logs in {root / 'logs'})\n"
         f"  Prefect UI  http://127.0.0.1:{stack.ports.prefect}\n"
-        f"  MLflow UI   http://127.0.0.1:{stack.ports.mlflow}\n"
+        f"  MLflow UI   http://127.0.0.1:{stack.ports.mlflow}/#/models?{links.TRAINING_MODE} (training view: runs, registry)\n"
         f"  S3          http://127.0.0.1:{stack.ports.s3} (bucket {BUCKET}; key in {root / 'env'})\n"
         f"  workers     cpu (4 at once), gpu (1 at once)\n"
         f"next: make deploy, then `set -a; . {root / 'env'}; set +a` and\n"
