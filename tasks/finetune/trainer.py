@@ -25,14 +25,14 @@ def build(
     metric: str,
     greater: bool,
     compute_metrics=None,
-    group_by_length: bool = False,
+    ordered: bool = False,
 ) -> Trainer:
     """A Trainer that scores validation at every checkpoint, stops early, and loads the best checkpoint's weights at the end;
-    `group_by_length` batches examples of similar length (random groups of 50 batches, sorted within) to pad less."""
+    `ordered`: the training examples are read in the order given (already shuffled by the caller), not shuffled again."""
     args = arguments(
         spec.train,
         work_dir(ctx),
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        train_sampling_strategy="sequential" if ordered else "random",
         eval_strategy="steps",
         eval_steps=spec.train.checkpoint_every,
         load_best_model_at_end=True,

@@ -175,3 +175,36 @@ def test_a_record_without_a_question_names_the_file_and_the_record(tmp_path):
         f"{tmp_path / 'squad.json.gz'}:data[1].paragraphs[0].qas[1] id 1-0-1: the record has no question; "
         "give it one or remove the record"
     )
+
+
+def test_training_windows_come_in_length_groups_and_validation_windows_in_order(home, tok):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
+
+    from tasks.finetune.spec import FinetuneSpec
+    from tasks.finetune.trainer import build
+    from tasks.model import load
+
+    lengths = [5 + (7 * i) % 40 for i in range(60)]  # 60 windows of 5 to 44 tokens, in no order
+    features = qa.Features({"input_ids": [[tok.cls_token_id] * n for n in lengths]}, [0] * 60, [0] * 60)
+    train = qa.grouped(features, batch_size=4, max_steps=20, seed=0)  # 80 windows: two epochs, each all 60 once
+    assert len(train) == 120 and sorted(train.order[:60]) == sorted(train.order[60:]) == list(range(60))
+    assert train.order[:60] != train.order[60:]  # each epoch shuffled afresh
+
+    def padded(order: list[int]) -> int:  # tokens a batch of 4 costs: 4 × its longest window
+        return sum(4 * max(lengths[i] for i in order[k : k + 4]) for k in range(0, len(order), 4))
+
+    assert padded(train.order[:60]) < 0.8 * padded(list(range(60)))  # length groups pad far less than no order
+
+    spec = FinetuneSpec(train={"max_steps": 20, "batch_size": 4, "checkpoint_every": 10})
+    model, _ = load("package:minilm", auto=AutoModelForQuestionAnswering)
+    trainer = build(
+        spec, model, tok, train, features, DataCollatorWithPadding(tok), SimpleNamespace(run_id="r"), metric="f1",
+        greater=True, ordered=True,
+    )  # fmt: skip
+    # Training reads the grouped order as given; validation comes in the windows' own order (compute_metrics needs it).
+    seen = [len(b["input_ids"][0]) for b in trainer.get_train_dataloader()][:3]
+    assert seen == [max(lengths[i] for i in train.order[k * 4 : k * 4 + 4]) for k in range(3)]
+    evaluated = [int(b["attention_mask"].sum(1).max()) for b in trainer.get_eval_dataloader()]
+    assert evaluated == [max(lengths[k : k + 4]) for k in range(0, 60, 4)]
