@@ -55,6 +55,11 @@ class MlflowMetrics(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_time, self.last_step = time.perf_counter(), state.global_step
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # The last step's loss always: a run shorter than log_every would have no curve at all.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()
         metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}

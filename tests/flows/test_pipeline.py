@@ -212,8 +212,13 @@ def test_continued_pretraining_from_a_registered_version(home, corpus, run):
     from tasks.errors import UserError
 
     base = run(corpus)
-    more = run(corpus, f"pretrain.init={base['model']}", "data.tokenizer.kind=model", name="more")
+    # log_every 4 of 6 steps: the last step's loss is logged too, so that the curve reaches the end of a short run
+    more = run(
+        corpus, f"pretrain.init={base['model']}", "data.tokenizer.kind=model", "pretrain.train.log_every=4", name="more"
+    )
     assert more["model"] == "models:/more-base/1"
+    more_run = MlflowClient().get_model_version("more-base", "1").run_id
+    assert [m.step for m in MlflowClient().get_metric_history(more_run, "loss")] == [4, 6]
     version = MlflowClient().get_model_version("more-base", "1")
     assert version.tags["multistep.parent_model"] == base["model"]
     assert version.tags["multistep.input.init"] == base["model"]
