@@ -137,3 +137,4 @@ def _prefect_log(text: str) -> None:
         logger.addHandler(APILogHandler())
         logger.propagate, logger.level = False, logging.INFO  # not to Prefect's console handler
     logger.info(text)
+    logger.handlers[0].flush()  # sent now, not whenever the background worker's next batch goes: the run may end first
