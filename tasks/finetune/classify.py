@@ -9,11 +9,11 @@ from prefect.runtime import flow_run
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from tasks import attack, distributed, methods, registry, synonyms
+from tasks import attack, methods, synonyms
 from tasks import metrics as metrics_
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import build, fit_best, register
+from tasks.finetune.trainer import build, fit_best, register, registered_already
 from tasks.heads import classification_head
 from tasks.spec import AttackSpec
 
@@ -173,11 +173,8 @@ def trainer(spec, init: str, data: str, ctx) -> Trainer:
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     """Fine-tune a classifier, keep the best validation checkpoint, score test, register."""
-    existing = registry.find_version(register_as, ctx.key)
-    if existing:
-        print(f"finetune: {existing} was already registered by this stage")
+    if existing := registered_already(spec, register_as, ctx):
         return existing
-    distributed.check(spec.train, ctx.stage)
     model, tok, splits, labels = setup(spec, init, data)
     trainer = build(
         spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT

@@ -7,11 +7,11 @@ import torch
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from tasks import distributed, methods, qa_scores, registry, spans
+from tasks import methods, qa_scores, spans
 from tasks import model as models
 from tasks.data import labeled
 from tasks.errors import UserError
-from tasks.finetune.trainer import build, fit_best, register
+from tasks.finetune.trainer import build, fit_best, register, registered_already
 from tasks.tracking import log_metrics
 
 
@@ -147,11 +147,8 @@ def _trainer(spec, model, tok, rows, encoded, ctx) -> Trainer:
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     """Fine-tune a span head, keep the best validation F1, score test exactly as the gate will, register."""
-    existing = registry.find_version(register_as, ctx.key)
-    if existing:
-        print(f"finetune: {existing} was already registered by this stage")
+    if existing := registered_already(spec, register_as, ctx):
         return existing
-    distributed.check(spec.train, ctx.stage)
     model, tok, rows, encoded = setup(spec, init, data)
     how = settings(spec)
     dropped = encoded["train"][2]

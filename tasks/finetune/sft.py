@@ -5,10 +5,10 @@ import sacrebleu
 import torch
 from transformers import Trainer, set_seed
 
-from tasks import distributed, methods, registry
+from tasks import methods
 from tasks import model as models
 from tasks.data import labeled
-from tasks.finetune.trainer import build, fit_best, register
+from tasks.finetune.trainer import build, fit_best, register, registered_already
 from tasks.predict import generate, prompt_ids
 from tasks.tracking import log_metrics
 
@@ -108,11 +108,8 @@ def _trainer(spec, model, tok, encoded, ctx) -> Trainer:
 
 def run(spec, init: str, data: str, register_as: str, ctx, judge=judge_generations) -> str:
     """Fine-tune for instruction following; score generations before and after with `judge`; register the best checkpoint."""
-    existing = registry.find_version(register_as, ctx.key)
-    if existing:
-        print(f"finetune: {existing} was already registered by this stage")
+    if existing := registered_already(spec, register_as, ctx):
         return existing
-    distributed.check(spec.train, ctx.stage)
     model, tok, rows, encoded = setup(spec, init, data)
     held_out = rows["test"][: spec.generation_rows]
     before = judge(model, tok, held_out, spec) if held_out else None

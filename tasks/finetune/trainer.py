@@ -13,6 +13,17 @@ from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
 
 
+def registered_already(spec, register_as: str, ctx: StageRun) -> str | None:
+    """The version this stage registered in an earlier attempt (a retry returns it instead of training again); before a
+    fresh start, the check that the distributed settings can run here."""
+    existing = registry.find_version(register_as, ctx.key)
+    if existing:
+        print(f"finetune: {existing} was already registered by this stage")
+        return existing
+    distributed.check(spec.train, ctx.stage)
+    return None
+
+
 def build(
     spec,
     model,
