@@ -55,8 +55,10 @@ def pool_of(stage: str, params: dict) -> str:
 
 
 def deployment_name(stage: str, pool: str) -> str:
-    """Stage deployments are named by their pool: `pretrain/gpu`, `augment/cpu`, ..."""
-    return f"{stage}/{pool}"
+    """`<flow>/<deployment>` of a stage's deployment on a pool: `pretrain/pretrain-on-gpu`, `augment/augment-on-cpu`, ...
+
+    (Prefect's list of deployments shows the deployment's own name first: it says which stage runs where.)"""
+    return f"{stage}/{stage}-on-{pool}"
 
 
 def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
