@@ -55,8 +55,10 @@ def pool_of(stage: str, params: dict) -> str:
 
 
 def deployment_name(stage: str, pool: str) -> str:
-    """Stage deployments are named by their pool: `pretrain/gpu`, `augment/cpu`, ..."""
-    return f"{stage}/{pool}"
+    """`<flow>/<deployment>` of a stage's deployment on a pool: `pretrain/pretrain-on-gpu`, `augment/augment-on-cpu`, ...
+
+    (Prefect's list of deployments shows the deployment's own name first: it says which stage runs where.)"""
+    return f"{stage}/{stage}-on-{pool}"
 
 
 def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
@@ -78,7 +80,7 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
         run = _wait(client, run, pool, execution.start_timeout_s, timeout)
         state = run.state
         if state.is_completed():
-            return _output(client, run.id, stage.name)
+            return _linked(_output(client, run.id, stage.name), run)
         message = state.message or state.name
         if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
             raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
@@ -118,6 +120,19 @@ def _cancel(client, flow_run_id, why: str) -> None:
     from prefect.states import Cancelling
 
     client.set_flow_run_state(flow_run_id, Cancelling(message=f"multistep: {why}"), force=True)
+
+
+def _linked(uri: str, run) -> str:
+    """`uri`, known to Prefect as the result of the flow run `run`: a later stage that takes it then records that run as
+    its input, and the run graph draws the arrow (an in-process subflow's return value is linked so by Prefect itself;
+    one read from an artifact is a new string that Prefect cannot trace)."""
+    from prefect.utilities.engine import link_state_to_flow_run_result
+
+    state = run.state.model_copy(
+        update={"state_details": run.state.state_details.model_copy(update={"flow_run_id": run.id})}
+    )
+    link_state_to_flow_run_result(state, uri)
+    return uri
 
 
 def _output(client, flow_run_id, stage: str) -> str:

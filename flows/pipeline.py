@@ -20,6 +20,7 @@ from flows.stages import (
     transfer_stage,
 )
 from tasks import registry, report, rounds
+from tasks.spec import OptionalStr
 from tasks.tracking import pipeline_run
 
 
@@ -40,7 +41,7 @@ def name_for(current: str | None, spec: PipelineSpec | dict | None) -> str:
 
 
 @flow(name="llm-pipeline", log_prints=True, flow_run_name=run_name)
-def llm_pipeline(spec: PipelineSpec = PipelineSpec(), parent_run_id: str | None = None) -> dict[str, str]:
+def llm_pipeline(spec: PipelineSpec = PipelineSpec(), parent_run_id: OptionalStr = None) -> dict[str, str]:
     """Prepare a corpus, pretrain, evaluate, transfer, augment, fine-tune, then gate the result against the champion: each stage optional, unchanged ones reused from MLflow.
 
     Args:

@@ -26,7 +26,7 @@ from tasks.transfer.spec import TransferSpec
 
 class PoolsSpec(Spec):
     cpu: str = Field("cpu", min_length=1)
-    """Work pool for data preparation and EDA augmentation (stage deployments `<stage>/<pool>`)."""
+    """Work pool for data preparation and EDA augmentation (stage deployments `<stage>-on-<pool>`)."""
     gpu: str = Field("gpu", min_length=1)
     """Work pool for stages that run a model: pretraining, transfer, fine-tuning, evaluation, the gate, model-driven augmentation."""
 

@@ -23,6 +23,7 @@ from tasks.finetune.spec import FinetuneSpec
 from tasks.gate import promotion
 from tasks.gate.spec import GateSpec
 from tasks.pretrain.spec import PretrainSpec
+from tasks.spec import OptionalInt, OptionalStr
 from tasks.tracking import digest, stage_run
 from tasks.transfer.spec import TransferSpec
 
@@ -42,9 +43,9 @@ def record_output(output: str) -> str:
 @flow(name="prepare", log_prints=True)
 def prepare_stage(
     spec: PrepareSpec,
-    tokenizer_from: str | None = None,
+    tokenizer_from: OptionalStr = None,
     experiment: str = "multistep",
-    parent_run_id: str | None = None,
+    parent_run_id: OptionalStr = None,
 ) -> str:
     """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
     found = sources.source_digests(spec)  # validates every source before any run is opened
@@ -70,7 +71,7 @@ def prepare_stage(
 
 @flow(name="pretrain", log_prints=True)
 def pretrain_stage(
-    spec: PretrainSpec, dataset: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None
+    spec: PretrainSpec, dataset: str, name: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
 ) -> str:
     """Pretrain a causal LM on a dataset URI and register it as `<name>-base`; returns the model version URI."""
     register_as = name + spec.register_suffix
@@ -94,7 +95,7 @@ def pretrain_stage(
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_stage(
-    spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None
+    spec: EvaluateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
 ) -> str:
     """Score a model URI on a dataset URI; returns the evaluation report URI."""
     inputs = {"model": model, "dataset": dataset}
@@ -110,7 +111,7 @@ def evaluate_stage(
 
 @flow(name="transfer", log_prints=True)
 def transfer_stage(
-    spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: str | None = None
+    spec: TransferSpec, model: str, name: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
 ) -> str:
     """Structure surgery on a model URI (drop/insert blocks, add tokens, new head); returns the new version's URI."""
     register_as = name + spec.register_suffix
@@ -132,7 +133,7 @@ def transfer_stage(
 
 
 @flow(name="prepare-labeled", log_prints=True)
-def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", parent_run_id: str | None = None) -> str:
+def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", parent_run_id: OptionalStr = None) -> str:
     """Read, validate and split labeled data for fine-tuning; returns a dataset URI."""
     digests = read.source_digests(spec)  # validates that every source exists before any run is opened
     inputs = read.source_names(spec)
@@ -151,11 +152,11 @@ def prepare_labeled_stage(spec: LabeledSpec, experiment: str = "multistep", pare
 def augment_stage(
     spec: AugmentSpec,
     dataset: str,
-    teacher: str | None = None,
-    synonym_model: str | None = None,
-    round: int | None = None,
+    teacher: OptionalStr = None,
+    synonym_model: OptionalStr = None,
+    round: OptionalInt = None,
     experiment: str = "multistep",
-    parent_run_id: str | None = None,
+    parent_run_id: OptionalStr = None,
 ) -> str:
     """Add EDA edits, pseudo-labels and adversarial examples to a labeled dataset URI's training rows; returns the new dataset URI."""
     inputs = {
@@ -191,9 +192,9 @@ def finetune_stage(
     model: str,
     dataset: str,
     name: str,
-    round: int | None = None,
+    round: OptionalInt = None,
     experiment: str = "multistep",
-    parent_run_id: str | None = None,
+    parent_run_id: OptionalStr = None,
 ) -> str:
     """Fine-tune a model URI on a labeled dataset URI and register the best checkpoint as `<name>`."""
     register_as = name + spec.register_suffix
@@ -216,7 +217,7 @@ def finetune_stage(
 
 @flow(name="gate", log_prints=True)
 def gate_stage(
-    spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: str | None = None
+    spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
 ) -> str:
     """Score the challenger and the current champion on the dataset's test rows and move the champion alias if the policy says so."""
     inputs = promotion.inputs(spec, model, dataset, experiment)

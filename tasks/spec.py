@@ -7,15 +7,76 @@ TrainSpec configures tasks/train.py, ModelSpec tasks/model.py, MethodSpec tasks/
 tasks/attack.py (adversarial examples in augment, robust accuracy in finetune).
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+
+# Words of field names that read better in the form as their usual spelling than title-cased.
+SPELLED = {
+    "lr": "LR",
+    "lora": "LoRA",
+    "mlm": "MLM",
+    "mlp": "MLP",
+    "eda": "EDA",
+    "cpu": "CPU",
+    "gpu": "GPU",
+    "minhash": "MinHash",
+    "ngram": "N-gram",
+}
+
+# Prefect's form labels an untitled {"type": "null"} choice "None" and prints `Property is type "None"` under it; its
+# description, shown above that line, says what choosing it does. A section is on or off; a value is set or empty.
+EMPTY_SECTION = {"title": "off", "description": "Off (null): the pipeline leaves this section out."}
+EMPTY_VALUE = {"title": "empty", "description": "Empty (null): the help text above says what that means."}
+
+
+def title(name: str, _field=None) -> str:
+    """The form's label of a field: `lora_rank` → LoRA Rank, `stage_timeout_s` → Stage Timeout (s)."""
+    words = name.split("_")
+    if len(words) > 1 and words[-1] == "s":  # a duration in seconds
+        words[-1] = "(s)"
+    return " ".join(SPELLED.get(w, w.capitalize()) for w in words)
+
+
+def label_empty(schema: dict) -> dict:
+    """Name the null choice of an `X | None` property's schema (in place; returned for `WithJsonSchema`)."""
+    choices = schema.get("anyOf", [])
+    section = any("$ref" in c for c in choices)
+    for choice in choices:
+        if choice.get("type") == "null":
+            choice.update(EMPTY_SECTION if section else EMPTY_VALUE)
+        elif "$ref" in choice:
+            choice.setdefault("title", "on")  # instead of the spec class's name
+    return schema
+
+
+def form_schema(schema: dict, cls: type[BaseModel]) -> None:
+    """What Prefect's run form needs beyond pydantic's JSON schema of a spec: every field titled (pydantic titles no
+    nested section), every default written out (pydantic omits a `default_factory`'s, and the form then starts the
+    field empty whenever a preset leaves it out), and the empty choices named."""
+    for name, field in cls.model_fields.items():
+        prop = schema["properties"][field.alias or name]
+        prop.setdefault("title", field.title or title(name))
+        if field.default_factory is not None and "default" not in prop:
+            prop["default"] = TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="json")
+        label_empty(prop)
+
+
+# Flow parameters that may be left empty, their empty choice named in the form like a spec field's.
+OptionalStr = Annotated[str | None, WithJsonSchema(label_empty({"anyOf": [{"type": "string"}, {"type": "null"}]}))]
+OptionalInt = Annotated[int | None, WithJsonSchema(label_empty({"anyOf": [{"type": "integer"}, {"type": "null"}]}))]
 
 
 class Spec(BaseModel):
     """Frozen, no unknown keys, and each field's attribute docstring becomes its help text in the Prefect form."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        field_title_generator=title,
+        json_schema_extra=form_schema,
+    )
 
     def replace(self, **changes):
         """A copy with `changes`, validated like the original: bounds and cross-field checks hold for derived specs too.

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from prefect import Flow
 
-from flows import sweep
+from flows import dispatch, sweep
 from flows.spec import PipelineSpec
 from flows.stages import STAGES
 from flows.sweep_spec import SweepSpec
@@ -58,7 +58,9 @@ def test_each_stage_flow_has_a_deployment_on_the_pool_of_its_hardware():
     for d in DEPLOYMENTS:
         if d["entrypoint"].startswith("flows/stages.py:"):
             flow = flow_of(d["entrypoint"])
-            assert d["name"] == d["work_pool"]["name"], "stage deployments are named by their pool: <stage>/<pool>"
+            # what the pipeline dispatches to, and what Prefect's list of deployments shows first
+            assert f"{flow.name}/{d['name']}" == dispatch.deployment_name(flow.name, d["work_pool"]["name"])
+            assert d["name"] == f"{flow.name}-on-{d['work_pool']['name']}"
             stages.setdefault(flow.name, set()).add(d["work_pool"]["name"])
     assert set(stages) == set(STAGES)
     for stage, pools in stages.items():

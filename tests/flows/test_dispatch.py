@@ -104,3 +104,45 @@ def test_ctrl_c_cancels_the_dispatched_stage_and_stops_waiting(clock, monkeypatc
     with pytest.raises(interrupt.Interrupted, match="flow run brave-otter cancelled"):
         dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=60, timeout_s=60)
     assert client.cancelled == ["r1"]
+
+
+def test_in_pools_mode_the_run_graph_draws_the_arrow_from_a_stage_to_the_one_that_takes_its_uri(monkeypatch):
+    """Prefect draws an arrow into a run whose inputs hold an upstream run's result; a dispatched stage's URI is read
+    from an artifact, so the dispatcher must tie it to the flow run that made it (in-process subflows do so by themselves)."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from flows.stages import OUTPUT_KEY, STAGES, prepare_stage, pretrain_stage
+    from tasks.data.spec import PrepareSpec
+    from tasks.pretrain.spec import PretrainSpec
+
+    def worker(client, run, pool, start_timeout_s, timeout_s):
+        """What a worker does with the flow run: the stage runs, leaves its URI, completes."""
+        artifact = ArtifactCreate(key=OUTPUT_KEY, type="markdown", data=f"`runs:/{run.id}/out`", flow_run_id=run.id)
+        client.create_artifact(artifact)
+        client.set_flow_run_state(run.id, Completed(), force=True)
+        return client.read_flow_run(run.id)
+
+    monkeypatch.setattr(dispatch, "_wait", worker)
+    with get_client(sync_client=True) as client:
+        for stage in ("prepare", "pretrain"):
+            flow_name, name = dispatch.deployment_name(stage, STAGES[stage].hardware).split("/")
+            client.create_deployment(flow_id=client.create_flow_from_name(flow_name), name=name)
+
+    @flow
+    def two_stages() -> str:
+        from prefect.runtime import flow_run
+
+        ex = ExecutionSpec(mode="pools", stage_retries=0)
+        dataset = dispatch.call(prepare_stage, ex, None, spec=PrepareSpec())
+        dispatch.call(pretrain_stage, ex, None, spec=PretrainSpec(), dataset=dataset, name="t")
+        return flow_run.id
+
+    pipeline = two_stages()
+    with get_client(sync_client=True) as client:
+        graph = client.request("GET", "/flow_runs/{id}/graph-v2", path_params={"id": pipeline}).json()
+    nodes = {node["label"].split(" / ")[0]: node for _, node in graph["nodes"]}
+    assert set(nodes) == {"prepare", "pretrain"}
+    # (Prefect's graph query repeats an edge once per parameter of the upstream run; the UI draws one arrow)
+    assert {edge["id"] for edge in nodes["pretrain"]["parents"]} == {nodes["prepare"]["id"]}
+    assert nodes["prepare"]["parents"] == []
