@@ -5,6 +5,7 @@ import time
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks import descriptions
 from tasks.errors import UserError
 from tasks.tracking import STAGE_KEY, StageRun, resolve_version
 
@@ -21,12 +22,16 @@ def find_version(name: str, key: str) -> str | None:
     return f"models:/{name}/{min(int(v.version) for v in found)}" if found else None
 
 
-def register(model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | None = None) -> str:
-    """Register a logged model (`models:/m-…`) or a folder of files in the run's artifacts, once per stage key."""
+def register(
+    model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | None = None, task: str | None = None
+) -> str:
+    """Register a logged model (`models:/m-…`) or a folder of files in the run's artifacts, once per stage key;
+    `task`: the mlflow.transformers task it was logged for (its description says what it is and how to load it)."""
     existing = find_version(name, ctx.key)
     if existing:
         return existing
-    tags = {k: v for k, v in {**ctx.lineage(), **(tags or {})}.items() if v != ""}  # the registry UI shows empty ones
+    tags = {**ctx.lineage(), **(tags or {}), **({descriptions.TASK: task} if task else {})}
+    tags = {k: v for k, v in tags.items() if v != ""}  # the registry UI shows empty ones
     client = MlflowClient()
     if model_uri.startswith("models:/"):
         version = mlflow.register_model(model_uri, name, tags=tags)
@@ -41,15 +46,30 @@ def register(model_uri: str, name: str, ctx: StageRun, tags: dict[str, str] | No
     while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
         time.sleep(0.5)
         version = client.get_model_version(name, version.version)
+    describe(f"models:/{name}/{version.version}", model=True)
     return f"models:/{name}/{version.version}"
 
 
 def set_tags(version_uri: str, tags: dict[str, str | float]) -> None:
-    """Tag a registered version (metrics and decisions ride on versions so the registry UI shows them)."""
+    """Tag a registered version (metrics and decisions ride on versions so the registry UI shows them) and rewrite its
+    description, which is built from its tags."""
     name, version = version_uri.removeprefix("models:/").split("/")
     client = MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
+    describe(version_uri)
+
+
+def describe(version_uri: str, model: bool = False) -> None:
+    """Rewrite a version's description from its tags (the gate's `gate.*` included); with `model`, the registered
+    model's too, unless a person replaced it with their own text."""
+    version = resolve_version(version_uri)
+    client = MlflowClient()
+    client.update_model_version(version.name, version.version, description=descriptions.version_text(version))
+    if model:
+        current = client.get_registered_model(version.name).description or ""
+        if not current.strip() or current.rstrip().endswith(descriptions.MARK):
+            client.update_registered_model(version.name, description=descriptions.model_text(version))
 
 
 def replace_tags(version_uri: str, prefix: str, tags: dict[str, str]) -> None:

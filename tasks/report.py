@@ -10,7 +10,9 @@ from pydantic import BaseModel
 
 from tasks import links
 from tasks.backend import tracking_uri
-from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, STAGE, flatten, public
+from tasks.descriptions import load_command
+from tasks.errors import UserError
+from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, STAGE, flatten, public, resolve_version
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
@@ -73,9 +75,18 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
         lines.append(f"time:       {train_seconds:.1f} s training of {wall_seconds:.1f} s wall")
     lines += [
         *_browse(parent.info.experiment_id, parent.info.run_id, result["model"]),
-        f"load:       python -c \"import mlflow; print(mlflow.transformers.load_model('{result['model']}'))\"",
+        f"load:       {_load(result['model'])}",
     ]
     return "\n".join(lines)
+
+
+def _load(model: str) -> str:
+    """How to load the final model: the transformers flavour, or the project's loader for an adapter or a span head."""
+    try:
+        tags = resolve_version(model).tags if model.startswith("models:/") else {}
+    except UserError:  # deleted since: the flavour's line is the likelier one
+        tags = {}
+    return load_command(model, tags)
 
 
 def _browse(experiment_id: str, run_id: str, model: str) -> list[str]:

@@ -15,6 +15,7 @@ from tasks import interrupt, storage
 from tasks.backend import home
 from tasks.checkpoints import resume_point
 from tasks.metrics import curves_figure
+from tasks.progress import Progress
 from tasks.spec import TrainSpec
 from tasks.tracking import StageRun, log_metrics
 
@@ -54,11 +55,6 @@ class MlflowMetrics(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_time, self.last_step = time.perf_counter(), state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # The last step's loss always: a run shorter than log_every would have no curve at all.
-        if state.global_step >= state.max_steps:
-            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()
@@ -185,6 +181,7 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
             how = "FSDP" if trainer.is_fsdp_enabled else "DDP"
             print(f"{ctx.stage}: {world} processes train together ({how}, {torch.distributed.get_backend()} backend)")
     trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
+    trainer.add_callback(Progress(ctx.stage, dest))  # on every rank: it also asks for the last step's log
     trainer.add_callback(FaultInjection())
     stop = StopOnInterrupt()
     trainer.add_callback(stop)

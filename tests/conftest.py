@@ -216,6 +216,26 @@ def prefect_api():
 
 
 @pytest.fixture
+def flow_run_logs():
+    """Read the messages the Prefect API holds for one flow run, oldest first."""
+    return _flow_run_logs
+
+
+def _flow_run_logs(flow_run_id: str) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # this process's log worker sends batches: wait until what was logged has been sent
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC
+        )
+    return [log.message for log in logs]
+
+
+@pytest.fixture
 def run_cli():
     """Run `multistep ARGS` in a child process against a given home."""
     return _run_cli

@@ -109,7 +109,7 @@ def register(
         registry.MAX_NEW_TOKENS: str(spec.max_new_tokens),
         **lineage,
     }
-    version = registry.register(logged, register_as, ctx, tags)
+    version = registry.register(logged, register_as, ctx, tags, task=task)
     registry.set_tags(version, {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
     clean_up(ctx)
     print(f"finetune: registered {version}")

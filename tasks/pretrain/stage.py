@@ -32,10 +32,10 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
         fit(single, ctx, spec.train.keep_checkpoints)
         model = single.model
     mlm = spec.objective == "mlm"
-    logged = models.log(model, tokenizer, task="fill-mask" if mlm else "text-generation")
-    version = registry.register(
-        logged, register_as, ctx, {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective}
-    )
+    task = "fill-mask" if mlm else "text-generation"
+    logged = models.log(model, tokenizer, task=task)
+    tags = {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective}
+    version = registry.register(logged, register_as, ctx, tags, task=task)
     clean_up(ctx)
     print(f"pretrain: registered {version}")
     return version

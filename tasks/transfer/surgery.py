@@ -188,8 +188,9 @@ def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
     model, tokenizer, operations = apply(spec, model, tokenizer)
     mlflow.log_dict(operations, "transfer/operations.json")
     mlflow.log_metrics({"parameters_before": before, "parameters_after": model.num_parameters()})
-    logged = models.log(model, tokenizer, task=models.task_of(model))
+    task = models.task_of(model)
+    logged = models.log(model, tokenizer, task=task)
     tags = {"multistep.parent_model": model_uri, "multistep.operations": json.dumps(operations)[:4900]}
-    version = registry.register(logged, register_as, ctx, tags)
+    version = registry.register(logged, register_as, ctx, tags, task=task)
     print(f"transfer: {', '.join(op['op'] for op in operations) or 'no operations'} → {version}")
     return version

@@ -48,7 +48,7 @@ def finetune_overrides(data: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_overrides):
+def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_overrides, flow_run_logs):
     # 24 steps over whole rows (32 characters) learn the separable set: seed 42 reaches accuracy 1.0 on validation and
     # test; a classifier that learned nothing, or learned shuffled labels, stays near 0.5.
     spec = load(
@@ -89,6 +89,16 @@ def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_
     root = Path(mlflow.artifacts.download_artifacts(result["model"]))
     model = AutoModelForSequenceClassification.from_pretrained(root / "model", use_safetensors=True)
     assert model.config.id2label == {0: "0", 1: "1"}
+    # Issue 14: what the registry and the Prefect log say about it.
+    assert version.description.startswith("**models:/tiny/1**: classifier fine-tuned from models:/tiny-base/1 (full).")
+    assert f"**Test metrics:** test_accuracy {float(version.tags['metric.test_accuracy']):.4g}" in version.description
+    assert f"**Gate:** promoted — {version.tags['gate.reason']}" in version.description
+    # validation is scored at each checkpoint (12, 24): one line each in the finetune flow run, with MLflow's values
+    said = [m for m in flow_run_logs(version.tags["prefect.flow_run_id"]) if " evaluation: eval_" in m]
+    accuracy = MlflowClient().get_metric_history(version.run_id, "eval_accuracy")
+    assert [m.step for m in accuracy] == [12, 24]
+    assert [m.split(" evaluation:")[0] for m in said] == ["finetune: step 12/24", "finetune: step 24/24"]
+    assert all(f"eval_accuracy {a.value:.4g}" in m for a, m in zip(accuracy, said))
 
 
 def test_head_only_on_the_packaged_minilm(home, sentiment):
@@ -168,6 +178,13 @@ def test_transfer_registers_the_surgery_in_the_lineage(home, corpus, tiny_overri
     tags = MlflowClient().get_model_version("tiny-transfer", "1").tags
     assert [op["op"] for op in json.loads(tags["multistep.operations"])] == ["add_tokens", "insert_identity"]
     assert tags["multistep.parent_model"] == "models:/tiny-base/1"
+    assert (
+        MlflowClient()
+        .get_model_version("tiny-transfer", "1")
+        .description.startswith(
+            "**models:/tiny-transfer/1**: causal LM made from models:/tiny-base/1 by model surgery (add_tokens, insert_identity)."
+        )
+    )
     base, tok = models.load("models:/tiny-base/1")
     grown, grown_tok = models.load(result["transferred"])
     assert grown.config.n_layer == base.config.n_layer + 1 and "<q>" in grown_tok.get_vocab()
@@ -192,7 +209,9 @@ def test_masked_lm_pretraining_then_classification(home, corpus, sentiment, tiny
     result = llm_pipeline(spec)
     encoder, tok = models.load(result["base"], auto=AutoModelForMaskedLM)
     assert type(encoder).__name__ == "BertForMaskedLM" and tok.mask_token == "[MASK]"
-    assert MlflowClient().get_model_version("tiny-base", "1").tags["multistep.objective"] == "mlm"
+    base = MlflowClient().get_model_version("tiny-base", "1")
+    assert base.tags["multistep.objective"] == "mlm"
+    assert base.description.startswith("**models:/tiny-base/1**: masked LM pretrained from scratch.")
     assert MlflowClient().get_model_version("tiny", "1").tags["multistep.parent_model"] == result["base"]
 
 
@@ -230,3 +249,16 @@ def test_lora_adapter_version_records_its_base_and_loads_on_top_of_it(home, corp
     assert isinstance(adapted, PeftModel)
     ids = torch.tensor([tok.encode("repeat cat 3")])
     assert not torch.allclose(adapted(input_ids=ids).logits, base(input_ids=ids).logits)  # the adapter was trained
+    # The registry and the run's summary say how to load it: the project's loader, which puts it on its base.
+    loads = 'model, tokenizer = load("models:/tiny/1", auto=AutoModelForCausalLM)'
+    assert version.description.startswith(
+        "**models:/tiny/1**: instruction-tuned causal LM (SFT), a LoRA adapter on models:/tiny-base/1."
+    )
+    assert f"```python\nfrom transformers import AutoModelForCausalLM\nfrom tasks.model import load\n{loads}\n```" in (
+        version.description
+    )
+    summary = MlflowClient().get_run(result["pipeline_run"]).data.tags["mlflow.note.content"]
+    assert (
+        'load:       python -c "from transformers import AutoModelForCausalLM; from tasks.model import load; '
+        "print(load('models:/tiny/1', auto=AutoModelForCausalLM))\""
+    ) in summary

@@ -80,7 +80,7 @@ def stage_run(mlflow, parent, stage: str):
 
 
 def test_each_stage_runs_on_its_pool_and_a_killed_gpu_worker_is_replaced_and_training_resumes_from_s3(
-    team, tmp_path, corpus, tiny_overrides
+    team, tmp_path, corpus, tiny_overrides, flow_run_logs
 ):
     stack.kill(team, "worker-gpu")
     team.start_worker("gpu", limit=1, name="worker-gpu-doomed", env={"MULTISTEP_FAULT_HOLD_AT_STEP": "3"})
@@ -122,6 +122,19 @@ def test_each_stage_runs_on_its_pool_and_a_killed_gpu_worker_is_replaced_and_tra
     assert pools == {"prepare": {"cpu"}, "pretrain": {"gpu"}, "evaluate": {"gpu"}, "gate": {"gpu"}}
     assert sorted(states.pop("pretrain")) == ["Completed", "Crashed"]
     assert all(s == ["Completed"] for s in states.values()), states
+    # The workers' stage processes send their lines to the API: the resumed training's loss every log_every (2) steps
+    # and at the last, its checkpoints, and the evaluation's results.
+    done = {
+        flow: run.id
+        for flow, run in stage_runs(team, parent.data.tags["prefect.flow_run_id"])
+        if run.state.is_completed()
+    }
+    with stack.environ(team.env):
+        said = flow_run_logs(done["pretrain"])
+        evaluated = flow_run_logs(done["evaluate"])
+    assert [m.split()[2] for m in said if " loss " in m] == ["4/9", "6/9", "8/9", "9/9"]
+    assert [m.split()[4] for m in said if " saved checkpoint-" in m] == ["checkpoint-6", "checkpoint-9"]
+    assert any(m.startswith("evaluate: test perplexity ") for m in evaluated)
     from prefect import get_client
 
     with stack.environ(team.env), get_client(sync_client=True) as client:

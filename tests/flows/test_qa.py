@@ -67,6 +67,11 @@ def test_a_span_model_is_registered_and_the_gate_scores_what_its_version_says(ho
     for metric in ("f1", "exact_match"):
         assert gate[f"challenger_{metric}"] == pytest.approx(float(version.tags[f"metric.test_{metric}"]), rel=1e-5)
     assert version.tags["gate.metric"] == "f1" and version.tags["gate.decision"] == "promoted"
+    # No pipeline serves a span head: its description loads it with the project's loader.
+    assert version.description.startswith(
+        "**models:/qa-tiny/1**: extractive-QA span model fine-tuned from package:minilm"
+    )
+    assert 'model, tokenizer = load("models:/qa-tiny/1", auto=AutoModelForQuestionAnswering)' in version.description
     # 12 steps learn to copy the city out of the sentence (an untrained span head scores near 0 exact match)
     assert float(version.tags["metric.test_exact_match"]) >= 0.75
     # F1 at every checkpoint: the curve of validation F1 against steps

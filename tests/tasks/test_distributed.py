@@ -26,7 +26,7 @@ def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(
         "labeled.task=classification", f"labeled.train=[{sentiment}]", "labeled.text_column=sentence",
         "labeled.split.validation=0.2", "labeled.split.test=0.2", "finetune.train.devices=2",
         "finetune.train.max_steps=12", "finetune.train.batch_size=16", "finetune.train.lr=0.003",
-        "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.train.log_every=3",
+        "finetune.train.warmup_steps=0", "finetune.train.checkpoint_every=6", "finetune.train.log_every=5",
         "finetune.max_length=16",
     ]  # fmt: skip
     args = ["run", "configs/default.yaml", *sum((["--set", o] for o in overrides), [])]
@@ -57,6 +57,10 @@ def test_two_processes_pretrain_and_classify_and_resume_after_a_crash(
 
     client, tuned = stage_run(home, "tiny")
     assert tuned.data.params["world_size"] == "2"
+    # Every rank logs the last step (12, no multiple of log_every 5), where Trainer gathers the loss across ranks: a rank
+    # that skipped it would fail the others. Only rank 0 says so, in the stage's log.
+    assert [m.step for m in client.get_metric_history(tuned.info.run_id, "loss")] == [5, 10, 12]
+    assert said.count("finetune: step 12/12 loss ") == 1 and said.count("finetune: step 12/12 saved checkpoint-12") == 1
     first_loss = client.get_metric_history(tuned.info.run_id, "loss")[0].value
     # A fresh two-label head starts near ln 2; a loss scaled by the world size (a Trainer pitfall) would start near 1.39.
     assert first_loss < 1.0, first_loss
