@@ -119,6 +119,11 @@ def main() -> int:
         f"{links.LOCAL_MLFLOW_UI}/#/models?{links.TRAINING_MODE}   (Ctrl-C stops both)",
         flush=True,
     )
+    # The servers run in sessions of their own, out of reach of the terminal's signals: whatever ends this process
+    # (Ctrl-C, a closed terminal, kill) stops them on the way out. Set, not inherited: a shell's `&` ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     try:
         with serve(home()) as served:
             while all(s.process.poll() is None for s in served.values()):
