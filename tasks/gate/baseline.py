@@ -29,11 +29,15 @@ def measure(dataset: str, max_rows: int | None, split: str = "test") -> Baseline
     task = scoring.task_of(dataset)
     if task == "lm":
         return _unigram(dataset, split, max_rows)
-    rows = scoring.scored_rows(dataset, task, split, max_rows)
-    train = labeled.load_rows(dataset, "train")
-    return {"classification": _majority, "sft": _copy_prompt, "extractive-qa": _first_words, "math": _frequent_answer}[
-        task
-    ](dataset, train, rows)
+    trivial = {
+        "classification": _majority,
+        "sft": _copy_prompt,
+        "extractive-qa": _first_words,
+        "math": _frequent_answer,
+    }
+    return trivial[task](
+        dataset, labeled.load_rows(dataset, "train"), scoring.scored_rows(dataset, task, split, max_rows)
+    )
 
 
 def _unigram(dataset: str, split: str, max_rows: int | None) -> Baseline:
