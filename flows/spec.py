@@ -79,7 +79,7 @@ class PipelineSpec(Spec):
     rounds: RoundsSpec | None = None
     """Evaluate, adjust and retry: fine-tune up to max_rounds times, each round changing the strategy, keeping the best validation score; empty fine-tunes once."""
     gate: GateSpec | None = GateSpec()
-    """Champion/challenger: the final model and the current `@champion` are scored on the same test rows, and the alias moves only if the policy says so; empty skips it."""
+    """Champion/challenger: the final model and the current `@champion` are scored on the same test rows, and the alias moves only if the policy says so (with no champion yet, the model must beat the task's trivial baseline); empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
     """Where and how the stages run."""
 

@@ -36,6 +36,28 @@ def task_of(dataset: str) -> str:
     return card.get("task", "lm")
 
 
+def scored_blocks(dataset: str, split: str, max_rows: int | None) -> np.ndarray:
+    """The packed blocks a language model is scored on: the first max_rows [n, block_size]."""
+    return prepared.load_blocks(dataset, split)[:max_rows]
+
+
+def scored_rows(dataset: str, task: str, split: str, max_rows: int | None) -> list[dict]:
+    """The labeled rows a model is scored on: at most max_rows (200 when generating), chosen by content hash."""
+    if task in ("sft", "math") and max_rows is None:
+        max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
+    key = (
+        (lambda r: r["question"] + "\n" + r["context"])
+        if task == "extractive-qa"
+        else (lambda r: r.get("text") or r["prompt"])
+    )
+    rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", key)
+    if not rows:
+        raise UserError(
+            f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})"
+        )
+    return rows
+
+
 def score(
     model_uri: str,
     dataset: str,
@@ -48,7 +70,7 @@ def score(
     """Score any model URI on a dataset URI's split with the metrics of the dataset's task (at most 200 generated rows for SFT unless max_rows says)."""
     task = task_of(dataset)
     if task == "lm":
-        blocks = prepared.load_blocks(dataset, split)[:max_rows]
+        blocks = scored_blocks(dataset, split, max_rows)
         model, _ = models.load(model_uri, tokenizer=False)
         losses = block_losses(model, blocks)
         metrics = {"loss": float(losses.mean()), "perplexity": math.exp(float(losses.mean()))}
@@ -60,13 +82,7 @@ def score(
         )
     if task == "extractive-qa":
         return _extractive_qa(model_uri, dataset, split, max_rows, max_length)
-    if task in ("sft", "math") and max_rows is None:
-        max_rows = 200  # greedy generation is the slow part: an interval on 200 rows is already informative
-    rows = subset(labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r.get("text") or r["prompt"])
-    if not rows:
-        raise UserError(
-            f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})"
-        )
+    rows = scored_rows(dataset, task, split, max_rows)
     if task == "classification":
         labels = labeled.card(dataset)["labels"]
         model, tok = predict.load(model_uri, labels, "the model")
@@ -104,13 +120,7 @@ def score(
 
 def _extractive_qa(model_uri: str, dataset: str, split: str, max_rows: int | None, max_length: int) -> Scored:
     """Exact match and F1 of the best span per question, windowed as the model version was fine-tuned (its tags)."""
-    rows = subset(
-        labeled.load_rows(dataset, split), max_rows, "evaluate", lambda r: r["question"] + "\n" + r["context"]
-    )
-    if not rows:
-        raise UserError(
-            f"{dataset} has no {split} rows to score: prepare the dataset with a {split} split (labeled.{split} or labeled.split.{split})"
-        )
+    rows = scored_rows(dataset, "extractive-qa", split, max_rows)
     model, tok = models.load(model_uri, auto=AutoModelForQuestionAnswering)
     predicted = spans.predict(model, tok, rows, spans.settings_of(model_uri, max_length))
     golds = [[a["text"] for a in r["answers"]] for r in rows]

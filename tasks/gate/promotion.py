@@ -1,4 +1,5 @@
-"""Champion vs challenger: the policy that decides, and `@champion` moved by compare-and-set.
+"""Champion vs challenger: the policy that decides (`decide`; `decide_alone` with no champion: the trivial baseline and
+the threshold), and `@champion` moved by compare-and-set.
 
 MLflow has no atomic compare-and-set on aliases, so promotion takes a lock first: a registered model named
 `<name>.promotion-lock`, whose creation every backend (SQL store or server) makes atomic through its unique name. Under
@@ -40,6 +41,8 @@ class Decision:
     p_value: float | None = None
     regressions: dict[str, float] = field(default_factory=dict)
     report_only: bool = False  # the policy's verdict, not carried out: no alias moved
+    baseline: str | None = None  # with no champion: the trivial baseline the challenger had to beat, and its value
+    baseline_value: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -68,32 +71,12 @@ def decide(
     spec: GateSpec,
     metric: str,
     challenger: str,
-    champion: str | None,
+    champion: str,
     values: dict[str, dict[str, float]],
     interval: dict | None,
 ) -> Decision:
-    """The policy: threshold without a champion; else min_delta, significance and no regressions. `values[model][metric]`."""
+    """The policy: min_delta, significance and no regressions against the champion. `values[model][metric]`."""
     mine = values[challenger][metric]
-    if champion is None:
-        if spec.threshold is None:
-            return Decision(
-                True,
-                "no champion yet and no threshold: the first challenger is promoted",
-                metric,
-                challenger,
-                None,
-                mine,
-            )
-        ok = direction(metric) * (mine - spec.threshold) >= 0
-        verb = "reaches" if ok else "misses"
-        return Decision(
-            ok,
-            f"no champion yet; the challenger's {metric} {mine:.4g} {verb} the threshold {spec.threshold:g}",
-            metric,
-            challenger,
-            None,
-            mine,
-        )
     theirs = values[champion][metric]
     # The interval is on the difference of per-example scores (log-loss for perplexity), signed so that positive is better.
     delta = interval["delta"] if interval else direction(metric) * (mine - theirs)
@@ -134,6 +117,30 @@ def decide(
             False, f"{metric} gains {delta:+.4f}{ci} but {worse} regress beyond {spec.regress_tolerance:g}", **base
         )
     return Decision(True, f"{metric} {mine:.4g} vs champion {theirs:.4g}: gain {delta:+.4f}{ci}", **base)
+
+
+def decide_alone(
+    spec: GateSpec, metric: str, challenger: str, mine: float, baseline: tuple[str, float] | None, why: str
+) -> Decision:
+    """The policy without a champion (`why` says why there is none): beat the trivial baseline (name, value) when one
+    was measured, and reach gate.threshold when one is set."""
+    said = f"{why}; the challenger's {metric} {mine:.4g}"
+    name, value = baseline or (None, None)
+    base = dict(metric=metric, challenger=challenger, champion=None, challenger_value=mine)
+    base.update(baseline=name, baseline_value=value)
+    if baseline is not None:
+        gain = direction(metric) * (mine - value)
+        if gain <= 0:  # a tie is not a gain: the challenger learnt nothing the baseline does not know
+            verb = "is worse than" if gain < 0 else "only equals"
+            return Decision(False, f"{said} {verb} the {name} baseline's {value:.4g}", **base)
+        said += f" beats the {name} baseline's {value:.4g}"
+    if spec.threshold is None:
+        if baseline is None:
+            return Decision(True, f"{why}, no baseline and no threshold: the first challenger is promoted", **base)
+        return Decision(True, said, **base)
+    ok = direction(metric) * (mine - spec.threshold) >= 0
+    joint = ("" if baseline is None else " and" if ok else " but") + (" reaches" if ok else " misses")
+    return Decision(ok, f"{said}{joint} the threshold {spec.threshold:g}", **base)
 
 
 def holder(name: str, alias: str) -> str | None:

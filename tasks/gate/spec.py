@@ -1,4 +1,5 @@
-"""The gate stage's spec: the metric that decides, the policy (margin, significance, no regressions), the alias it moves."""
+"""The gate stage's spec: the metric that decides, the policy (margin, significance, no regressions; without a champion,
+the trivial baseline and a threshold), the alias it moves."""
 
 from typing import Literal
 
@@ -33,8 +34,10 @@ class GateSpec(Spec):
     """Other metrics the challenger may not lose on (beyond regress_tolerance), e.g. macro_f1 when accuracy decides."""
     regress_tolerance: float = Field(0.0, ge=0)
     """How much a must_not_regress metric may drop before it blocks promotion."""
+    baseline: bool = True
+    """With no champion yet (or one these test rows cannot score), promote only a challenger that beats the task's trivial baseline on the same test rows: the add-one unigram of the training tokens (language model, perplexity), always the most frequent training label (classification), the prompt copied as the response (SFT), the context's first words (extractive QA), the most frequent training answer (math). Off: the first challenger is promoted unless threshold says otherwise."""
     threshold: float | None = None
-    """With no champion yet: promote only when the challenger's metric reaches this (e.g. 0.8 accuracy, 50 perplexity); empty promotes the first challenger."""
+    """With no champion yet (or one these test rows cannot score): the challenger's metric must also reach this (e.g. 0.8 accuracy, 50 perplexity), on top of beating the trivial baseline; empty sets no extra bar."""
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     """The alias that marks the promoted version; the candidate gets `challenger` (unless report_only)."""
     max_rows: int | None = Field(None, ge=10)

@@ -98,4 +98,9 @@ def test_math_pipeline_registers_a_model_and_the_gate_decides_on_answer_accuracy
     assert scored.metrics == {"answer_accuracy": 0.8, "no_answer_rate": 0.0}
     assert scored.per_example["answer_accuracy"].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
     assert version.tags["gate.metric"] == "answer_accuracy" and version.tags["gate.challenger_value"] == "0.8"
-    assert version.tags["gate.decision"] == "promoted"
+    # ... and the model learnt no more than the most frequent training answer, 7, which gets the same 4 of 5: a tie with
+    # the trivial baseline is no gain, so the first challenger is not promoted.
+    assert version.tags["gate.baseline"] == "most-frequent-answer" and version.tags["gate.baseline_value"] == "0.8"
+    assert version.tags["gate.decision"] == "rejected" and version.tags["gate.reason"] == (
+        "no champion; the challenger's answer_accuracy 0.8 only equals the most-frequent-answer baseline's 0.8"
+    )

@@ -137,7 +137,9 @@ def check_the_uis_name_summarise_and_link(result: dict[str, str], stages: dict[s
     assert version_metrics and data.metrics == pytest.approx(version_metrics)
     assert data.tags["multistep.output.model"] == result["model"] == data.tags["multistep.output.base"]
     assert data.tags["multistep.output.dataset"] == result["dataset"]
-    assert data.tags["gate.decision"] == "promoted"
+    assert (
+        data.tags["gate.decision"] == "rejected"
+    )  # six steps do not beat the unigram baseline (tests/flows/test_gate.py)
     description = data.tags["mlflow.note.content"]
     assert links.flow_run(str(pipeline_flow_run.id)) in description and links.model("tiny-base", "1") in description
     assert "stages:" in description and "registered: models:/tiny-base/1" in description

@@ -140,11 +140,18 @@ def test_each_stage_runs_on_its_pool_and_a_killed_gpu_worker_is_replaced_and_tra
     with stack.environ(team.env), get_client(sync_client=True) as client:
         assert client.read_work_pool("gpu").concurrency_limit == 1  # two GPU stages never share the card
 
-    # Resumed at the checkpoint's step, registered once, promoted.
+    # Resumed at the checkpoint's step, registered once, gated on the GPU pool: nine steps do not beat the unigram
+    # baseline (measured there from the dataset in S3), so the challenger is not promoted.
     run_id = marker.split("/")[2]
     assert [m.value for m in mlflow.get_metric_history(run_id, "resumed_from_step")] == [3.0]
     assert len(mlflow.search_model_versions("name = 'pooled-base'")) == 1
-    assert mlflow.get_model_version_by_alias("pooled-base", "champion").version in ("1", 1)
+    assert mlflow.get_model_version_by_alias("pooled-base", "challenger").version in ("1", 1)
+    tags = mlflow.get_model_version("pooled-base", "1").tags
+    unigram = stage_run(mlflow, parent, "gate").data.metrics["baseline_perplexity"]
+    assert (
+        tags["gate.decision"] == "rejected"
+        and f"is worse than the unigram baseline's {unigram:.4g}" in tags["gate.reason"]
+    )
 
     # Datasets, checkpoints and model files went to the bucket behind MLflow.
     keys = bucket_keys(team)

@@ -115,11 +115,17 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
     assert (rows["fast"]["ci_low"], rows["fast"]["ci_high"]) == (boot["low"], boot["high"])
     assert rows["fast"]["paired_rows"] == len(fast) == len(slow) == 2 * 59  # both seeds, the same 59 test rows
 
-    # No alias moved: the cells' gates only reported.
+    # No alias moved: the cells' gates only reported. With no champion, each cell faced the majority-class baseline on
+    # the same test rows: the seed-1 classifiers still say the majority training label everywhere, a tie, not a gain.
     assert client.get_registered_model("swept").aliases == {}
-    assert {
-        client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags["gate.decision"] for c in report["cells"]
-    } == {"would promote (report only)"}
+    tags = {(c["row"], c["seed"]): client.get_model_version("swept", c["model"].rsplit("/", 1)[1]).tags for c in report["cells"]}  # fmt: skip
+    assert {cell: t["gate.decision"] for cell, t in tags.items()} == {
+        ("baseline", 0): "would promote (report only)",
+        ("baseline", 1): "would reject (report only)",
+        ("fast", 0): "would promote (report only)",
+        ("fast", 1): "would reject (report only)",
+    }
+    assert {t["gate.baseline_value"] for t in tags.values()} == {tags["fast", 1]["gate.challenger_value"]}
 
     # The report on the sweep's MLflow run and as a Prefect artifact.
     files = {f.path for f in client.list_artifacts(report["sweep_run"], "sweep")}

@@ -7,9 +7,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tasks.gate import baseline, stage
 from tasks.gate import promotion as gate
-from tasks.gate import stage
-from tasks.gate.promotion import Decision, decide, promote
+from tasks.gate.promotion import Decision, decide, decide_alone, promote
 from tasks.gate.spec import GateSpec
 
 CH, CP = "models:/m/2", "models:/m/1"
@@ -68,14 +68,43 @@ def test_metrics_that_must_not_regress_and_lower_is_better():
     ).promote
 
 
-def test_without_a_champion_the_threshold_decides():
-    assert decide(
-        GateSpec(), "accuracy", CH, None, {CH: {"accuracy": 0.1}}, None
-    ).promote  # no threshold: the first one wins
-    assert decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.82}}, None).promote
-    low = decide(GateSpec(threshold=0.8), "accuracy", CH, None, {CH: {"accuracy": 0.79}}, None)
-    assert not low.promote and "misses the threshold 0.8" in low.reason
-    assert not decide(GateSpec(threshold=30), "perplexity", CH, None, {CH: {"perplexity": 31.0}}, None).promote
+def test_without_a_champion_the_trivial_baseline_and_the_threshold_decide():
+    def alone(spec, metric, mine, base):
+        return decide_alone(spec, metric, CH, mine, base, "no champion")
+
+    # The smoke run of issue 14: perplexity 1,733 against a unigram baseline of 570.
+    smoke = alone(GateSpec(), "perplexity", 1733.0, ("unigram", 570.0))
+    assert not smoke.promote
+    assert smoke.reason == "no champion; the challenger's perplexity 1733 is worse than the unigram baseline's 570"
+    tags = smoke.tags()
+    assert (tags["gate.baseline"], tags["gate.baseline_value"], tags["gate.decision"]) == ("unigram", "570", "rejected")
+    assert "gate.champion" not in tags
+    better = alone(GateSpec(), "perplexity", 40.0, ("unigram", 570.0))
+    assert (
+        better.promote
+        and better.reason == "no champion; the challenger's perplexity 40 beats the unigram baseline's 570"
+    )
+    # The threshold is a second bar, over the baseline.
+    both = alone(GateSpec(threshold=0.8), "accuracy", 0.82, ("majority-class", 0.6))
+    assert both.promote and both.reason.endswith(
+        "beats the majority-class baseline's 0.6 and reaches the threshold 0.8"
+    )
+    low = alone(GateSpec(threshold=0.8), "accuracy", 0.79, ("majority-class", 0.6))
+    assert not low.promote and low.reason.endswith(
+        "beats the majority-class baseline's 0.6 but misses the threshold 0.8"
+    )
+    assert not alone(GateSpec(threshold=30), "perplexity", 31.0, ("unigram", 570.0)).promote
+    # gate.baseline off (no baseline measured): the threshold alone, or the first challenger.
+    alone_low = alone(GateSpec(baseline=False, threshold=0.8), "accuracy", 0.79, None)
+    assert (
+        not alone_low.promote
+        and alone_low.reason == "no champion; the challenger's accuracy 0.79 misses the threshold 0.8"
+    )
+    first = alone(GateSpec(baseline=False), "accuracy", 0.1, None)
+    assert (
+        first.promote and first.reason == "no champion, no baseline and no threshold: the first challenger is promoted"
+    )
+    assert "gate.baseline" not in first.tags()
 
 
 def test_the_alias_challenger_is_reserved():
@@ -163,11 +192,22 @@ def test_a_champion_the_test_rows_cannot_score_is_reported_and_the_challenger_ju
         )
 
     monkeypatch.setattr(scoring, "score", score)
+    measured = []
+    majority = baseline.Baseline("majority-class", "always `0`", {"accuracy": 0.5, "macro_f1": 0.33})
+    monkeypatch.setattr(baseline, "measure", lambda dataset, max_rows: measured.append(dataset) or majority)
     spec = GateSpec(threshold=0.8)
     gate_v2(spec)
-    assert "cannot be scored on these test rows" in capsys.readouterr().out
+    assert (
+        "gate: the champion models:/m/1 cannot be scored on these test rows (models:/m/1 predicts the labels ['x', 'y'] "
+        "but the data's labels are ['0', '1']); the challenger must beat the task's trivial baseline and reach "
+        "gate.threshold 0.8" in capsys.readouterr().out
+    )
     tags = registry.get_model_version("m", "2").tags
-    assert tags["gate.decision"] == "promoted" and "reaches the threshold 0.8" in tags["gate.reason"]
+    assert measured == ["d"] and tags["gate.decision"] == "promoted"
+    assert tags["gate.reason"] == (
+        "the champion models:/m/1 cannot be scored on these test rows; the challenger's accuracy 0.9 beats the "
+        "majority-class baseline's 0.5 and reaches the threshold 0.8"
+    )
     assert gate.holder("m", "champion") == "models:/m/2" and gate.holder("m", "challenger") == "models:/m/2"
 
 
