@@ -261,13 +261,16 @@ def _unmark_dequantized(model: PreTrainedModel) -> None:
         quantizer.remove_quantization_config(model)
 
 
-def log(model: PreTrainedModel, tokenizer, task: str = "text-generation") -> str:
-    """Log a model with the mlflow.transformers flavour (safetensors + tokenizer); returns its `models:/m-…` URI."""
+def log(model: PreTrainedModel, tokenizer, task: str = "text-generation", name: str = "model") -> str:
+    """Log a model with the mlflow.transformers flavour (safetensors + tokenizer); returns its `models:/m-…` URI.
+
+    `name` is the logged model's name in MLflow's list of logged models: the stages pass the registered model's name,
+    which says what it is (every one was just "model")."""
     # The flavour looks for a hub model card and licence, which a model trained here does not have.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
-        name="model",
+        name=name,
         task=task,
         # Explicit requirements: inferring them re-imports the model in a subprocess (slow).
         pip_requirements=[

@@ -100,7 +100,7 @@ def register(
             mlflow.log_artifacts(tmp, "adapter")
         logged, lineage = mlflow.get_artifact_uri("adapter"), {**lineage, "multistep.adapter_base": base}
     else:
-        logged = models.log(final, tokenizer, task=task)
+        logged = models.log(final, tokenizer, task=task, name=register_as)
     log_metrics(ctx.run_id, metrics)
     tags = {
         "multistep.parent_model": init,

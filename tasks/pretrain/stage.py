@@ -33,7 +33,7 @@ def run(spec: PretrainSpec, dataset: str, register_as: str, ctx: StageRun) -> st
         model = single.model
     mlm = spec.objective == "mlm"
     task = "fill-mask" if mlm else "text-generation"
-    logged = models.log(model, tokenizer, task=task)
+    logged = models.log(model, tokenizer, task=task, name=register_as)
     tags = {"multistep.parent_model": spec.init or "", "multistep.objective": spec.objective}
     version = registry.register(logged, register_as, ctx, tags, task=task)
     clean_up(ctx)

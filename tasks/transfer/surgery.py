@@ -189,7 +189,7 @@ def run(spec: TransferSpec, model_uri: str, register_as: str, ctx) -> str:
     mlflow.log_dict(operations, "transfer/operations.json")
     mlflow.log_metrics({"parameters_before": before, "parameters_after": model.num_parameters()})
     task = models.task_of(model)
-    logged = models.log(model, tokenizer, task=task)
+    logged = models.log(model, tokenizer, task=task, name=register_as)
     tags = {"multistep.parent_model": model_uri, "multistep.operations": json.dumps(operations)[:4900]}
     version = registry.register(logged, register_as, ctx, tags, task=task)
     print(f"transfer: {', '.join(op['op'] for op in operations) or 'no operations'} → {version}")

@@ -86,6 +86,9 @@ def test_pipeline_registers_a_loadable_model_with_lineage_and_metrics(home, corp
         assert torch.equal(a, b), name
     generated = mlflow.pyfunc.load_model(result["model"]).predict(["The "])
     assert isinstance(generated[0], str) and generated[0]
+    # The logged model behind the version is named like the registered model (not "model"), in MLflow's model list.
+    source = MlflowClient().get_model_version("tiny-base", "1").source
+    assert mlflow.get_logged_model(source.removeprefix("models:/")).name == "tiny-base"
 
     check_the_uis_name_summarise_and_link(result, stages)
 
