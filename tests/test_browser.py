@@ -113,8 +113,11 @@ def test_the_printed_model_link_opens_the_registered_model_with_its_aliases(ran,
     expect(page.get_by_role("heading", name="Version 1")).to_be_visible()
     expect(page.get_by_text("@ champion", exact=True)).to_be_visible()
     expect(page.get_by_text("@ challenger", exact=True)).to_be_visible()
+    # Its description (markdown) says where it came from and what the gate decided.
+    expect(page.get_by_text("Gate:", exact=True)).to_be_visible()
+    expect(page.get_by_text("Pipeline (preset):", exact=True)).to_be_visible()
     # Up to the registered model: its versions table lists version 1 with both aliases.
-    page.get_by_role("link", name="tiny-base", exact=True).click()
+    page.get_by_test_id("breadcrumbRegisteredModel").click()  # not the source logged model, named alike
     expect(page).to_have_title("Model: tiny-base - MLflow")
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1"))
     expect(row.get_by_text("@ champion", exact=True)).to_be_visible()
