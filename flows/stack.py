@@ -12,12 +12,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flows import s3server
+from flows.ui import in_use, wait_http
 from tasks import links
 from tasks.errors import UserError
 from tasks.tracking import PACKAGE_ROOT
@@ -130,7 +130,7 @@ def up(
     if any(_alive(pid) for pid in _read_pids(root).values()):
         raise UserError(f"a stack is already running from {root}: stop it with `make stack-down` first")
     ports = ports or Ports()
-    busy = [p for p in (ports.prefect, ports.mlflow, ports.s3) if _in_use(p)]
+    busy = [p for p in (ports.prefect, ports.mlflow, ports.s3) if in_use(p)]
     if busy:
         raise UserError(
             f"ports {busy} on 127.0.0.1 are taken: stop what listens there (another stack? `make stack-down`)"
@@ -150,8 +150,9 @@ def up(
         stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                "--artifacts-destination", stack.env["MLFLOW_ARTIFACTS_DESTINATION"]])  # fmt: skip
-        _wait_http(f"http://127.0.0.1:{ports.prefect}/api/health", "prefect-server", stack, timeout_s)
-        _wait_http(f"http://127.0.0.1:{ports.mlflow}/health", "mlflow", stack, timeout_s)
+        for name, path in (("prefect-server", f"{ports.prefect}/api/health"), ("mlflow", f"{ports.mlflow}/health")):
+            alive, tail = (lambda n=name: _alive(_read_pids(stack.root)[n])), (lambda n=name: _log_tail(stack, n))
+            wait_http(f"http://127.0.0.1:{path}", name, alive, tail, timeout_s)
         _write_env(stack)
         with environ(stack.env):
             from flows import deploy
@@ -222,11 +223,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _read_pids(root: Path) -> dict[str, int]:
     path = Path(root) / "pids.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -235,20 +231,6 @@ def _read_pids(root: Path) -> dict[str, int]:
 def _log_tail(stack: Stack, name: str) -> str:
     path = stack.root / "logs" / f"{name}.log"
     return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-
-def _wait_http(url: str, name: str, stack: Stack, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if not _alive(_read_pids(stack.root)[name]):
-                raise RuntimeError(f"{name} exited while starting:\n{_log_tail(stack, name)}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{_log_tail(stack, name)}") from None
-            time.sleep(0.3)  # poll interval, bounded by the deadline
 
 
 def _write_env(stack: Stack) -> None:

@@ -1,5 +1,5 @@
 """`make ui`: Prefect's and MLflow's UIs on 127.0.0.1, reading the embedded stores under MULTISTEP_HOME (default
-`.multistep`) to browse what ran. The browser test starts the same two servers, one at a time."""
+`.multistep`) to browse what ran. The browser test starts the same two servers, one at a time; `make stack` waits for its servers with the same `wait_http`."""
 
 import os
 import signal
@@ -42,7 +42,7 @@ def command(home: Path, name: str, port: int) -> tuple[list[str], dict[str, str]
 def start(home: Path, name: str, port: int) -> Server:
     """Start one of the two (`prefect` or `mlflow`) on `port`, in a process group of its own, without waiting for it."""
     home = Path(home).resolve()
-    if _in_use(port):
+    if in_use(port):
         raise UserError(f"port {port} on 127.0.0.1 is taken: stop what listens there (another `make ui`?)")
     (home / "artifacts").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
@@ -57,24 +57,36 @@ def start(home: Path, name: str, port: int) -> Server:
     return Server(name, url, f"{url}/api/health" if name == "prefect" else f"{url}/health", proc, log)
 
 
-def wait_ready(server: Server, timeout_s: float = 180) -> None:
-    """Return once the server answers its health check; fail with its log if it exits or the deadline passes."""
+def wait_http(url: str, name: str, alive, log_tail, timeout_s: float) -> None:
+    """Return once `url` answers; fail with `log_tail()` when `alive()` turns false or the deadline passes."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            urllib.request.urlopen(server.health, timeout=2).read()
+            urllib.request.urlopen(url, timeout=2).read()
             return
         except OSError:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"{server.name} exited with {server.process.returncode} while starting:\n"
-                    f"{server.log.read_text()[-2000:]}"
-                ) from None
+            if not alive():
+                raise RuntimeError(f"{name} exited while starting:\n{log_tail()}") from None
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{server.name} not answering after {timeout_s:.0f} s:\n{server.log.read_text()[-2000:]}"
-                ) from None
+                raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{log_tail()}") from None
             time.sleep(0.3)  # poll interval, bounded by the deadline
+
+
+def in_use(port: int) -> bool:
+    """Whether something listens on `port` on 127.0.0.1."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_ready(server: Server, timeout_s: float = 180) -> None:
+    """Return once the server answers its health check; fail with its log if it exits or the deadline passes."""
+    wait_http(
+        server.health,
+        server.name,
+        lambda: server.process.poll() is None,
+        lambda: server.log.read_text()[-2000:],
+        timeout_s,
+    )
 
 
 def stop(*servers: Server, grace_s: float = 3) -> None:
@@ -104,11 +116,6 @@ def serve(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000) -> Iter
         yield started
     finally:
         stop(*started.values())
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main() -> int:
