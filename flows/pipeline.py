@@ -57,7 +57,14 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
     dispatch.prepare(planned(spec), ex)
     with pipeline_run(spec.name, spec, ex.experiment, parent_run_id) as parent:
         if spec.pretrain:
-            out["dataset"] = dispatch.call(prepare_stage, ex, parent, spec=spec.data, tokenizer_from=spec.pretrain.init)
+            out["dataset"] = dispatch.call(
+                prepare_stage,
+                ex,
+                parent,
+                spec=spec.data,
+                tokenizer_from=spec.pretrain.init,
+                objective=spec.pretrain.objective,
+            )
             model = out["base"] = dispatch.call(
                 pretrain_stage, ex, parent, spec=spec.pretrain, dataset=out["dataset"], name=spec.name
             )

@@ -87,6 +87,16 @@ class PipelineSpec(Spec):
     def _stages_fit_together(self):
         if self.pretrain and not self.data:
             raise ValueError("pretrain needs a corpus: set data (its sources), or set pretrain to null")
+        if (
+            self.pretrain
+            and self.pretrain.init
+            and self.pretrain.objective == "mlm"
+            and self.data.tokenizer.kind != "model"
+        ):
+            raise ValueError(
+                "pretrain.objective mlm continues pretrain.init with the mask token of its own tokenizer, which a tokenizer "
+                "trained here has not: set data.tokenizer.kind to model"
+            )
         if self.evaluate and not (self.pretrain and self.pretrain.objective == "clm"):
             raise ValueError(
                 "evaluate scores a causal LM's perplexity on the corpus: pretrain one (objective clm), or set evaluate to null"

@@ -46,8 +46,12 @@ def prepare_stage(
     tokenizer_from: OptionalStr = None,
     experiment: str = "multistep",
     parent_run_id: OptionalStr = None,
+    objective: OptionalStr = None,
 ) -> str:
-    """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI."""
+    """Read, validate, clean, deduplicate, split, tokenize and pack the sources; returns a dataset URI.
+
+    `objective` is the pretraining objective the data is for: not part of the dataset (nor of its cache key), it lets a
+    model that tokenizer_from names be refused for it before the corpus is read."""
     found = sources.source_digests(spec)  # validates every source before any run is opened
     inputs = {f"source{i}": uri for i, uri in enumerate(spec.sources)}
     digests = {f"source{i}": found[uri] for i, uri in enumerate(spec.sources)}
@@ -65,7 +69,7 @@ def prepare_stage(
         if not ctx.cached:
             from tasks.data import prepare
 
-            ctx.output = prepare.run(spec, tokenizer_from, ctx)
+            ctx.output = prepare.run(spec, tokenizer_from, ctx, objective)
     return record_output(ctx.output)
 
 

@@ -1,5 +1,6 @@
 """Train, load and apply tokenizers; pack token ids into fixed-size blocks for causal LM training."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,17 +144,68 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], batch_size: int
     return ids
 
 
-def pack(token_lists: list[list[int]], eos_id: int, block_size: int) -> np.ndarray:
-    """Documents joined with eos after each, cut into [n_blocks, block_size] int32; the short tail is dropped."""
+def separator(tokenizer: PreTrainedTokenizerFast) -> int | None:
+    """The token that ends each document in the packed stream: eos, else sep (BERT has [SEP] and no eos), else None."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def frame(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer's template puts before and after one text: ([CLS], [SEP]) for BERT, ([<s>], [])
+    for Llama 2, ([], []) for GPT-2, SmolLM2 and the tokenizers trained here."""
+    encoding = _plain_backend(tokenizer).encode("a", add_special_tokens=True)
+    special = encoding.special_tokens_mask
+    before = next((i for i, s in enumerate(special) if not s), len(special))
+    after = next((i for i, s in enumerate(reversed(special)) if not s), 0)
+    return encoding.ids[:before], encoding.ids[len(special) - after :]
+
+
+def pack(
+    token_lists: list[list[int]], sep_id: int, block_size: int, prefix: list[int] = (), suffix: list[int] = ()
+) -> np.ndarray:
+    """Documents joined with sep_id after each, cut into [n_blocks, block_size] int32, each block framed by prefix and
+    suffix around its block_size - len(prefix) - len(suffix) tokens of the stream; the short tail is dropped."""
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists)) + 1
-    ends = np.cumsum(lengths)  # position after each document's eos
-    stream = np.full(int(ends[-1]) if len(ends) else 0, eos_id, dtype=np.int32)
+    ends = np.cumsum(lengths)  # position after each document's separator
+    stream = np.full(int(ends[-1]) if len(ends) else 0, sep_id, dtype=np.int32)
     is_token = np.ones(len(stream), dtype=bool)
     is_token[ends - 1] = False
     if is_token.any():
         stream[is_token] = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists if t])
-    n_blocks = len(stream) // block_size
-    return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+    content = block_size - len(prefix) - len(suffix)
+    n_blocks = len(stream) // content
+    body = stream[: n_blocks * content].reshape(n_blocks, content)
+    before, after = (np.tile(np.asarray(t, dtype=np.int32), (n_blocks, 1)) for t in (prefix, suffix))
+    return np.concatenate([before, body, after], axis=1)
+
+
+def word_starts(tokenizer: PreTrainedTokenizerFast) -> np.ndarray | None:
+    """Per token id, whether the piece begins a word, read from how the tokenizer marks pieces; None when it marks none.
+
+    WordPiece (BERT): every piece but the `##` continuations begins one. Byte-level BPE (GPT-2, RoBERTa, the `bpe`
+    trained here) and SentencePiece (Metaspace): the pieces that start with the space marker `Ġ` or `▁` do, so
+    punctuation stays with the word before it, as in fairseq's whole-word masking. A character vocabulary marks none.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"]["type"] == "WordPiece":  # the mark is on the pieces that do not begin a word
+        mark, marks_start = spec["model"].get("continuing_subword_prefix") or "##", False
+    else:
+        mark, marks_start = _word_marker(spec.get("pre_tokenizer")), True
+        if mark is None:
+            return None
+    vocab = tokenizer.get_vocab()
+    starts = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for piece, i in vocab.items():
+        starts[i] = piece.startswith(mark) == marks_start
+    return starts
+
+
+def _word_marker(pre_tokenizer: dict | None) -> str | None:
+    """The character a pre-tokenizer puts at the start of each word's first piece, if it puts one."""
+    if pre_tokenizer is None:
+        return None
+    if pre_tokenizer["type"] == "Sequence":
+        return next(filter(None, map(_word_marker, pre_tokenizer["pretokenizers"])), None)
+    return {"ByteLevel": "\u0120", "Metaspace": pre_tokenizer.get("replacement", "\u2581")}.get(pre_tokenizer["type"])
 
 
 def unigram_perplexity(train_blocks: np.ndarray, eval_blocks: np.ndarray, vocab_size: int) -> float:

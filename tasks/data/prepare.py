@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import model as models
+from tasks import objectives
 from tasks import tokenizer as tokenizers
 from tasks.data import clean, decontaminate, sources
 from tasks.data.prepared import SPLITS
@@ -21,8 +22,12 @@ from tasks.storage import dataset_source
 from tasks.tracking import DIGEST, StageRun, content_digest, log_metrics
 
 
-def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
-    """Prepare the dataset and log it to the stage run; returns `runs:/<run_id>/dataset`."""
+def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun, objective: str | None = None) -> str:
+    """Prepare the dataset and log it to the stage run; returns `runs:/<run_id>/dataset`.
+
+    `objective` (the pretrain stage's) lets a model that cannot be continued that way fail before the corpus is read."""
+    # A model's tokenizer is loaded and checked first; one trained here needs the training split.
+    tokenizer = _tokenizer(spec, tokenizer_from, [], objective) if spec.tokenizer.kind == "model" else None
     rows = sources.read_sources(spec)
     rows, filters = clean.clean(rows, spec.clean)
     splits = clean.split(rows, spec.split)
@@ -31,7 +36,14 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
         splits["train"] = [r for r, hit in zip(splits["train"], contamination.pop("hits")) if not hit]
     contamination.pop("hits", None)
     texts = {name: [r["text"] for r in splits[name]] for name in SPLITS}
-    tokenizer = _tokenizer(spec, tokenizer_from, texts["train"])
+    if tokenizer is None:
+        tokenizer = _tokenizer(spec, tokenizer_from, texts["train"])
+    # Each block is one input as the model's own tokenizer makes it, framed by its template: BERT met [CLS] … [SEP]
+    # in pretraining and meets it again in fine-tuning, where the classifier reads position 0, always [CLS]; a block cut
+    # from the middle of the stream would teach it inputs it never sees (RoBERTa's FULL-SENTENCES packing frames blocks
+    # alike). So the text takes block_size minus the frame, and each document in it ends in the separator: eos, or BERT's
+    # [SEP]. Decoders get <s> first when their template adds it (Llama 2), nothing for GPT-2, SmolLM2 and trained tokenizers.
+    sep, (prefix, suffix) = tokenizers.separator(tokenizer), tokenizers.frame(tokenizer)
     blocks = {}
     tokens = {}
     for name in SPLITS:
@@ -39,8 +51,8 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
         # a tokenizer trained here always covers its training text
         if name == "train" and spec.tokenizer.kind == "model":
             tokenizers.check_coverage(tokenizer, texts[name], ids, tokenizer_from)
-        tokens[name] = sum(map(len, ids)) + len(ids)  # + one eos per row
-        blocks[name] = tokenizers.pack(ids, tokenizer.eos_token_id, spec.block_size)
+        tokens[name] = sum(map(len, ids)) + len(ids)  # + one separator per row
+        blocks[name] = tokenizers.pack(ids, sep, spec.block_size, prefix, suffix)
         wanted = spec.split.validation if name == "validation" else spec.split.test if name == "test" else 1
         if wanted and len(blocks[name]) == 0:
             raise UserError(
@@ -52,7 +64,13 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
         "sources": {uri: ctx.digests[name] for name, uri in ctx.inputs.items()},
         "filters": filters,
         "splits": {n: {"rows": len(splits[n]), "tokens": tokens[n], "blocks": int(len(blocks[n]))} for n in SPLITS},
-        "tokenizer": {"kind": spec.tokenizer.kind, "vocab_size": len(tokenizer), "from": tokenizer_from},
+        "tokenizer": {
+            "kind": spec.tokenizer.kind,
+            "vocab_size": len(tokenizer),
+            "from": tokenizer_from,
+            "separator": tokenizer.convert_ids_to_tokens(sep),
+            "frame": [tokenizer.convert_ids_to_tokens(prefix), tokenizer.convert_ids_to_tokens(suffix)],
+        },
         "block_size": spec.block_size,
         "contamination": contamination,
     }
@@ -71,18 +89,31 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun) -> str:
     return uri
 
 
-def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[str]):
-    if spec.tokenizer.kind == "model":
-        if not tokenizer_from:
-            raise UserError(
-                "data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe."
-            )
-        where = models.locate(tokenizer_from)
-        models.check_weights(where)  # pretrain would refuse pickle weights after this stage: say so now
-        return models.load_tokenizer(
-            where.tokenizer, gguf_file=where.gguf_file, fix=", or set data.tokenizer.kind to bpe or char"
+def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[str], objective: str | None = None):
+    if spec.tokenizer.kind != "model":
+        return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
+    if not tokenizer_from:
+        raise UserError(
+            "data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe."
         )
-    return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
+    where = models.locate(tokenizer_from)
+    models.check_weights(where)  # pretrain would refuse pickle weights after this stage: say so now
+    fix = ", or set data.tokenizer.kind to bpe or char"
+    tokenizer = models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file, fix=fix)
+    if tokenizers.separator(tokenizer) is None:
+        raise UserError(
+            f"The tokenizer of {tokenizer_from} has neither an eos nor a sep token, so packed documents could not be told "
+            f"apart: use a model whose tokenizer has one{fix} to train one that has."
+        )
+    framing = sum(map(len, tokenizers.frame(tokenizer)))
+    if spec.block_size <= framing:
+        raise UserError(
+            f"data.block_size ({spec.block_size}) leaves no room for text: the tokenizer of {tokenizer_from} frames every "
+            f"block with {framing} special tokens; raise data.block_size."
+        )
+    if objective:
+        objectives.check_init(objective, tokenizer_from, where, tokenizer)
+    return tokenizer
 
 
 def _contamination(spec: PrepareSpec, splits: dict[str, list[dict]]) -> dict:
@@ -138,9 +169,12 @@ def card_markdown(card: dict) -> str:
     f = card["filters"]
     lines += ["", f"Rows in: {f['rows_in']:,}; out: {f['rows_out']:,}.", "", "| filter | rows removed |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in f["removed"].items()]
+    t = card["tokenizer"]
+    framed = f"framed as {' '.join([*t['frame'][0], '…', *t['frame'][1]])}" if any(t["frame"]) else "not framed"
     lines += [
         "",
-        f"Tokenizer: {card['tokenizer']['kind']}, {card['tokenizer']['vocab_size']:,} tokens; block size {card['block_size']}.",
+        f"Tokenizer: {t['kind']}, {t['vocab_size']:,} tokens; block size {card['block_size']}, blocks {framed}; "
+        f"each document ends in {t['separator']}.",
         "",
     ]
     c = card["contamination"]

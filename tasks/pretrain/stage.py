@@ -2,10 +2,13 @@
 blocks with HF Trainer."""
 
 import mlflow
+import numpy as np
+import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
-from tasks import distributed, registry
+from tasks import distributed, objectives, registry
 from tasks import model as models
+from tasks import tokenizer as tokenizers
 from tasks.data import prepared
 from tasks.errors import UserError
 from tasks.pretrain.spec import PretrainSpec
@@ -47,12 +50,20 @@ def setup(spec: PretrainSpec, dataset: str):
     tokenizer = prepared.load_tokenizer(dataset)
     set_seed(spec.train.seed)
     mlm = spec.objective == "mlm"
-    if mlm and tokenizer.mask_token is None:  # tokenizers trained by prepare have only <|endoftext|>
-        tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+    if spec.whole_word_mask and tokenizers.word_starts(tokenizer) is None:
+        raise UserError(
+            "pretrain.whole_word_mask needs word boundaries, and the dataset's tokenizer (a character vocabulary, or one "
+            "without WordPiece ## pieces or a space marker) has none: set pretrain.whole_word_mask to false."
+        )
     if spec.init:
+        where = models.locate(spec.init)
+        objectives.check_init(spec.objective, spec.init, where, tokenizer)
         # The dataset's tokenizer is the one trained with: the model folder need not hold one (data.tokenizer.kind bpe/char).
-        model, _ = models.load(spec.init, auto=AutoModelForMaskedLM if mlm else AutoModelForCausalLM, tokenizer=False)
+        auto = AutoModelForMaskedLM if mlm else AutoModelForCausalLM
+        model, _ = models.load(spec.init, auto=auto, where=where, tokenizer=False)
     else:
+        if mlm and tokenizer.mask_token is None:  # tokenizers trained by prepare have only <|endoftext|>
+            tokenizer.add_special_tokens({"mask_token": "[MASK]"})
         model = models.build(spec.model, tokenizer)
     _check_fits(model, tokenizer, blocks.shape[1], spec)
     return model, tokenizer, blocks
@@ -61,13 +72,44 @@ def setup(spec: PretrainSpec, dataset: str):
 def build(spec: PretrainSpec, model, tokenizer, blocks, ctx: StageRun) -> Trainer:
     """The stage's Trainer over packed blocks."""
     mlm = spec.objective == "mlm"
-    # mlm: the collator masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would).
-    collator = (
-        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability) if mlm else None
+    dataset = (
+        WordBlocks(blocks, tokenizers.word_starts(tokenizer)) if spec.whole_word_mask else BlockDataset(blocks, not mlm)
     )
     # Every weight of a language model takes part in its loss: DDP need not search each step's graph for unused ones.
     args = arguments(spec.train, work_dir(ctx), ddp_find_unused_parameters=False)
-    return Trainer(model=model, args=args, train_dataset=BlockDataset(blocks, labels=not mlm), data_collator=collator)
+    return Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator(spec, tokenizer) if mlm else None
+    )
+
+
+def collator(spec: PretrainSpec, tokenizer) -> DataCollatorForLanguageModeling:
+    """mlm's collator: it masks each batch afresh (torch's RNG, so a resumed run masks as an uninterrupted one would)."""
+    if not spec.whole_word_mask:
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=spec.mlm_probability)
+    # A whole word is always replaced by [MASK]; said here, or transformers warns that it overrides the 80/10/10 split.
+    return DataCollatorForLanguageModeling(
+        tokenizer,
+        whole_word_mask=True,
+        mlm_probability=spec.mlm_probability,
+        mask_replace_prob=1,
+        random_replace_prob=0,
+    )
+
+
+class WordBlocks(BlockDataset):
+    """Packed blocks for whole-word masking, with the character offsets transformers reads word boundaries from.
+
+    Packing dropped the text, so the offsets are made up: one character per piece, and a one-character gap before each
+    piece that begins a word (`word_starts`), which is all the collator compares (a gap: a new word)."""
+
+    def __init__(self, blocks: np.ndarray, word_starts: np.ndarray):
+        super().__init__(blocks, labels=False)
+        self.word_starts = torch.from_numpy(word_starts).long()
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = self.blocks[i]
+        start = torch.arange(len(ids)) + torch.cumsum(self.word_starts[ids], 0)
+        return {"input_ids": ids, "offset_mapping": torch.stack([start, start + 1], dim=1)}
 
 
 def trainer(spec: PretrainSpec, dataset: str, ctx: StageRun) -> Trainer:

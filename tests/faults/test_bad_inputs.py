@@ -145,3 +145,13 @@ def test_a_gsm8k_solution_without_its_final_answer_is_refused_with_its_line(tmp_
         "or set labeled.allow_missing_answer to true to drop such rows"
     ], result.stderr[-3000:]
     assert "Traceback" not in result.stderr and registered_versions(home) == [] and survivors == []
+
+
+def test_causal_lm_pretraining_continued_from_an_encoder_is_refused(refused, tmp_path, corpus):
+    from tests.tasks.tiny_folders import bert_folder
+
+    init = bert_folder(tmp_path / "bert", corpus.read_text().split("\n\n"))
+    assert refused(f"pretrain.init={init}", "data.tokenizer.kind=model", "pretrain.objective=clm") == (
+        f"error: pretrain.objective clm needs a decoder, but pretrain.init {init} is a bert encoder: "
+        "set pretrain.objective to mlm, or continue a decoder such as package:smollm2-135m."
+    )

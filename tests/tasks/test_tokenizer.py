@@ -126,27 +126,27 @@ def test_a_tokenizer_that_makes_almost_no_tokens_is_refused(char):
 
 
 def test_pack_shapes_eos_and_dtype():
-    blocks = pack([[1, 2, 3], [4, 5], [6]], eos_id=0, block_size=3)
+    blocks = pack([[1, 2, 3], [4, 5], [6]], sep_id=0, block_size=3)
     assert blocks.dtype == np.int32
     # stream: 1 2 3 0 4 5 0 6 0 -> three full blocks
     np.testing.assert_array_equal(blocks, [[1, 2, 3], [0, 4, 5], [0, 6, 0]])
 
 
 def test_pack_drops_the_short_tail():
-    blocks = pack([[1, 2, 3, 4]], eos_id=9, block_size=4)
+    blocks = pack([[1, 2, 3, 4]], sep_id=9, block_size=4)
     np.testing.assert_array_equal(blocks, [[1, 2, 3, 4]])  # the trailing eos alone is dropped
 
 
 def test_pack_long_document_spans_blocks():
     doc = list(range(1, 11))
-    blocks = pack([doc, [20]], eos_id=0, block_size=4)
+    blocks = pack([doc, [20]], sep_id=0, block_size=4)
     assert blocks.shape == (3, 4)
     np.testing.assert_array_equal(blocks.ravel(), [*doc, 0, 20])
 
 
 def test_pack_handles_empty_documents_and_inputs():
-    np.testing.assert_array_equal(pack([[], [7], []], eos_id=0, block_size=2), [[0, 7], [0, 0]])
-    assert pack([], eos_id=0, block_size=8).shape == (0, 8)
+    np.testing.assert_array_equal(pack([[], [7], []], sep_id=0, block_size=2), [[0, 7], [0, 0]])
+    assert pack([], sep_id=0, block_size=8).shape == (0, 8)
 
 
 def test_unigram_perplexity_of_uniform_symbols_is_their_count():
