@@ -1,4 +1,4 @@
-"""Train, load and apply tokenizers; pack token ids into fixed-size blocks for causal LM training."""
+"""Train, load and apply tokenizers; pack token ids into fixed-size blocks for language-model training."""
 
 import json
 from collections.abc import Iterator
@@ -154,6 +154,8 @@ def frame(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
     for Llama 2, ([], []) for GPT-2, SmolLM2 and the tokenizers trained here."""
     encoding = _plain_backend(tokenizer).encode("a", add_special_tokens=True)
     special = encoding.special_tokens_mask
+    if all(special):  # the text made no token of its own, so nothing tells the tokens before it from those after
+        raise ValueError(f"the tokenizer encodes 'a' to no token, so its template cannot be read: {encoding.tokens}")
     before = next((i for i, s in enumerate(special) if not s), len(special))
     after = next((i for i, s in enumerate(reversed(special)) if not s), 0)
     return encoding.ids[:before], encoding.ids[len(special) - after :]

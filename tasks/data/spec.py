@@ -70,4 +70,4 @@ class PrepareSpec(Spec):
     tokenizer: TokenizerSpec = TokenizerSpec()
     """How text becomes token ids."""
     block_size: int = Field(128, ge=2, le=131072)
-    """Tokens per packed training block; must not exceed the model's positions."""
+    """Tokens per packed training block, the frame of a model's tokenizer included (BERT's [CLS] … [SEP] leaves block_size - 2 for text); must not exceed the model's positions."""
