@@ -142,8 +142,7 @@ def _publish_s3(src: Path, dest_uri: str) -> None:
     with s3.errors(dest_uri):
         # Drop the marker first: while files are being overwritten the old version must not look complete.
         client.delete_object(Bucket=bucket, Key=prefix + COMPLETE_MARKER)
-        for path in files:
-            client.upload_file(str(path), bucket, prefix + path.relative_to(src).as_posix())
+        s3.upload_files((path, f"s3://{bucket}/{prefix}{path.relative_to(src).as_posix()}") for path in files)
         stale = [u for u in s3.list_s3(f"s3://{bucket}/{prefix}") if s3.split_s3(u)[1] not in new_keys]
         _delete_keys(client, bucket, [s3.split_s3(u)[1] for u in stale])
         client.put_object(Bucket=bucket, Key=prefix + COMPLETE_MARKER, Body=b"")
@@ -189,13 +188,12 @@ def fetch_dir(uri: str, local_dir) -> Path:
     final = Path(local_dir) / (PurePosixPath(key).name or bucket)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(final)
-    client = s3.s3_client()
     try:
+        targets = [safe_join(tmp, obj[len(folder) :]) for obj in objects]  # keys are remote input: keep them inside tmp
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
         with s3.errors(uri):
-            for obj in objects:
-                target = safe_join(tmp, obj[len(folder) :])  # keys are remote input: keep them inside tmp
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(*s3.split_s3(obj), str(target))
+            s3.download_files(zip(objects, targets))
         _swap_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
