@@ -18,19 +18,23 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def bare(text: str) -> str:
+    """A text as its lowercased words alone: what "equal" means here, case and punctuation aside."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
 def overlap(train: list[str], evaluation: list[str], n: int) -> tuple[dict[str, int], list[bool]]:
     """Counts of train and eval texts that match the other side exactly or share an n-gram; and, per train text, whether it does either."""
-    norm = lambda t: " ".join(_WORD.findall(t.lower()))  # noqa: E731  (exact = same words, case and punctuation aside)
-    eval_exact = {norm(t) for t in evaluation}
+    eval_exact = {bare(t) for t in evaluation}
     eval_grams = set().union(*(ngrams(t, n) for t in evaluation)) if evaluation else set()
-    train_exact = [norm(t) in eval_exact for t in train]
+    train_exact = [bare(t) in eval_exact for t in train]
     train_gram = [not ngrams(t, n).isdisjoint(eval_grams) for t in train]
-    train_norm = {norm(t) for t in train}
+    train_norm = {bare(t) for t in train}
     train_grams = set().union(*(ngrams(t, n) for t in train)) if train else set()
     counts = {
         "train_rows_exact": sum(train_exact),
         "train_rows_ngram": sum(train_gram),
-        "eval_rows_exact": sum(norm(t) in train_norm for t in evaluation),
+        "eval_rows_exact": sum(bare(t) in train_norm for t in evaluation),
         "eval_rows_ngram": sum(not ngrams(t, n).isdisjoint(train_grams) for t in evaluation),
         "eval_rows": len(evaluation),
     }

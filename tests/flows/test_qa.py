@@ -48,6 +48,8 @@ def test_a_span_model_is_registered_and_the_gate_scores_what_its_version_says(ho
             f"labeled.train=[{people}]",
             "labeled.split.validation=0.2",
             "labeled.split.test=0.2",
+            # every context shares "and lived there for many years before moving away": grouped, it is one group
+            "labeled.split.group=false",
             "finetune.max_length=48",
             "finetune.doc_stride=8",
             "finetune.train.max_steps=12",

@@ -7,7 +7,7 @@ import reprlib
 
 from tasks import answers
 from tasks.data import clean, decontaminate
-from tasks.data.labeled import squad
+from tasks.data.labeled import groups, squad
 from tasks.data.labeled.spec import SPLITS, LabeledSpec
 from tasks.errors import UserError
 
@@ -20,11 +20,13 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
     if spec.task == "classification":
         _labels_to_strings(spec, raw)
     drawn = [s for s in ("validation", "test") if s not in raw]
-    how = "drawn from train by a hash of the article title (else the context)" if spec.task == "extractive-qa" else ""
+    how = "a hash of the article title (else the context)" if spec.task == "extractive-qa" else "content hash"
+    how = f"drawn from train by {how}" + (", near duplicates together" if spec.split.group else "")
     counts = {
         "rows_read": {s: len(raw.get(s, [])) for s in SPLITS},
         "removed": {"empty_text": {s: 0 for s in SPLITS}, "over_max_rows": {}},
-        "split_from": {s: (how or "drawn from train by content hash") if s in drawn else "given" for s in SPLITS},
+        "split_from": {s: how if s in drawn else "given" for s in SPLITS},
+        "groups": None,  # how the drawn splits were grouped, when they were
     }
     if spec.task == "extractive-qa":  # before drawing: a question that loses every answer is dropped, not trained on
         found = squad.align(raw)
@@ -50,7 +52,8 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
                 f"check labeled.{'text' if spec.task == 'classification' else 'prompt'}_column and the files"
             )
     if drawn:
-        splits.update(_draw(spec, splits["train"], drawn))
+        parts, counts["groups"] = _draw(spec, splits["train"], drawn)
+        splits.update(parts)
     # Evaluation rows are capped first, so that the overlap is measured (and dropped) against what is evaluated.
     for name in ("validation", "test", "train"):
         if name == "train":
@@ -183,13 +186,21 @@ def _key(spec: LabeledSpec, row: dict) -> str:
     return row["text"] + ("\t" + row["text_pair"] if spec.text_pair_column else "")
 
 
-def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> dict[str, list[dict]]:
-    """Training rows split by content hash; only the splits in `drawn` take a share (a given split's fraction is ignored)."""
+def _draw(spec: LabeledSpec, train: list[dict], drawn: list[str]) -> tuple[dict[str, list[dict]], dict | None]:
+    """Training rows split by content hash, whole near-duplicate groups together when asked (and the groups' account);
+    only the splits in `drawn` take a share (a given split's fraction is ignored)."""
     how = spec.split.replace(**{s: getattr(spec.split, s) if s in drawn else 0.0 for s in ("validation", "test")})
+    if how.validation == how.test == 0:
+        return {"train": train, **{name: [] for name in drawn}}, None
     # QA: every question of an article (without titles, of a context) hashes alike, so it lands in one split.
-    key = squad.group if spec.task == "extractive-qa" else lambda r: _key(spec, r)
-    parts = clean.split([{"text": key(r), "row": r} for r in train], how)
-    return {name: [p["row"] for p in parts[name]] for name in ["train", *drawn]}
+    unit = squad.group if spec.task == "extractive-qa" else lambda r: _key(spec, r)
+    if spec.split.group:
+        texts, units = [_key(spec, r) for r in train], [unit(r) for r in train]
+        parts, report = groups.draw(train, texts, units, how, spec.contamination_ngram)
+    else:
+        parts, report = clean.split([{"text": unit(r), "row": r} for r in train], how), None
+        parts = {name: [p["row"] for p in part] for name, part in parts.items()}
+    return {name: parts[name] for name in ["train", *drawn]}, report
 
 
 def subset(rows: list[dict], limit: int | None, salt: str, key) -> list[dict]:

@@ -10,6 +10,11 @@ from tasks.spec import Spec
 SPLITS = ("train", "validation", "test")
 
 
+class LabeledSplitSpec(SplitSpec):
+    group: bool = True
+    """Draw validation and test from train by whole groups: rows equal after lowercasing and dropping punctuation, or sharing a word n-gram of `contamination_ngram` words, land in one split, so that no drawn row overlaps a training row (SST-2's training file holds phrases of the same sentences); off hashes each row alone (rows of the very same text still land together)."""
+
+
 class LabeledSpec(Spec):
     task: Literal["classification", "sft", "extractive-qa", "math"] = "classification"
     """`classification`: a text (and optionally a second text) with a label; `sft`: a prompt and the response to learn; `extractive-qa`: a question, a context and the answers as character spans of the context (SQuAD); `math`: a word problem and its worked solution ending in `#### <number>` (GSM8K), scored by the extracted final answer."""
@@ -19,8 +24,8 @@ class LabeledSpec(Spec):
     """Validation data, used as it is (`split.validation` is then ignored); empty draws `split.validation` of the training rows by content hash."""
     test: list[str] = []
     """Test data, used as it is (`split.test` is then ignored); empty draws `split.test` of the training rows by content hash."""
-    split: SplitSpec = SplitSpec()
-    """Fractions of the training rows drawn for validation and test when those lists are empty; the salt also picks the rows kept by max_train_rows and max_eval_rows."""
+    split: LabeledSplitSpec = LabeledSplitSpec()
+    """Fractions of the training rows drawn for validation and test when those lists are empty, and whether near duplicates are drawn together; the salt also picks the rows kept by max_train_rows and max_eval_rows."""
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow", "label-prefixed", "parallel", "squad"] = "auto"
     """File format; `auto` goes by extension (for extractive-qa, .json and .json.gz files are SQuAD); `squad`: SQuAD JSON, `data → paragraphs → qas → answers` with `answer_start` (optionally .gz); `label-prefixed`: one `LABEL text` per line (TREC), the label being the first whitespace-separated field; `parallel`: two plain-text files (optionally .gz) whose lines align, prompts then responses (Multi30k); `arrow`: a save_to_disk folder."""
     encoding: str | None = None
@@ -56,7 +61,7 @@ class LabeledSpec(Spec):
     max_eval_rows: int | None = Field(None, ge=1)
     """Keep at most this many rows of validation and of test each, chosen the same way; empty keeps all."""
     contamination_ngram: int = Field(8, ge=1, le=64)
-    """Word n-gram length for the train/eval overlap report on the data card (a text shorter than this counts as one n-gram)."""
+    """Word n-gram length for the train/eval overlap report on the data card (a text shorter than this counts as one n-gram), and for the groups that `split.group` draws together."""
     decontaminate: bool = False
     """Drop training rows that equal a validation or test text or share an n-gram with one; off only reports the overlap."""
     normalize: bool = True

@@ -91,6 +91,8 @@ def _log_lineage(ctx: StageRun, spec: LabeledSpec, splits: dict[str, list[dict]]
     metrics.update({f"removed_{why}": sum(per.values()) for why, per in card["removed"].items()})
     for n in ("validation", "test"):
         metrics.update({f"contamination_{n}_{k}": v for k, v in card["contamination"][n].items()})
+    if card.get("groups"):
+        metrics.update(split_groups=card["groups"]["groups"], split_largest_group=card["groups"]["largest"])
     if "labels" in card:
         metrics["num_labels"] = len(card["labels"])
     if "misaligned_answers" in card:
@@ -110,6 +112,20 @@ def qa_markdown(card: dict) -> list[str]:
             for n in SPLITS
         ),
     ]
+
+
+def groups_markdown(g: dict, task: str) -> str:
+    """How validation and test were drawn from train: by whole groups of near duplicates, and how large those are."""
+    kept, qa = g["kept_in_train"], task == "extractive-qa"
+    return (
+        f"Drawn splits take whole groups: training rows equal after lowercasing and dropping punctuation, or sharing a "
+        f"{g['ngram']}-gram of words{', or an article,' if qa else ''} are one group, placed by a hash of its smallest "
+        f"{'title (else context)' if qa else 'text'} with split.salt, so that no drawn row overlaps a training row. {g['rows']:,} rows formed "
+        f"{g['groups']:,} groups, {g['multi_row_groups']:,} of them with more than one row "
+        f"({g['rows_in_multi_row_groups']:,} rows); the largest has {g['largest']:,} rows. Groups of more than "
+        f"{kept['over_rows']:,} rows (the smallest drawn split's share) stay in train: {kept['groups']:,} did "
+        f"({kept['rows']:,} rows)."
+    )
 
 
 def card_markdown(card: dict) -> str:
@@ -139,6 +155,8 @@ def card_markdown(card: dict) -> str:
         lines.append(
             f"| {n} | {c['train_rows_exact']:,} | {c['train_rows_ngram']:,} | {c['eval_rows_exact']:,} of {c['eval_rows']:,} | {c['eval_rows_ngram']:,} of {c['eval_rows']:,} |"
         )
+    if card.get("groups"):
+        lines += ["", groups_markdown(card["groups"], card["task"])]
     if "labels" in card:
         lines += ["", "| label | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
         for label in card["labels"]:

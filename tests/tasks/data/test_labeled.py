@@ -180,7 +180,7 @@ def test_validation_drawn_by_hash_is_stable_disjoint_and_keeps_duplicates_togeth
     first, counts = built(train=[f], **spec)
     sizes = {n: len(v) for n, v in first.items()}
     assert sum(sizes.values()) == 400 and 50 < sizes["validation"] < 110 and 20 < sizes["test"] < 70
-    assert counts["split_from"]["validation"] == "drawn from train by content hash"
+    assert counts["split_from"]["validation"] == "drawn from train by content hash, near duplicates together"
     assert splits(train=[f], **spec) == first
     assert not set(texts(first["train"])) & set(texts(first["validation"]) + texts(first["test"]))
     both = splits(train=[f, dup], **spec)  # each text twice: both copies land in the same split
@@ -195,7 +195,11 @@ def test_given_test_split_with_drawn_validation(tmp_path):
     out, counts = built(train=[f], test=[t], split={"validation": 0.25, "test": 0.5})
     assert texts(out["test"]) == ["held out"]
     assert len(out["train"]) + len(out["validation"]) == 400 and 60 < len(out["validation"]) < 140  # test's 0.5 ignored
-    assert counts["split_from"] == {"train": "given", "validation": "drawn from train by content hash", "test": "given"}
+    assert counts["split_from"] == {
+        "train": "given",
+        "validation": "drawn from train by content hash, near duplicates together",
+        "test": "given",
+    }
 
 
 def test_max_rows_subset_is_deterministic_unbiased_by_file_order_and_counted(tmp_path):
@@ -435,6 +439,8 @@ def test_run_round_trip_through_mlflow(home, tmp_path):
     run = MlflowClient().get_run(run_id)
     assert run.data.tags[DIGEST] == card["digest"]
     assert run.data.metrics["train_rows"] == 30 and run.data.metrics["num_labels"] == 2
+    assert card["groups"]["groups"] == run.data.metrics["split_groups"] == 60  # test drawn: 60 distinct texts
+    assert run.data.metrics["split_largest_group"] == 1
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"train", "validation", "test"}
     md = Path(mlflow.artifacts.download_artifacts(f"{uri}/card.md")).read_text()
     assert "| validation | given | 3 | 1 | 0 | 0 | 2 |" in md
