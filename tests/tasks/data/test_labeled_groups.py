@@ -245,6 +245,13 @@ def test_the_card_counts_drawn_rows_inside_a_training_row(cut):
     md = body.card_markdown(card)
     assert "eval rows under 8 words inside a train row (of them under 4 words) |" in md
     assert "| validation | 0 | 0 | 0 of 22 | 0 of 22 | 2 of 22 (2) |" in md
+    # a card written before containment (an augment stage's parent) renders as it did
+    old = {**card, "groups": {k: v for k, v in card["groups"].items() if k != "contained_min_words"}}
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("eval_rows_inside")}  # noqa: E731
+    old["contamination"] = {"ngram": 8, "validation": strip(card["contamination"]["validation"]), "test": {}}
+    old["contamination"]["test"] = strip(card["contamination"]["test"])
+    md = body.card_markdown(old)
+    assert "| validation | 0 | 0 | 0 of 22 | 0 of 22 |\n" in md and "inside" not in md
     # without containment, the 4-word phrases of sentences 0, 6, 8, 18 and 26 are drawn apart from them; every row
     # under 8 words is then under contained_min_words
     off = build(cut, contained_min_words=8)[1]["contamination"]["validation"]
