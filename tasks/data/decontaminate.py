@@ -12,15 +12,38 @@ _WORD = re.compile(r"\w+")
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     """Lowercased word n-grams of a text; the whole text as one gram when it is shorter than n words."""
-    words = _WORD.findall(text.lower())
-    if len(words) < n:
-        return {tuple(words)} if words else set()
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    w = words(text)
+    if len(w) < n:
+        return {tuple(w)} if w else set()
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
 def bare(text: str) -> str:
     """A text as its lowercased words alone: what "equal" means here, case and punctuation aside."""
     return " ".join(_WORD.findall(text.lower()))
+
+
+def words(text: str) -> list[str]:
+    """A text's lowercased words, as every test here sees them."""
+    return _WORD.findall(text.lower())
+
+
+def runs(text: str, lengths) -> list[str]:
+    """Every run of consecutive words of a text, of each of the given lengths, as bare text."""
+    w = words(text)
+    return [" ".join(w[i : i + k]) for k in lengths for i in range(len(w) - k + 1)]
+
+
+def inside(train: list[str], evaluation: list[str], n: int) -> list[bool]:
+    """Per eval text: whether it is shorter than n words and its words run, word for word, inside (or equal) a train text.
+
+    Such a text is one n-gram to `overlap`, so a phrase cut out of a training sentence counts there only when a
+    training row equals it; SST-2's training file holds exactly such phrases."""
+    short = [bare(t) if 0 < len(words(t)) < n else "" for t in evaluation]
+    wanted = set(short) - {""}
+    lengths = sorted({len(s.split()) for s in wanted})
+    found = {r for t in train for r in runs(t, lengths) if r in wanted}  # windows of the lengths asked only
+    return [bool(s) and s in found for s in short]
 
 
 def overlap(train: list[str], evaluation: list[str], n: int) -> tuple[dict[str, int], list[bool]]:

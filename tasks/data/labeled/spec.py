@@ -13,6 +13,8 @@ SPLITS = ("train", "validation", "test")
 class LabeledSplitSpec(SplitSpec):
     group: bool = True
     """Draw validation and test from train by whole groups: rows equal after lowercasing and dropping punctuation, or sharing a word n-gram of `contamination_ngram` words, land in one split, so that no drawn row overlaps a training row (SST-2's training file holds phrases of the same sentences); off hashes each row alone (rows of the very same text still land together)."""
+    contained_min_words: int = Field(4, ge=1)
+    """With `group`: a row of at least this many words but fewer than `contamination_ngram` also joins every row its words run inside, word for word (case and punctuation aside), since such a short row shares no n-gram with the longer one (SST-2 holds phrases cut out of its training sentences, with their own labels); lower joins more rows into larger groups (SST-2, n 8: 4 gives a largest group of 157 rows, 3 one of 4,968), and a value of `contamination_ngram` or more turns containment off."""
 
 
 class LabeledSpec(Spec):

@@ -116,10 +116,17 @@ def qa_markdown(card: dict) -> list[str]:
 
 def groups_markdown(g: dict, task: str) -> str:
     """How validation and test were drawn from train: by whole groups of near duplicates, and how large those are."""
-    kept, qa = g["kept_in_train"], task == "extractive-qa"
+    kept, qa, m = (
+        g["kept_in_train"],
+        task == "extractive-qa",
+        g.get("contained_min_words", g["ngram"]),
+    )  # older cards: none
+    # a row of m to n-1 words that runs inside another joins it; m of n or more turns that off
+    size = f"{m} to {g['ngram'] - 1}" if m < g["ngram"] - 1 else f"{m}"
+    inside = f", or a row of {size} words running word for word inside another," if m < g["ngram"] else ""
     return (
         f"Drawn splits take whole groups: training rows equal after lowercasing and dropping punctuation, or sharing a "
-        f"{g['ngram']}-gram of words{', or an article,' if qa else ''} are one group, placed by a hash of its smallest "
+        f"{g['ngram']}-gram of words{', or an article,' if qa else ''}{inside} are one group, placed by a hash of its smallest "
         f"{'title (else context)' if qa else 'text'} with split.salt, so that no drawn row overlaps a training row. {g['rows']:,} rows formed "
         f"{g['groups']:,} groups, {g['multi_row_groups']:,} of them with more than one row "
         f"({g['rows_in_multi_row_groups']:,} rows); the largest has {g['largest']:,} rows. Groups of more than "
@@ -143,17 +150,28 @@ def card_markdown(card: dict) -> str:
         for n in SPLITS
     ]
     found = card["contamination"]
+    inside = "contained_min_words" in found  # a card written before containment (an augment stage's parent) lacks it
     lines += [
         "",
         f"Train/eval overlap ({found['ngram']}-gram of lowercased words; training rows before max_train_rows):",
         "",
-        "| eval split | train rows equal to an eval row | train rows sharing an n-gram | eval rows equal to a train row | eval rows sharing an n-gram |",
-        "|---|---:|---:|---:|---:|",
+        "| eval split | train rows equal to an eval row | train rows sharing an n-gram | eval rows equal to a train row | eval rows sharing an n-gram |"
+        + (
+            f" eval rows under {found['ngram']} words inside a train row (of them under {found['contained_min_words']} words) |"
+            if inside
+            else ""
+        ),
+        "|---|---:|---:|---:|---:|" + ("---:|" if inside else ""),
     ]
     for n in ("validation", "test"):
         c = found[n]
         lines.append(
             f"| {n} | {c['train_rows_exact']:,} | {c['train_rows_ngram']:,} | {c['eval_rows_exact']:,} of {c['eval_rows']:,} | {c['eval_rows_ngram']:,} of {c['eval_rows']:,} |"
+            + (
+                f" {c['eval_rows_inside']:,} of {c['eval_rows']:,} ({c['eval_rows_inside_under_min_words']:,}) |"
+                if inside
+                else ""
+            )
         )
     if card.get("groups"):
         lines += ["", groups_markdown(card["groups"], card["task"])]

@@ -1,5 +1,6 @@
 """Train/eval overlap: exact and n-gram matches counted on both sides, and the rows that would be dropped."""
 
+from tasks.data import decontaminate
 from tasks.data.decontaminate import ngrams, overlap
 
 
@@ -36,3 +37,9 @@ def test_the_corpus_stage_reports_and_drops_overlap(tmp_path):
     report = prepare._contamination(PrepareSpec(clean={"decontaminate": True}), rows)
     assert report["validation"]["train_rows_ngram"] == 1 and report["test"]["train_rows_ngram"] == 0
     assert report["hits"] == [True, False] and report["dropped"] == 1
+
+
+def test_inside_finds_eval_texts_shorter_than_n_that_run_inside_a_train_text():
+    train = ["A b c d e", "x y"]
+    evaluation = ["b c d", "c d e f", "a b c d e", "B, C!", "x", "b d", "", "y"]
+    assert decontaminate.inside(train, evaluation, 5) == [True, False, False, True, True, False, False, True]

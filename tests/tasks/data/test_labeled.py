@@ -465,6 +465,8 @@ def test_train_rows_overlapping_evaluation_are_reported_and_dropped_when_asked(t
         "eval_rows_exact": 1,
         "eval_rows_ngram": 1,
         "eval_rows": 2,
+        "eval_rows_inside": 0,
+        "eval_rows_inside_under_min_words": 0,
     }
     assert len(out["train"]) == 22 and counts["removed"]["contaminated"]["train"] == 0  # reported only
     out, counts = built(**kw, decontaminate=True)

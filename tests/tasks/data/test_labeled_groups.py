@@ -56,6 +56,8 @@ def clean_overlap(rows_: int) -> dict:
         "eval_rows_exact": 0,
         "eval_rows_ngram": 0,
         "eval_rows": rows_,
+        "eval_rows_inside": 0,
+        "eval_rows_inside_under_min_words": 0,
     }
 
 
@@ -73,6 +75,8 @@ def test_no_drawn_row_equals_or_shares_an_ngram_with_a_training_row(phrases):
         "eval_rows_exact": 8,
         "eval_rows_ngram": 17,
         "eval_rows": 23,
+        "eval_rows_inside": 0,
+        "eval_rows_inside_under_min_words": 0,
     }
 
 
@@ -114,6 +118,7 @@ def test_the_card_records_the_grouping(phrases):
     }
     assert counts["groups"] == {
         "ngram": 8,
+        "contained_min_words": 4,
         "rows": 120,
         "groups": 60,
         "multi_row_groups": 30,
@@ -124,10 +129,13 @@ def test_the_card_records_the_grouping(phrases):
     card = {"task": "classification", **counts, "splits": {n: {"rows": len(out[n])} for n in SPLITS}, "sources": {}}
     md = body.card_markdown(card)
     assert "| validation | drawn from train by content hash, near duplicates together | 0 | 0 | 0 | 0 | 27 |" in md
-    assert "| validation | 0 | 0 | 0 of 27 | 0 of 27 |" in md and "| test | 0 | 0 | 0 of 15 | 0 of 15 |" in md
+    assert (
+        "| validation | 0 | 0 | 0 of 27 | 0 of 27 | 0 of 27 (0) |" in md
+        and "| test | 0 | 0 | 0 of 15 | 0 of 15 | 0 of 15 (0) |" in md
+    )
     assert (
         "Drawn splits take whole groups: training rows equal after lowercasing and dropping punctuation, or sharing a "
-        "8-gram of words are one group, placed by a hash of its smallest text with split.salt, so that no drawn row "
+        "8-gram of words, or a row of 4 to 7 words running word for word inside another, are one group, placed by a hash of its smallest text with split.salt, so that no drawn row "
         "overlaps a training row. 120 rows formed 60 groups, 30 of them with more than one row (90 rows); the largest "
         "has 3 rows. Groups of more than 12 rows (the smallest drawn split's share) stay in train: 0 did (0 rows)."
     ) in md
@@ -192,3 +200,59 @@ def test_qa_articles_that_share_a_sentence_land_together(tmp_path):
     together, after = titles(True)  # both where T11, the smaller title, hashes
     assert (together["T3"], together["T11"]) == ("test", "test") and after["contamination"]["test"] == clean_overlap(12)
     assert after["groups"]["groups"] == 19 and after["groups"]["largest"] == 4
+
+
+def sentence(i: int) -> str:
+    return f"the story of film {i} is slow but the ending {i} pays off well"
+
+
+def phrase(i: int, words: int) -> str:
+    """A phrase cut out of sentence i, of 4 or 3 words: shorter than 8, it shares no 8-gram with the sentence."""
+    return f"film {i} is slow" if words == 4 else f"ending {i} pays"
+
+
+@pytest.fixture
+def cut(tmp_path) -> str:
+    """30 sentences, a 4-word and a 3-word phrase of each, and 30 lone rows."""
+    objects = [{"text": t, "label": "ab"[i % 2]} for i in range(30) for t in (sentence(i), phrase(i, 4), phrase(i, 3))]
+    return jsonl(tmp_path / "p.jsonl", objects + [{"text": lone(i), "label": "ab"[i % 2]} for i in range(30)])
+
+
+def test_a_phrase_of_min_words_or_more_lands_with_the_row_it_runs_inside(cut):
+    out, counts = build(cut)  # contained_min_words 4
+    where = placed(out)
+    assert all(where[phrase(i, 4)] == where[sentence(i)] for i in range(30))
+    # the 3-word phrase hashes alone: it is where it would be without groups, away from its sentence when that differs
+    alone = placed(build(cut, group=False)[0])
+    assert all(where[phrase(i, 3)] == alone[phrase(i, 3)] for i in range(30))
+    assert [i for i in range(30) if where[phrase(i, 3)] != where[sentence(i)]] == [0, 6, 8, 11, 17, 18, 21, 24, 25, 26]
+    assert {n: len(v) for n, v in out.items()} == {"train": 85, "validation": 22, "test": 13}
+    assert counts["groups"]["groups"] == 90 and counts["groups"]["largest"] == 2
+    # contained_min_words 3 takes the 3-word phrase in too; 8 (= contamination_ngram) turns containment off
+    three = placed(build(cut, contained_min_words=3)[0])
+    assert all(three[phrase(i, 3)] == three[phrase(i, 4)] == three[sentence(i)] for i in range(30))
+    assert build(cut, contained_min_words=8)[1]["groups"]["groups"] == 120
+
+
+def test_the_card_counts_drawn_rows_inside_a_training_row(cut):
+    out, counts = build(cut)
+    assert counts["contamination"]["validation"] == {
+        **clean_overlap(22),
+        "eval_rows_inside": 2,  # the 3-word phrases of sentences 11 and 17
+        "eval_rows_inside_under_min_words": 2,
+    }
+    card = {"task": "classification", **counts, "splits": {n: {"rows": len(out[n])} for n in SPLITS}, "sources": {}}
+    md = body.card_markdown(card)
+    assert "eval rows under 8 words inside a train row (of them under 4 words) |" in md
+    assert "| validation | 0 | 0 | 0 of 22 | 0 of 22 | 2 of 22 (2) |" in md
+    # a card written before containment (an augment stage's parent) renders as it did
+    old = {**card, "groups": {k: v for k, v in card["groups"].items() if k != "contained_min_words"}}
+    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("eval_rows_inside")}  # noqa: E731
+    old["contamination"] = {"ngram": 8, "validation": strip(card["contamination"]["validation"]), "test": {}}
+    old["contamination"]["test"] = strip(card["contamination"]["test"])
+    md = body.card_markdown(old)
+    assert "| validation | 0 | 0 | 0 of 22 | 0 of 22 |\n" in md and "inside" not in md
+    # without containment, the 4-word phrases of sentences 0, 6, 8, 18 and 26 are drawn apart from them; every row
+    # under 8 words is then under contained_min_words
+    off = build(cut, contained_min_words=8)[1]["contamination"]["validation"]
+    assert (off["eval_rows"], off["eval_rows_inside"], off["eval_rows_inside_under_min_words"]) == (25, 5, 5)
