@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from unittest import mock
 
 from gpu_parts import PARTS, Settings  # benchmarks/gpu_parts.py
 
@@ -206,18 +207,12 @@ def _child(part: str, settings: Settings, cap: float, log: Path) -> dict:
 @contextlib.contextmanager
 def _scratch_home():
     """A fresh MULTISTEP_HOME (the parts' MLflow store and checkpoints), removed afterwards; the environment restored."""
-    saved = {k: os.environ.get(k) for k in ("MULTISTEP_HOME", "MLFLOW_TRACKING_URI")}
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as home:
-        os.environ["MULTISTEP_HOME"] = home
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with (
+        tempfile.TemporaryDirectory(prefix="gpu-check-") as home,
+        mock.patch.dict(os.environ, {"MULTISTEP_HOME": home}),
+    ):
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # patch.dict puts it back too
+        yield
 
 
 def _summarise(report: dict, peak_tflops: float | None) -> None:

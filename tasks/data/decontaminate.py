@@ -20,7 +20,7 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 def bare(text: str) -> str:
     """A text as its lowercased words alone: what "equal" means here, case and punctuation aside."""
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(words(text))
 
 
 def words(text: str) -> list[str]:

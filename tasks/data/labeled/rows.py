@@ -79,19 +79,16 @@ def build(spec: LabeledSpec, raw: dict[str, list[dict]]) -> tuple[dict[str, list
 
 def _contamination(spec: LabeledSpec, splits: dict[str, list[dict]]) -> tuple[dict, list[dict]]:
     """Overlap of the training rows with validation and with test; the training rows, without the overlapping ones when asked."""
-    texts = lambda rows: [_key(spec, r) for r in rows]  # noqa: E731
-    report, hit = (
-        {"ngram": spec.contamination_ngram, "contained_min_words": spec.split.contained_min_words},
-        [False] * len(splits["train"]),
-    )
+    train = [_key(spec, r) for r in splits["train"]]
+    report = {"ngram": spec.contamination_ngram, "contained_min_words": spec.split.contained_min_words}
+    hit = [False] * len(train)
     for name in ("validation", "test"):
-        report[name], flags = decontaminate.overlap(
-            texts(splits["train"]), texts(splits[name]), spec.contamination_ngram
-        )
+        evaluation = [_key(spec, r) for r in splits[name]]
+        report[name], flags = decontaminate.overlap(train, evaluation, spec.contamination_ngram)
         hit = [a or b for a, b in zip(hit, flags)]
         # reported only: a phrase inside a training sentence is a leak that `overlap` cannot see (see split.group)
-        short = [len(decontaminate.words(t)) < spec.split.contained_min_words for t in texts(splits[name])]
-        inside = decontaminate.inside(texts(splits["train"]), texts(splits[name]), spec.contamination_ngram)
+        short = [len(decontaminate.words(t)) < spec.split.contained_min_words for t in evaluation]
+        inside = decontaminate.inside(train, evaluation, spec.contamination_ngram)
         report[name]["eval_rows_inside"] = sum(inside)
         report[name]["eval_rows_inside_under_min_words"] = sum(a and b for a, b in zip(inside, short))
     kept = [r for r, h in zip(splits["train"], hit) if not h] if spec.decontaminate else splits["train"]
