@@ -27,7 +27,7 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun, objective:
 
     `objective` (the pretrain stage's) lets a model that cannot be continued that way fail before the corpus is read."""
     # A model's tokenizer is loaded and checked first; one trained here needs the training split.
-    tokenizer = _tokenizer(spec, tokenizer_from, [], objective) if spec.tokenizer.kind == "model" else None
+    tokenizer = _model_tokenizer(spec, tokenizer_from, objective) if spec.tokenizer.kind == "model" else None
     rows = sources.read_sources(spec)
     rows, filters = clean.clean(rows, spec.clean)
     splits = clean.split(rows, spec.split)
@@ -37,7 +37,7 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun, objective:
     contamination.pop("hits", None)
     texts = {name: [r["text"] for r in splits[name]] for name in SPLITS}
     if tokenizer is None:
-        tokenizer = _tokenizer(spec, tokenizer_from, texts["train"])
+        tokenizer = tokenizers.train_tokenizer(texts["train"], spec.tokenizer)
     # Each block is one input as the model's own tokenizer makes it, framed by its template: BERT met [CLS] … [SEP]
     # in pretraining and meets it again in fine-tuning, where the classifier reads position 0, always [CLS]; a block cut
     # from the middle of the stream would teach it inputs it never sees (RoBERTa's FULL-SENTENCES packing frames blocks
@@ -89,9 +89,8 @@ def run(spec: PrepareSpec, tokenizer_from: str | None, ctx: StageRun, objective:
     return uri
 
 
-def _tokenizer(spec: PrepareSpec, tokenizer_from: str | None, train_texts: list[str], objective: str | None = None):
-    if spec.tokenizer.kind != "model":
-        return tokenizers.train_tokenizer(train_texts, spec.tokenizer)
+def _model_tokenizer(spec: PrepareSpec, tokenizer_from: str | None, objective: str | None = None):
+    """The tokenizer of the model data.tokenizer.kind `model` names, checked against the blocks and the objective."""
     if not tokenizer_from:
         raise UserError(
             "data.tokenizer.kind is `model` but no model to take it from: set pretrain.init, or use data.tokenizer.kind=bpe."

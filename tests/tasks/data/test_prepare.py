@@ -28,7 +28,7 @@ def test_a_model_folder_without_tokenizer_files_names_both_fixes(weights_only):
         match=rf"^Model folder {weights_only} has no tokenizer files \(.*\): save the tokenizer it was trained with "
         r"into it \(tokenizer.save_pretrained\), or set data.tokenizer.kind to bpe or char\.$",
     ):
-        prepare._tokenizer(FROM_MODEL, str(weights_only), ["some text"])
+        prepare._model_tokenizer(FROM_MODEL, str(weights_only))
 
 
 def test_a_pickle_only_folder_is_refused_for_its_weights_before_its_tokenizer(weights_only):
@@ -39,4 +39,4 @@ def test_a_pickle_only_folder_is_refused_for_its_weights_before_its_tokenizer(we
         UserError,
         match=rf"^Model folder {weights_only} holds only pickle weights \(pytorch_model.bin\).*convert them to safetensors",
     ):
-        prepare._tokenizer(FROM_MODEL, str(weights_only), ["some text"])
+        prepare._model_tokenizer(FROM_MODEL, str(weights_only))
