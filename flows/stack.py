@@ -110,9 +110,12 @@ class Stack:
             "MULTISTEP_HOME": str(self.root / name),  # scratch; checkpoints live in S3, not here
             "MULTISTEP_ROOT": str(PACKAGE_ROOT),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
-            "PREFECT_WORKER_QUERY_SECONDS": "1",  # the default 10 s poll adds ~5 s to every dispatched stage
+            "PREFECT_WORKER_QUERY_SECONDS": "0.5",  # the default 10 s poll adds ~5 s to every dispatched stage
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the flow runs' `python` is this one
         }
-        cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
+        # Its flow runs fork from a server beside it (flows/forkserver.py); until that listens they start the slow way.
+        cmd = [sys.executable, "-m", "flows.forkserver", "beside",
+               str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
                "--name", name, "--no-create-pool-if-not-found", "--install-policy", "never"]  # fmt: skip
         return self.start(name, cmd, env)
 

@@ -89,10 +89,12 @@ def test_compose_config_passes_with_the_stack_services(services):
 
 
 def test_workers_poll_the_cpu_and_gpu_process_pools(services):
-    start = ["prefect", "worker", "start", "--type", "process"]
+    beside = ["python", "-m", "flows.forkserver", "beside"]  # the worker's flow runs fork from a server beside it
     for name, pool, limit in (("cpu-worker", "cpu", "4"), ("gpu-worker", "gpu", "1")):
         argv = _argv(services[name])
-        assert argv[:3] == start[:3], f"{name}: {argv}"
+        assert argv[:4] == beside, f"{name}: {argv}"
+        argv = argv[4:]
+        assert argv[:3] == ["prefect", "worker", "start"], f"{name}: {argv}"
         assert argv[argv.index("--pool") + 1] == pool
         assert argv[argv.index("--type") + 1] == "process"
         assert argv[argv.index("--limit") + 1] == limit, f"{name} takes {limit} flow run(s) at a time"

@@ -217,6 +217,9 @@ def test_retraining_twice_on_unchanged_data_reuses_every_stage_and_new_data_goes
     assert new.tags["gate.decision"] == "rejected" and "is not above min_delta 0" in new.tags["gate.reason"]
     assert mlflow.get_model_version_by_alias("retrained", "champion").version in ("1", 1)
     assert mlflow.get_model_version_by_alias("retrained", "challenger").version in ("2", 2)
+    # Both workers' flow runs started forked from the fork server beside them, past the imports (flows/forkserver.py).
+    for worker in ("worker-cpu", "worker-gpu"):
+        assert "forkserver: flow run" in (team.root / "logs" / f"{worker}.log").read_text(), worker
 
 
 def _retrain(team, spec: dict) -> str:
