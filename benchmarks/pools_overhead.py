@@ -137,6 +137,7 @@ def main() -> None:
             deploy.register()
         team.start_worker("cpu", limit=4)
         team.start_worker("gpu", limit=1)
+        team.wait_forkservers("worker-cpu", "worker-gpu")
         dispatch_overhead(team, corpus, work, args.repeat)
         throughput(team, work, args.mb, max(3, args.repeat))
     finally:

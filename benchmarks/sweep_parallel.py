@@ -89,6 +89,7 @@ def main() -> None:
         team.start_worker("cpu", limit=4)
         team.start_worker("gpu", limit=1, name="worker-gpu-0")
         team.start_worker("gpu", limit=1, name="worker-gpu-1")
+        team.wait_forkservers("worker-cpu", "worker-gpu-0", "worker-gpu-1")
         base = {k: v for k, v in os.environ.items() if k not in CLEARED} | OFFLINE | threads
         pairs = []
         for i in range(args.repeat):

@@ -107,12 +107,18 @@ def _alive(pid: int) -> bool:
 def beside(command: list[str]) -> None:
     """Start a server in the background, then exec `command` (the worker) with its socket in the environment."""
     import subprocess
-    import tempfile
 
-    path = os.environ.get(ENV) or os.path.join(tempfile.gettempdir(), f"multistep-forkserver-{os.getpid()}.sock")
+    path = socket_path(os.getpid())
     subprocess.Popen([sys.executable, "-m", "flows.forkserver", "serve", path], stdin=subprocess.DEVNULL)
     os.environ[ENV] = path
     os.execvp(command[0], command)
+
+
+def socket_path(pid: int) -> str:
+    """The socket of the server `beside` starts in process `pid` (short: a Unix socket's path has 107 bytes at most)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"multistep-forkserver-{pid}.sock")
 
 
 # --- the server ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flows import s3server
+from flows import forkserver, s3server
 from flows.ui import in_use, wait_http
 from tasks import links
 from tasks.errors import UserError
@@ -118,6 +118,17 @@ class Stack:
                str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
                "--name", name, "--no-create-pool-if-not-found", "--install-policy", "never"]  # fmt: skip
         return self.start(name, cmd, env)
+
+    def wait_forkservers(self, *workers: str, timeout_s: float = 300) -> None:
+        """Until each worker's fork server listens (it imports torch and the stages first): then no stage starts slow."""
+        deadline = time.monotonic() + timeout_s
+        for name in workers:
+            # `beside` names the socket after its pid, which became the worker's: an earlier worker's line won't do
+            said = f"serving on {forkserver.socket_path(_read_pids(self.root)[name])}"
+            while said not in (self.root / "logs" / f"{name}.log").read_text(errors="replace"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the fork server beside {name} did not start:\n{_log_tail(self, name)}")
+                time.sleep(0.2)
 
 
 def _quiet_env() -> dict[str, str]:

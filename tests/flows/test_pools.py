@@ -28,6 +28,7 @@ def team(tmp_path_factory):
             deploy.register()
         s.start_worker("cpu", limit=4)
         s.start_worker("gpu", limit=1)
+        s.wait_forkservers("worker-cpu", "worker-gpu")
         yield s
     finally:
         stack.down(root)
