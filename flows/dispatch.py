@@ -106,7 +106,8 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
             _cancel(client, run.id, "timed out")
             raise UserError(
                 f"no worker of work pool {pool!r} took flow run {run.name} within {start_timeout_s:.0f} s: start one "
-                f"(`make stack`, or `prefect worker start --pool {pool}`), or raise execution.start_timeout_s"
+                f"(`make stack`, or `python -m flows.forkserver beside prefect worker start --pool {pool}`), or raise "
+                f"execution.start_timeout_s"
             )
         if started is not None and now - started > timeout_s:
             _cancel(client, run.id, "timed out")

@@ -111,6 +111,8 @@ def beside(command: list[str]) -> None:
     path = socket_path(os.getpid())
     subprocess.Popen([sys.executable, "-m", "flows.forkserver", "serve", path], stdin=subprocess.DEVNULL)
     os.environ[ENV] = path
+    # The flow runs' command says `python`: let it be this interpreter, with the project, whatever PATH said
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     os.execvp(command[0], command)
 
 

@@ -111,7 +111,6 @@ class Stack:
             "MULTISTEP_ROOT": str(PACKAGE_ROOT),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
             "PREFECT_WORKER_QUERY_SECONDS": "0.5",  # the default 10 s poll adds ~5 s to every dispatched stage
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the flow runs' `python` is this one
         }
         # Its flow runs fork from a server beside it (flows/forkserver.py); until that listens they start the slow way.
         cmd = [sys.executable, "-m", "flows.forkserver", "beside",
