@@ -6,7 +6,9 @@
    pretrain, evaluate, gate) runs `--repeat` times in each mode, alternating local and pools. Local: the embedded
    stack (ephemeral Prefect, SQLite MLflow) in a fresh home. Pools: every stage a deployment flow run on the stack's
    cpu/gpu process workers. Each run is a fresh MLflow experiment, so no stage is a cache hit. The whole command is
-   timed; per-stage overhead = (pools - local) / stages, and the ratio pools/local is printed per pair.
+   timed; per-stage overhead = (pools - local) / stages, and the ratio pools/local is printed per pair. For the last
+   pools run it prints where each stage's time went (Prefect's state history): dispatch → a worker takes it → its
+   engine runs → it completes → the next stage is dispatched.
 2. Checkpoint throughput. A checkpoint-shaped folder (one `--mb` MB safetensors-sized file of random bytes, plus the
    small files Trainer writes) is published to the stack's SeaweedFS with `storage.publish_dir` (upload, then the
    completion marker) and fetched back with `storage.fetch_dir`; the baseline is the same folder copied on local disk
@@ -58,6 +60,29 @@ def timed(cmd: list[str], env: dict) -> float:
     return seconds
 
 
+def where_it_goes(team, since: float) -> None:
+    """Per dispatched stage of the last pools run, from Prefect's state history: created → taken by a worker → engine
+    running → completed, and completed → the next stage's flow run created (the dispatcher noticing, then dispatching)."""
+    from prefect import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows import stack
+
+    with stack.environ(team.env), get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(sort=FlowRunSort.START_TIME_ASC) if r.created.timestamp() >= since]
+        stages = [r for r in runs if " · " in r.name]
+        stages.sort(key=lambda r: r.created)
+        done_before = None
+        for run in stages:
+            at = {s.name: s.timestamp.timestamp() for s in client.read_flow_run_states(run.id)}
+            created = run.created.timestamp()
+            notice = f"{created - done_before:5.2f}" if done_before else "    -"
+            print(f"  {run.name.split(' · ')[1]:9s} previous done → created {notice} s   created → taken "
+                  f"{at['Pending'] - created:5.2f} s   taken → running {at['Running'] - at['Pending']:5.2f} s   "
+                  f"running → completed {at['Completed'] - at['Running']:6.2f} s")  # fmt: skip
+            done_before = at["Completed"]
+
+
 def dispatch_overhead(team, corpus: Path, work: Path, repeat: int) -> None:
     base = {k: v for k, v in os.environ.items() if k not in CLEARED} | OFFLINE
     pairs = []
@@ -65,10 +90,13 @@ def dispatch_overhead(team, corpus: Path, work: Path, repeat: int) -> None:
         local_env = base | {"MULTISTEP_HOME": str(work / f"local{i}")}
         local = timed(tiny(corpus, f"bench-local-{i}"), local_env)
         pools_env = base | team.env | {"MULTISTEP_HOME": str(work / f"pools{i}")}
+        since = time.time()
         pools = timed(tiny(corpus, f"bench-pools-{i}") + ["--set", "execution.mode=pools"], pools_env)
         pairs.append((local, pools))
         print(f"run {i + 1}: local {local:6.1f} s   pools {pools:6.1f} s   ratio {pools / local:.2f}   "
               f"per-stage overhead {(pools - local) / STAGES:5.1f} s")  # fmt: skip
+    print("where the last pools run's time went, per stage:")
+    where_it_goes(team, since)
     local, pools = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     print(f"dispatch: median local {local:.1f} s, pools {pools:.1f} s for {STAGES} stages: "
           f"ratio pools/local {statistics.median(p / loc for loc, p in pairs):.2f}, "
