@@ -197,7 +197,14 @@ def _fork(conn: socket.socket, inherited: list) -> int:
         return 0
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # out of memory or processes: this command falls back to the stock start, the server lives
+        print(f"forkserver: cannot fork ({exc}); the flow run starts without the server", flush=True)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return 0
     if pid == 0:  # the child keeps none of the server's sockets: a dead server must look dead to its other commands
         signal.set_wakeup_fd(-1)
         for thing in (*inherited, conn):
