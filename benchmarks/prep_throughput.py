@@ -1,0 +1,234 @@
+"""Data preparation throughput: the prepare stage's steps against raw `tokenizers` encode_batch on the same corpus.
+
+    .venv/bin/python benchmarks/prep_throughput.py [--mb 100] [--seed 0] [--vocab 8192]
+
+The corpus is built in a temp dir from ../shared/data (WikiText-2's three files and Tiny Shakespeare, read only):
+documents of 8-24 sentences drawn with a seed from the pool of their sentences, so nearly every document is unique,
+plus known fractions of exact copies of an earlier document, whitespace variants (exact copies once normalised) and
+near duplicates (one word replaced), written as blank-line separated paragraphs in files of ~10 MB. The spec is
+PrepareSpec's defaults (normalise, exact dedup, MinHash near dedup at 0.9 over 3-word shingles, 128 permutations,
+5 % / 5 % split, block 128) with WikiText's preset tokenizer (configs/trec-transfer.yaml: byte-level BPE, 8,192).
+
+The pipeline runs the stage's own functions in the stage's order, each timed: read (sources.read_sources), clean
+(normalise, length bounds, exact dedup), dedup (MinHash near dedup), split, contamination (the data card's
+train/eval n-gram report), train tokenizer, tokenize (tasks.tokenizer.encode), pack, write (the parquet files).
+The baseline, in the same process after the pipeline, reads the same files, cuts them at blank lines and runs the
+BPE the pipeline trained, as a bare `tokenizers.Tokenizer`, through encode_batch (1,000 texts a call, keeping the
+ids) over all of the text. Goal (issue 15): the steps read, clean, dedup, tokenize and pack together run at
+>= 0.8x the baseline's speed; the other steps are reported beside it.
+"""
+
+import argparse
+import os
+import random
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = (ROOT / ".." / "shared" / "data").resolve()
+SOURCES = ["wikitext-2/train.txt", "wikitext-2/valid.txt", "wikitext-2/test.txt", "tinyshakespeare/input.txt"]
+GOAL = 0.8
+GOAL_STEPS = ("read", "clean", "dedup", "tokenize", "pack")
+FILE_MB = 10
+# Of the documents written: exact copies, copies with extra spaces (equal once normalised), one word replaced.
+EXACT, SPACED, NEAR = 0.05, 0.02, 0.05
+BATCH = 1000
+
+
+def sentences() -> list[str]:
+    """WikiText sentences (cut at " . ", headings dropped) and Shakespeare lines, each of at least 5 words."""
+    pool = []
+    for name in SOURCES:
+        for line in (DATA / name).read_text(encoding="utf-8").split("\n"):
+            line = line.strip()
+            if not line or line.startswith("="):
+                continue
+            pool += [s.strip() + " ." for s in re.split(r" \. ", line.rstrip(" ."))]
+    return [s for s in pool if len(s.split()) >= 6]
+
+
+def build_corpus(folder: Path, mb: float, seed: int) -> dict[str, int]:
+    """~mb MB of documents in files of FILE_MB MB; returns how many documents of each kind were written."""
+    rng = random.Random(seed)
+    pool = sentences()
+    docs: list[str] = []
+    counts = {"unique": 0, "exact": 0, "spaced": 0, "near": 0}
+    size, target = 0, int(mb * 1e6)
+    while size < target:
+        u = rng.random()
+        if docs and u < EXACT:
+            kind, doc = "exact", rng.choice(docs)
+        elif docs and u < EXACT + SPACED:
+            words = rng.choice(docs).split(" ")
+            kind, doc = "spaced", " ".join(w + "  " if i % 7 == 3 else w for i, w in enumerate(words))
+        elif docs and u < EXACT + SPACED + NEAR:
+            words = rng.choice(docs).split(" ")
+            words[rng.randrange(len(words))] = rng.choice(["alpha", "beta", "gamma", "delta"])
+            kind, doc = "near", " ".join(words)
+        else:
+            kind, doc = "unique", " ".join(rng.choices(pool, k=rng.randint(8, 24)))
+        counts[kind] += 1
+        docs.append(doc)
+        size += len(doc.encode()) + 2
+    folder.mkdir(parents=True)
+    per_file = max(1, len(docs) * FILE_MB * 10**6 // max(size, 1))
+    for n, i in enumerate(range(0, len(docs), per_file)):
+        (folder / f"part-{n:03d}.txt").write_text("\n\n".join(docs[i : i + per_file]) + "\n", encoding="utf-8")
+    counts["bytes"] = size
+    return counts
+
+
+class Clock:
+    """Seconds per named step, in order."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.rows: dict[str, int] = {}
+
+    def step(self, name: str, rows: int, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds[name] = time.perf_counter() - t0
+        self.rows[name] = rows
+        return out
+
+
+def pipeline(spec, out: Path) -> tuple[Clock, object, int, dict]:
+    """The prepare stage's steps on the corpus, timed one by one; returns the clock, the tokenizer, tokens, and counts."""
+    from tasks import tokenizer as tokenizers
+    from tasks.data import clean, prepare, sources
+    from tasks.data.prepared import SPLITS
+
+    clock = Clock()
+    near = clean._near_duplicates
+
+    def timed_near(texts, s):  # dedup gets its own line: clean.clean calls it after the exact pass
+        t0 = time.perf_counter()
+        try:
+            return near(texts, s)
+        finally:
+            clock.seconds["dedup"], clock.rows["dedup"] = time.perf_counter() - t0, len(texts)
+
+    rows = clock.step("read", 0, sources.read_sources, spec)
+    clock.rows["read"] = len(rows)
+    clock.seconds["clean"], clock.seconds["dedup"] = 0.0, 0.0  # report order: the stage's
+    clean._near_duplicates = timed_near
+    try:
+        t0 = time.perf_counter()
+        kept, filters = clean.clean(rows, spec.clean)
+        clock.seconds["clean"], clock.rows["clean"] = time.perf_counter() - t0 - clock.seconds["dedup"], len(rows)
+    finally:
+        clean._near_duplicates = near
+    splits = clock.step("split", len(kept), clean.split, kept, spec.split)
+    clock.step("contamination", len(kept), prepare._contamination, spec, splits)
+    texts = {name: [r["text"] for r in splits[name]] for name in SPLITS}
+    tok = clock.step("train tokenizer", len(texts["train"]), tokenizers.train_tokenizer, texts["train"], spec.tokenizer)
+    sep, (prefix, suffix) = tokenizers.separator(tok), tokenizers.frame(tok)
+    ids = {}
+    for name in SPLITS:  # the stage encodes and packs split by split
+        t0 = time.perf_counter()
+        ids[name] = tokenizers.encode(tok, texts[name])
+        clock.seconds["tokenize"] = clock.seconds.get("tokenize", 0) + time.perf_counter() - t0
+    clock.rows["tokenize"] = len(kept)
+    blocks = {}
+    t0 = time.perf_counter()
+    for name in SPLITS:
+        blocks[name] = tokenizers.pack(ids[name], sep, spec.block_size, prefix, suffix)
+    clock.seconds["pack"], clock.rows["pack"] = time.perf_counter() - t0, len(kept)
+    t0 = time.perf_counter()
+    for name in SPLITS:
+        prepare._write_split(out, name, splits[name], blocks[name])
+    clock.seconds["write"], clock.rows["write"] = time.perf_counter() - t0, len(kept)
+    tokens = sum(len(t) + 1 for name in SPLITS for t in ids[name])
+    counts = {"filters": filters, "blocks": sum(len(b) for b in blocks.values())}
+    return clock, tok, tokens, counts
+
+
+def baseline(folder: Path, tok, fast: bool = False) -> tuple[float, int, int]:
+    """Read the files, cut at blank lines, encode_batch all of it; returns seconds, texts and tokens."""
+    from tasks.tokenizer import _plain_backend
+
+    backend = _plain_backend(tok)  # the trained BPE as a bare tokenizers.Tokenizer
+    encode = backend.encode_batch_fast if fast else backend.encode_batch
+    t0 = time.perf_counter()
+    texts = [p for f in sorted(folder.glob("*.txt")) for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    ids = []
+    for i in range(0, len(texts), BATCH):
+        ids.extend(e.ids for e in encode(texts[i : i + BATCH], add_special_tokens=False))
+    seconds = time.perf_counter() - t0
+    return seconds, len(texts), sum(map(len, ids))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=100, help="corpus size in MB")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus")
+    parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary (WikiText's preset: 8,192)")
+    args = parser.parse_args()
+    missing = [s for s in SOURCES if not (DATA / s).is_file()]
+    if missing:
+        sys.exit(f"{DATA / missing[0]} does not exist: the corpus is built from WikiText-2 and Tiny Shakespeare there")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["TQDM_DISABLE"] = "1"  # the stage's progress bars would interleave with the report
+
+    from tasks.data.spec import PrepareSpec, TokenizerSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "corpus"
+        t0 = time.perf_counter()
+        made = build_corpus(folder, args.mb, args.seed)
+        print(
+            f"prep_throughput: {made['bytes'] / 1e6:,.1f} MB in {len(list(folder.iterdir()))} files, "
+            f"{sum(made[k] for k in ('unique', 'exact', 'spaced', 'near')):,} documents ({made['unique']:,} unique, "
+            f"{made['exact']:,} exact copies, {made['spaced']:,} whitespace variants, {made['near']:,} near duplicates), "
+            f"built in {time.perf_counter() - t0:.1f} s; CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        spec = PrepareSpec(
+            sources=[str(folder)], text_unit="paragraph", tokenizer=TokenizerSpec(kind="bpe", vocab_size=args.vocab)
+        )
+        (Path(tmp) / "out").mkdir()
+        clock, tok, tokens, counts = pipeline(spec, Path(tmp) / "out")
+        f = counts["filters"]
+        print(
+            f"  removed: {f['removed']['exact_duplicates']:,} exact duplicates (planted {made['exact'] + made['spaced']:,}), "
+            f"{f['removed']['near_duplicates']:,} near duplicates (planted {made['near']:,}); "
+            f"{f['rows_out']:,} rows, {tokens:,} tokens, {counts['blocks']:,} blocks",
+            flush=True,
+        )
+        for name, s in clock.seconds.items():
+            mark = "*" if name in GOAL_STEPS else " "
+            print(
+                f"  {mark} {name:<16} {s:8.2f} s  {clock.rows[name] / s:>11,.0f} rows/s  {tokens / s:>12,.0f} tokens/s",
+                flush=True,
+            )
+        base_s, base_rows, base_tokens = baseline(folder, tok)
+        fast_s, _, _ = baseline(folder, tok, fast=True)
+        for name, s in (("encode_batch", base_s), ("encode_batch_fast", fast_s)):
+            print(
+                f"  baseline {name:<18} {s:8.2f} s  {base_rows / s:>11,.0f} rows/s  {base_tokens / s:>12,.0f} tokens/s",
+                flush=True,
+            )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"  peak RSS {peak:,.0f} MB")
+    goal_s = sum(clock.seconds[k] for k in GOAL_STEPS)
+    all_s = sum(clock.seconds.values())
+    ratio = base_s / goal_s
+    verdict = "meets" if ratio >= GOAL else "below"
+    print(
+        f"  the * steps {goal_s:.2f} s; every step {all_s:.2f} s (ratio {base_s / all_s:.3f}); "
+        f"against encode_batch_fast the * steps give {fast_s / goal_s:.3f}"
+    )
+    print(
+        f"prep_throughput: ratio {ratio:.3f} ({verdict} the {GOAL} goal; read+clean+dedup+tokenize+pack "
+        f"{tokens / goal_s:,.0f} tokens/s, baseline encode_batch {base_tokens / base_s:,.0f} tokens/s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
