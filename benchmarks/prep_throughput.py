@@ -1,6 +1,6 @@
 """Data preparation throughput: the prepare stage's steps against raw `tokenizers` encode_batch on the same corpus.
 
-    .venv/bin/python benchmarks/prep_throughput.py [--mb 100] [--seed 0] [--vocab 8192]
+    .venv/bin/python benchmarks/prep_throughput.py [--mb 100] [--seed 0] [--vocab 8192] [--serial]
 
 The corpus is built in a temp dir from ../shared/data (WikiText-2's three files and Tiny Shakespeare, read only):
 documents of 8-24 sentences drawn with a seed from the pool of their sentences, so nearly every document is unique,
@@ -14,8 +14,10 @@ The pipeline runs the stage's own functions in the stage's order, each timed: re
 train/eval n-gram report), train tokenizer, tokenize (tasks.tokenizer.encode), pack, write (the parquet files).
 The baseline, in the same process after the pipeline, reads the same files, cuts them at blank lines and runs the
 BPE the pipeline trained, as a bare `tokenizers.Tokenizer`, through encode_batch (1,000 texts a call, keeping the
-ids) over all of the text. Goal (issue 15): the steps read, clean, dedup, tokenize and pack together run at
->= 0.8x the baseline's speed; the other steps are reported beside it.
+ids) over all of the text; encode_batch_fast (no offsets, what the stage calls) is measured too, the two alternating,
+twice each. Every step and baseline reports wall and CPU seconds (this process's threads and its finished child
+processes). Goal (issue 15): the steps read, clean, dedup, tokenize and pack together run at >= 0.8x the
+encode_batch baseline's speed; the other steps are reported beside it. `--serial` runs everything on one thread.
 """
 
 import argparse
@@ -173,6 +175,12 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=100, help="corpus size in MB")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus")
     parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary (WikiText's preset: 8,192)")
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="one thread and one process throughout (no tokenizer threads, no sketching workers): CPU time then "
+        "measures the work alone, which a busy machine does not skew",
+    )
     args = parser.parse_args()
     missing = [s for s in SOURCES if not (DATA / s).is_file()]
     if missing:
@@ -182,6 +190,9 @@ def main() -> None:
     from tasks.data.spec import PrepareSpec, TokenizerSpec
 
     clean.PROGRESS_ROWS = 10**12  # the stage's progress bars would interleave with the report
+    if args.serial:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the Rust library at its first parallel call
+        clean.PARALLEL_CHARS = float("inf")  # no-op on code without sketching workers
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "corpus"
@@ -191,7 +202,8 @@ def main() -> None:
             f"prep_throughput: {made['bytes'] / 1e6:,.1f} MB in {len(list(folder.iterdir()))} files, "
             f"{sum(made[k] for k in ('unique', 'exact', 'spaced', 'near')):,} documents ({made['unique']:,} unique, "
             f"{made['exact']:,} exact copies, {made['spaced']:,} whitespace variants, {made['near']:,} near duplicates), "
-            f"built in {time.perf_counter() - t0:.1f} s; CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.1f}",
+            f"built in {time.perf_counter() - t0:.1f} s; CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.1f}"
+            f"{', serial' if args.serial else ''}",
             flush=True,
         )
         spec = PrepareSpec(
