@@ -20,10 +20,11 @@ from tasks.errors import UserError
 MINHASH_SEED = 1
 # Above this many rows the MinHash pass shows a progress bar.
 PROGRESS_ROWS = 10_000
-# Rows sketched per task; from this much text on, the sketches are made in one process per CPU (each costs ~1-2 s to
-# start). SHA-1 of each shingle in Python, not datasketch's numpy, is what takes the time: ~0.5 s a MB per core.
+# Rows sketched per task; from this much text on, the sketches are made in one process per CPU. Sketching costs
+# ~0.2 s of CPU a MB (the SHA-1 of each shingle, called per shingle by datasketch, is most of it); a spawned worker
+# costs 1-3 s to start (it imports datasketch, and the main module again: prefect.engine under a Prefect worker).
 SKETCH_CHUNK = 1000
-PARALLEL_CHARS = 5_000_000
+PARALLEL_CHARS = 20_000_000
 
 _SPACES = re.compile(r"[ \t]+")
 _TRAILING = re.compile(r" +\n")
