@@ -1,5 +1,6 @@
 """Train, load and apply tokenizers; pack token ids into fixed-size blocks for language-model training."""
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,7 +173,9 @@ def pack(
     is_token = np.ones(len(stream), dtype=bool)
     is_token[ends - 1] = False
     if is_token.any():
-        stream[is_token] = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists if t])
+        # one C pass over every id, not an array per document
+        count = int(is_token.sum())
+        stream[is_token] = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int32, count=count)
     content = block_size - len(prefix) - len(suffix)
     n_blocks = len(stream) // content
     body = stream[: n_blocks * content].reshape(n_blocks, content)

@@ -48,17 +48,48 @@ def inside(train: list[str], evaluation: list[str], n: int) -> list[bool]:
 
 def overlap(train: list[str], evaluation: list[str], n: int) -> tuple[dict[str, int], list[bool]]:
     """Counts of train and eval texts that match the other side exactly or share an n-gram; and, per train text, whether it does either."""
-    eval_exact = {bare(t) for t in evaluation}
-    eval_grams = set().union(*(ngrams(t, n) for t in evaluation)) if evaluation else set()
-    train_exact = [bare(t) in eval_exact for t in train]
-    train_gram = [not ngrams(t, n).isdisjoint(eval_grams) for t in train]
-    train_norm = {bare(t) for t in train}
-    train_grams = set().union(*(ngrams(t, n) for t in train)) if train else set()
-    counts = {
-        "train_rows_exact": sum(train_exact),
-        "train_rows_ngram": sum(train_gram),
-        "eval_rows_exact": sum(bare(t) in train_norm for t in evaluation),
-        "eval_rows_ngram": sum(not ngrams(t, n).isdisjoint(train_grams) for t in evaluation),
-        "eval_rows": len(evaluation),
-    }
-    return counts, [e or g for e, g in zip(train_exact, train_gram)]
+    return overlaps(train, {"": evaluation}, n)[""]
+
+
+def _grams(w: list[str], n: int):
+    """`ngrams` of a word list as an iterable, not a set of its own: the caller intersects it with a set in C."""
+    if len(w) < n:
+        return [tuple(w)] if w else []
+    return zip(*(w[i:] for i in range(n)))  # the n staggered lists zipped: every window without a slice each
+
+
+def overlaps(
+    train: list[str], evaluations: dict[str, list[str]], n: int
+) -> dict[str, tuple[dict[str, int], list[bool]]]:
+    """`overlap` against each named eval set, reading each training text once.
+
+    Only training grams that some eval text has are kept (an eval text's grams meet the training grams exactly where
+    they meet these), so memory follows the eval sets, not the training corpus."""
+    eval_words = {name: [words(t) for t in texts] for name, texts in evaluations.items()}
+    eval_exact = {name: {" ".join(w) for w in ws} for name, ws in eval_words.items()}
+    eval_grams = {name: set().union(*(_grams(w, n) for w in ws)) for name, ws in eval_words.items()}
+    any_exact, any_gram = set().union(*eval_exact.values()), set().union(*eval_grams.values())
+    exact_flags = {name: [] for name in evaluations}
+    gram_flags = {name: [] for name in evaluations}
+    matched, shared = set(), set()  # bare train texts equal to an eval text; train grams an eval text has
+    for text in train:
+        w = words(text)
+        b = " ".join(w)
+        if b in any_exact:
+            matched.add(b)
+        common = any_gram.intersection(_grams(w, n))
+        shared |= common
+        for name in evaluations:
+            exact_flags[name].append(b in eval_exact[name])
+            gram_flags[name].append(not common.isdisjoint(eval_grams[name]))
+    out = {}
+    for name, ws in eval_words.items():
+        counts = {
+            "train_rows_exact": sum(exact_flags[name]),
+            "train_rows_ngram": sum(gram_flags[name]),
+            "eval_rows_exact": sum(" ".join(w) in matched for w in ws),
+            "eval_rows_ngram": sum(not shared.isdisjoint(_grams(w, n)) for w in ws),
+            "eval_rows": len(ws),
+        }
+        out[name] = counts, [e or g for e, g in zip(exact_flags[name], gram_flags[name])]
+    return out

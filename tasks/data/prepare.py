@@ -119,10 +119,10 @@ def _contamination(spec: PrepareSpec, splits: dict[str, list[dict]]) -> dict:
     """Train/eval overlap per eval split, the rows dropped, and (under `hits`) which training rows overlap either."""
     train = [r["text"] for r in splits["train"]]
     report, hits = {"ngram": spec.clean.contamination_ngram}, [False] * len(train)
-    for name in ("validation", "test"):
-        report[name], flags = decontaminate.overlap(
-            train, [r["text"] for r in splits[name]], spec.clean.contamination_ngram
-        )
+    evaluations = {name: [r["text"] for r in splits[name]] for name in ("validation", "test")}
+    found = decontaminate.overlaps(train, evaluations, spec.clean.contamination_ngram)  # the train side read once
+    for name in evaluations:
+        report[name], flags = found[name]
         hits = [a or b for a, b in zip(hits, flags)]
     report["dropped"] = sum(hits) if spec.clean.decontaminate else 0
     report["hits"] = hits

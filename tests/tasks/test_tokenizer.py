@@ -149,6 +149,32 @@ def test_pack_handles_empty_documents_and_inputs():
     assert pack([], sep_id=0, block_size=8).shape == (0, 8)
 
 
+def old_pack(token_lists, sep_id, block_size, prefix=(), suffix=()):
+    """tasks.tokenizer.pack before it read the ids in one np.fromiter pass (commit 1790180)."""
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists)) + 1
+    ends = np.cumsum(lengths)
+    stream = np.full(int(ends[-1]) if len(ends) else 0, sep_id, dtype=np.int32)
+    is_token = np.ones(len(stream), dtype=bool)
+    is_token[ends - 1] = False
+    if is_token.any():
+        stream[is_token] = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists if t])
+    content = block_size - len(prefix) - len(suffix)
+    n_blocks = len(stream) // content
+    body = stream[: n_blocks * content].reshape(n_blocks, content)
+    before, after = (np.tile(np.asarray(t, dtype=np.int32), (n_blocks, 1)) for t in (prefix, suffix))
+    return np.concatenate([before, body, after], axis=1)
+
+
+def test_pack_equals_the_old_pack_on_random_documents():
+    rng = np.random.default_rng(6)
+    docs = [rng.integers(0, 2**31 - 1, size=int(rng.choice([0, 1, 5, 40, 300]))).tolist() for _ in range(400)]
+    for block_size, prefix, suffix in ((2, [], []), (7, [], []), (128, [101], [102]), (64, [1, 2], [])):
+        new, old = pack(docs, 3, block_size, prefix, suffix), old_pack(docs, 3, block_size, prefix, suffix)
+        assert new.dtype == old.dtype == np.int32 and new.shape == old.shape and new.shape[0] > 0
+        np.testing.assert_array_equal(new, old)
+    assert pack([[], []], 3, 4).shape == old_pack([[], []], 3, 4).shape == (0, 4)
+
+
 def test_unigram_perplexity_of_uniform_symbols_is_their_count():
     rng = np.random.default_rng(0)
     k = 50
