@@ -93,6 +93,7 @@ def _pipeline(args, spec, splits) -> dict:
         """Times the steps after the warm-up and the evaluations and saves inside that window."""
 
         t0 = t1 = None
+        tokens = 0
         inside = {"evaluate": 0.0, "save": 0.0}
         saves: list[int] = []
 
@@ -115,30 +116,39 @@ def _pipeline(args, spec, splits) -> dict:
 
             return wrapper
 
-    home = tempfile.mkdtemp(prefix="ft-bench-")
-    os.environ["MULTISTEP_HOME"] = home
-    mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
-    mlflow.set_experiment("finetune-throughput")
-    model, tok = _model(spec)
-    enc = classify.encode_splits(tok, splits, LABELS, spec.max_length)  # as classify.setup encodes them
-    with mlflow.start_run() as run:
-        ctx = StageRun("finetune", run.info.run_id, "bench", "", {}, {}, None, False)
-        trainer = build(
-            spec, model, tok, enc["train"], enc["validation"], DataCollatorWithPadding(tok), ctx, **classify.SELECT
-        )
-        clock = StepClock()
-        trainer.add_callback(clock)
-        # _save_checkpoint writes the checkpoint; the callbacks' on_save publishes it to the artifact store.
-        save = trainer._save_checkpoint
-        trainer._save_checkpoint = clock.timed("save", save)
-        trainer.callback_handler.on_save = clock.timed("save", trainer.callback_handler.on_save)
-        trainer.evaluate = clock.timed("evaluate", trainer.evaluate)
-        fit(trainer, ctx, spec.train.keep_checkpoints)
-        result = {"seconds": clock.t1 - clock.t0, **{f"{k}_seconds": v for k, v in clock.inside.items()}}
-        result["saves"] = clock.saves
-        result["loss"] = next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h)
-        if args.dev:  # the trainer holds the best validated weights (the final ones when nothing was validated)
-            result["dev_accuracy"] = trainer.evaluate(enc["test"], metric_key_prefix="test")["test_accuracy"]
+    with tempfile.TemporaryDirectory(prefix="ft-bench-") as home:
+        os.environ["MULTISTEP_HOME"] = home
+        mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
+        mlflow.set_experiment("finetune-throughput")
+        model, tok = _model(spec)
+        enc = classify.encode_splits(tok, splits, LABELS, spec.max_length)  # as classify.setup encodes them
+        with mlflow.start_run() as run:
+            ctx = StageRun("finetune", run.info.run_id, "bench", "", {}, {}, None, False)
+            trainer = build(
+                spec, model, tok, enc["train"], enc["validation"], DataCollatorWithPadding(tok), ctx, **classify.SELECT
+            )
+            clock = StepClock()
+            trainer.add_callback(clock)
+            # _save_checkpoint writes the checkpoint; the callbacks' on_save publishes it to the artifact store.
+            save = trainer._save_checkpoint
+            trainer._save_checkpoint = clock.timed("save", save)
+            trainer.callback_handler.on_save = clock.timed("save", trainer.callback_handler.on_save)
+            trainer.evaluate = clock.timed("evaluate", trainer.evaluate)
+            step = trainer.training_step
+
+            def counted(model, inputs, *a, **kw):  # padded tokens of each timed step's batch [32, longest]
+                if clock.t0 is not None and clock.t1 is None:
+                    clock.tokens += inputs["input_ids"].numel()
+                return step(model, inputs, *a, **kw)
+
+            trainer.training_step = counted
+            fit(trainer, ctx, spec.train.keep_checkpoints)
+            result = {"seconds": clock.t1 - clock.t0, "tokens": clock.tokens}
+            result.update({f"{k}_seconds": v for k, v in clock.inside.items()})
+            result["saves"] = clock.saves
+            result["loss"] = next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h)
+            if args.dev:  # the trainer holds the best validated weights (the final ones when nothing was validated)
+                result["dev_accuracy"] = trainer.evaluate(enc["test"], metric_key_prefix="test")["test_accuracy"]
     return result
 
 
@@ -177,7 +187,7 @@ def _bare(args, spec, splits) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     bf16 = spec.train.precision == "bf16"
     gen = torch.Generator().manual_seed(train.seed)
-    order, pos, losses, t0 = torch.randperm(len(ids), generator=gen), 0, [], None
+    order, pos, losses, t0, tokens = torch.randperm(len(ids), generator=gen), 0, [], None, 0
     for step in range(1, train.max_steps + 1):
         if pos + BATCH_SIZE > len(order):
             order, pos = torch.randperm(len(ids), generator=gen), 0
@@ -193,7 +203,13 @@ def _bare(args, spec, splits) -> dict:
         losses.append(loss.detach())
         if step == args.warmup:
             t0 = time.perf_counter()
-    result = {"seconds": time.perf_counter() - t0, "loss": float(torch.stack(losses[-train.log_every :]).mean())}
+        elif t0 is not None:
+            tokens += inputs["input_ids"].numel()
+    result = {
+        "seconds": time.perf_counter() - t0,
+        "tokens": tokens,
+        "loss": float(torch.stack(losses[-train.log_every :]).mean()),
+    }
     if args.dev:
         result["dev_accuracy"] = _accuracy(model, tok, splits["test"], spec.max_length, bf16)
     return result
@@ -302,7 +318,8 @@ def main() -> None:
                 parts = f"  (evaluate {res['evaluate_seconds']:.1f} s, save {res['save_seconds']:.1f} s at steps {res['saves']})"
             dev = f"  dev accuracy {res['dev_accuracy']:.4f}" if "dev_accuracy" in res else ""
             print(
-                f"  round {r} {variant:<14} {res['steps_per_second']:.3f} steps/s  {1000 * res['seconds'] / args.steps:6.1f} ms/step{parts}  "
+                f"  round {r} {variant:<14} {res['steps_per_second']:.3f} steps/s  {1000 * res['seconds'] / args.steps:6.1f} ms/step  "
+                f"{res['tokens'] / args.steps:.0f} padded tokens/step{parts}  "
                 f"last loss {res['loss']:.3f}{dev}  peak RSS {res['peak_rss_mb']:,.0f} MB  threads {res['threads']}  load before {load:.1f}",
                 flush=True,
             )
