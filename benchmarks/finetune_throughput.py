@@ -97,10 +97,18 @@ def _pipeline(args, spec, splits) -> dict:
         inside = {"evaluate": 0.0, "save": 0.0}
         saves: list[int] = []
 
+        bare = 0.0
+
         def on_step_end(self, a, state, control, **kw):
-            if state.global_step == args.warmup:
+            g = state.global_step
+            if bare_step and g <= args.warmup + args.steps:  # --paired: one bare step after each Trainer step
+                t = time.perf_counter()
+                bare_step()
+                if g > args.warmup:
+                    self.bare += time.perf_counter() - t
+            if g == args.warmup:
                 self.t0 = time.perf_counter()
-            elif state.global_step == args.warmup + args.steps:
+            elif g == args.warmup + args.steps:
                 self.t1 = time.perf_counter()
 
         def timed(self, what: str, fn):
@@ -120,6 +128,7 @@ def _pipeline(args, spec, splits) -> dict:
         os.environ["MULTISTEP_HOME"] = home
         mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
         mlflow.set_experiment("finetune-throughput")
+        bare_step = _bare_stepper(spec, splits)[0] if args.paired else None
         model, tok = _model(spec)
         enc = classify.encode_splits(tok, splits, LABELS, spec.max_length)  # as classify.setup encodes them
         with mlflow.start_run() as run:
@@ -143,7 +152,9 @@ def _pipeline(args, spec, splits) -> dict:
 
             trainer.training_step = counted
             fit(trainer, ctx, spec.train.keep_checkpoints)
-            result = {"seconds": clock.t1 - clock.t0, "tokens": clock.tokens}
+            result = {"seconds": clock.t1 - clock.t0 - clock.bare, "tokens": clock.tokens}
+            if bare_step:
+                result["bare_seconds"] = clock.bare
             result.update({f"{k}_seconds": v for k, v in clock.inside.items()})
             result["saves"] = clock.saves
             result["loss"] = next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h)
@@ -152,7 +163,8 @@ def _pipeline(args, spec, splits) -> dict:
     return result
 
 
-def _bare(args, spec, splits) -> dict:
+def _bare_stepper(spec, splits):
+    """A bare training loop as a function that runs one step and returns its padded tokens; also the model, tokenizer, losses."""
     import torch
 
     model, tok = _model(spec)
@@ -187,12 +199,14 @@ def _bare(args, spec, splits) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     bf16 = spec.train.precision == "bf16"
     gen = torch.Generator().manual_seed(train.seed)
-    order, pos, losses, t0, tokens = torch.randperm(len(ids), generator=gen), 0, [], None, 0
-    for step in range(1, train.max_steps + 1):
-        if pos + BATCH_SIZE > len(order):
-            order, pos = torch.randperm(len(ids), generator=gen), 0
-        inputs = batch(order[pos : pos + BATCH_SIZE])
-        pos += BATCH_SIZE
+    state = {"order": torch.randperm(len(ids), generator=gen), "pos": 0}
+    losses = []
+
+    def step() -> int:
+        if state["pos"] + BATCH_SIZE > len(state["order"]):
+            state["order"], state["pos"] = torch.randperm(len(ids), generator=gen), 0
+        inputs = batch(state["order"][state["pos"] : state["pos"] + BATCH_SIZE])
+        state["pos"] += BATCH_SIZE
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**inputs).loss
         loss.backward()
@@ -201,18 +215,47 @@ def _bare(args, spec, splits) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
-        if step == args.warmup:
+        return inputs["input_ids"].numel()
+
+    return step, model, tok, losses
+
+
+def _bare(args, spec, splits) -> dict:
+    import torch
+
+    step, model, tok, losses = _bare_stepper(spec, splits)
+    t0, tokens = None, 0
+    for i in range(1, spec.train.max_steps + 1):
+        n = step()
+        if i == args.warmup:
             t0 = time.perf_counter()
         elif t0 is not None:
-            tokens += inputs["input_ids"].numel()
+            tokens += n
     result = {
         "seconds": time.perf_counter() - t0,
         "tokens": tokens,
-        "loss": float(torch.stack(losses[-train.log_every :]).mean()),
+        "loss": float(torch.stack(losses[-spec.train.log_every :]).mean()),
     }
     if args.dev:
-        result["dev_accuracy"] = _accuracy(model, tok, splits["test"], spec.max_length, bf16)
+        result["dev_accuracy"] = _accuracy(model, tok, splits["test"], spec.max_length, spec.train.precision == "bf16")
     return result
+
+
+def _paired_precision(args, spec, splits) -> dict:
+    """bf16 and fp32 bare loops in one process, one step of each in turn (same seed, so the same batches): load on the
+    machine hits both alike. Returns the seconds of each over the timed steps."""
+    bf16, fp32 = (
+        _bare_stepper(spec.model_copy(update={"train": spec.train.replace(precision=p)}), splits)[0]
+        for p in ("bf16", "fp32")
+    )
+    seconds = {"bf16": 0.0, "fp32": 0.0}
+    for i in range(1, spec.train.max_steps + 1):
+        for name, step in (("bf16", bf16), ("fp32", fp32)):
+            t = time.perf_counter()
+            step()
+            if i > args.warmup:
+                seconds[name] += time.perf_counter() - t
+    return {"seconds": seconds["fp32"], "bf16_seconds": seconds["bf16"], "tokens": 0, "loss": float("nan")}
 
 
 def _accuracy(model, tok, rows: list[dict], max_length: int, bf16: bool) -> float:
@@ -238,7 +281,7 @@ def child(args) -> None:
         torch.set_num_threads(args.threads)
     spec = _spec(args)
     splits = _splits(args.data)
-    run = _pipeline if args.child == "pipeline" else _bare
+    run = {"pipeline": _pipeline, "bare": _bare, "precision": _paired_precision}[args.child]
     result = run(args, spec, splits)
     result.update(
         variant=f"{args.child}:{args.precision}",
@@ -254,7 +297,9 @@ def measure(variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--precision", precision, "--data", args.data]
     for flag in ("steps", "warmup", "checkpoint_every", "max_length", "threads"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return run_child(variant, cmd + (["--dev"] if args.dev else []))
+    return run_child(
+        variant, cmd + (["--dev"] if args.dev else []) + (["--paired", args.paired] if args.paired else [])
+    )
 
 
 def _projected(pipe: dict, bare: dict, args) -> float | None:
@@ -266,6 +311,44 @@ def _projected(pipe: dict, bare: dict, args) -> float | None:
     step = (pipe["seconds"] - pipe["evaluate_seconds"] - pipe["save_seconds"]) / args.steps
     extra = (pipe["evaluate_seconds"] + pipe["save_seconds"]) / n
     return bare["seconds"] / args.steps * args.project / (step * args.project + extra)
+
+
+def paired(args) -> None:
+    """--paired: per round one child that alternates the two variants step by step; ratio = B's seconds / A's."""
+    a, b = ("pipeline:fp32", "bare:fp32") if args.paired == "pipeline" else ("bare:bf16", "bare:fp32")
+    print(
+        f"finetune_throughput --paired {args.paired}: {a} and {b} step by step in one process, batch {BATCH_SIZE}, "
+        f"max length {args.max_length}, {args.steps} timed steps each after {args.warmup} warm-up, "
+        f"{args.rounds} rounds, threads {args.threads or 'torch default'}",
+        flush=True,
+    )
+    ratios, projected = [], []
+    for r in range(1, args.rounds + 1):
+        load = os.getloadavg()[0]
+        res = measure(a if args.paired == "pipeline" else "precision:fp32", args)
+        other = res["bare_seconds"] if args.paired == "pipeline" else res["seconds"]
+        mine = res["seconds"] if args.paired == "pipeline" else res["bf16_seconds"]
+        ratios.append(other / mine)
+        extra = ""
+        if args.paired == "pipeline":
+            extra = (
+                f" (evaluate {res['evaluate_seconds']:.1f} s, save {res['save_seconds']:.1f} s at steps {res['saves']})"
+            )
+            train_only = (mine - res["evaluate_seconds"] - res["save_seconds"]) / args.steps
+            extra += f", steps alone {1000 * train_only:.0f} ms"
+            if (p := _projected(res, {"seconds": other}, args)) is not None:
+                projected.append(p)
+                extra += f"; projected to one validation and checkpoint per {args.project} steps {p:.3f}"
+        print(
+            f"  round {r}: {a} {1000 * mine / args.steps:.0f} ms/step{extra}, {b} {1000 * other / args.steps:.0f} ms/step, "
+            f"ratio {ratios[-1]:.3f}  load before {load:.1f}",
+            flush=True,
+        )
+    tail = f", projected to every {args.project} steps {statistics.median(projected):.3f}" if projected else ""
+    print(
+        f"finetune_throughput: paired ratio {a}/{b} {statistics.median(ratios):.3f} "
+        f"(rounds {', '.join(f'{x:.3f}' for x in ratios)}){tail}"
+    )
 
 
 def main() -> None:
@@ -293,13 +376,21 @@ def main() -> None:
         metavar=("A", "B"),
         help="the two variants, each pipeline|bare:fp32|bf16; the ratio is A/B",
     )
-    parser.add_argument("--child", choices=["pipeline", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--paired",
+        choices=["pipeline", "precision"],
+        help="instead: one process per round that alternates step by step, pipeline (Trainer) with bare steps or "
+        "bf16 with fp32 bare steps, so that load from other processes hits both alike",
+    )
+    parser.add_argument("--child", choices=["pipeline", "bare", "precision"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
     if not (Path(args.data) / "train.tsv").is_file():
         sys.exit(f"{args.data}/train.tsv does not exist: pass --data with the folder of SST-2's train.tsv and dev.tsv")
+    if args.paired:
+        return paired(args)
     a, b = args.compare
     print(
         f"finetune_throughput: package:minilm on SST-2, batch {BATCH_SIZE}, max length {args.max_length}, "
