@@ -168,7 +168,7 @@ def encode_splits(tokenizer, rows: dict[str, list[dict]], labels: list[str], max
     """Each split encoded; validation shortest first.
 
     Validation is scored at every checkpoint, and only as a whole (accuracy, F1), so its order is free. In stored order
-    each batch pads to its longest row: on SST-2's validation that is 2.9x the real tokens, sorted 1.05x. Test keeps
+    each batch pads to its longest row: on SST-2's validation that is 3.0x the real tokens, sorted 1.05x. Test keeps
     its order: its predictions table pairs each row with its prediction.
     """
     label2id = {label: i for i, label in enumerate(labels)}
