@@ -60,6 +60,12 @@ def encode(tokenizer, rows: list[dict], label2id: dict[str, int], max_length: in
     return Encoded(dict(enc), [label2id[r["label"]] for r in rows])
 
 
+def by_length(encoded: Encoded) -> Encoded:
+    """The same examples, shortest first: each padded batch then holds rows of about one length."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded.encodings["input_ids"][i]))
+    return Encoded({k: [v[i] for i in order] for k, v in encoded.encodings.items()}, [encoded.labels[i] for i in order])
+
+
 def scores(eval_pred) -> dict[str, float]:
     """Accuracy and macro-F1 (scikit-learn) from the Trainer's logits and label ids."""
     logits, labels = eval_pred
@@ -154,11 +160,21 @@ def setup(spec, init: str, data: str):
     set_seed(spec.train.seed)
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
+    rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
+    return model, tok, encode_splits(tok, rows, labels, spec.max_length), labels
+
+
+def encode_splits(tokenizer, rows: dict[str, list[dict]], labels: list[str], max_length: int) -> dict[str, Encoded]:
+    """Each split encoded; validation shortest first.
+
+    Validation is scored at every checkpoint, and only as a whole (accuracy, F1), so its order is free. In stored order
+    each batch pads to its longest row: on SST-2's validation that is 3.0x the real tokens, sorted 1.05x. Test keeps
+    its order: its predictions table pairs each row with its prediction.
+    """
     label2id = {label: i for i, label in enumerate(labels)}
-    splits = {
-        s: encode(tok, labeled.load_rows(data, s), label2id, spec.max_length) for s in ("train", "validation", "test")
-    }
-    return model, tok, splits, labels
+    splits = {s: encode(tokenizer, split_rows, label2id, max_length) for s, split_rows in rows.items()}
+    splits["validation"] = by_length(splits["validation"])
+    return splits
 
 
 # The best checkpoint is the one with the highest validation accuracy.
