@@ -236,6 +236,10 @@ def _call(flow, spec, local_prefect: str | None):
     detection), and each subflow's exit would wait up to 1 s for the heartbeat thread."""
     if not local_prefect:
         return supervise.run(lambda: flow(spec))
+    if not embedded.ready():
+        # Still booting (on a fresh home it migrates its database for seconds): meanwhile import the training stack,
+        # which the first stage that runs would import anyway.
+        import tasks.train  # noqa: F401
     embedded.wait_ready()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

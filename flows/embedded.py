@@ -119,6 +119,11 @@ def _start() -> None:
     sock.close()
 
 
+def ready() -> bool:
+    """Whether the server this CLI uses answers now (one request, no waiting)."""
+    return not _started or _healthy(api_url(_started[-1]["port"]))
+
+
 def wait_ready(timeout_s: float = 120) -> None:
     """Return once the server this CLI started answers (Prefect's own 20 s is short on a busy machine)."""
     if not _started:
