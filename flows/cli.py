@@ -6,12 +6,10 @@
 """
 
 import argparse
-import atexit
 import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,21 +20,8 @@ from tasks.interrupt import Interrupted
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
     if argv is None:  # the process's own command line (the `multistep` script, `python -m flows.cli`)
-        _exit(code)
+        supervise.exit_now(code)
     return code
-
-
-def _exit(code: int) -> None:
-    """End the process as Python would, minus the interpreter's teardown: freeing torch's, transformers', MLflow's and
-    Prefect's modules object by object took seconds after each run, and nothing there needs it. Every atexit handler
-    still runs, in order: Prefect sends its last logs and events, then the embedded server stops."""
-    # The interpreter's own first two steps at exit: join the threads, run threading's exit hooks (Prefect's log and
-    # event services drain there), then atexit's handlers.
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _main(argv: list[str] | None) -> int:
