@@ -9,7 +9,7 @@ tasks.model.build), without the MLflow and checkpoint callbacks, checkpoint_ever
 plain loop with the same model, seed, packed blocks, batch size, fused AdamW, warmup+cosine schedule and
 gradient clipping. Every measurement runs in its own subprocess (peak RSS per variant), skips a few warm-up
 steps, then times --steps optimizer steps. Variants alternate (A B A B ...) so machine noise hits both alike;
-the ratio pipeline/bare is taken per round and its median reported (goal: >= 0.95).
+the ratio pipeline/bare is taken per round and its median reported (goal: >= 0.95; with --compile, >= 1.10). The last line gives MFU against the fp32 matmul peak measured in the same run.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from child import run as run_child  # benchmarks/child.py: one measurement in a 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = str((ROOT / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt").resolve())
 BLOCK_SIZE, BATCH_SIZE = 64, 12
-GOAL = 0.95
+GOAL, COMPILED_GOAL = 0.95, 1.10  # eager: parity with the bare loop; with --compile (issue 15): 10% faster than it
 
 
 def _specs(steps: int, warmup: int, compile: bool = False):
@@ -321,13 +321,14 @@ def main() -> None:
     med = {v: statistics.median(x["tokens_per_second"] for x in results[v]) for v in results}
     rss = {v: max(x["peak_rss_mb"] for x in results[v]) for v in results}
     ratio = statistics.median(ratios)
-    verdict = "meets" if ratio >= GOAL else "below"
+    goal = COMPILED_GOAL if args.compile else GOAL
+    verdict = "meets" if ratio >= goal else "below"
     best = max(x["tokens_per_second"] for x in results["pipeline"]) / max(
         x["tokens_per_second"] for x in results["bare"]
     )
     print(f"  optimizer (both): {opts['bare']}")
     print(
-        f"  ratios {', '.join(f'{x:.3f}' for x in ratios)}; median {ratio:.3f} ({verdict} the {GOAL} goal); best-of-rounds ratio {best:.3f}"
+        f"  ratios {', '.join(f'{x:.3f}' for x in ratios)}; median {ratio:.3f} ({verdict} the {goal} goal); best-of-rounds ratio {best:.3f}"
     )
     if max(ratios) - min(ratios) > 0.10:
         print(
