@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,13 @@ from tasks.interrupt import Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:  # the process's own command line (the `multistep` script, `python -m flows.cli`)
+        supervise.exit_now(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="multistep", description="Multi-step LLM training as a Prefect workflow.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline preset end to end")
@@ -114,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     _embedded_defaults()
     if args.command == "lineage":
         return _lineage(args)  # reads MLflow only: no Prefect server to start
+    # First: the server boots in its own process while this one imports Prefect, MLflow and torch.
+    local_prefect = embedded.launch(Path(os.environ["MULTISTEP_HOME"]).resolve())
     supervise.install()
-    prefect_ready = embedded.start_prefect_server()
     from tasks.errors import UserError  # after the environment is set: prefect reads it at import
 
     try:
         if args.command == "evaluate":
-            return _evaluate(args, prefect_ready)
-        return _sweep(args, prefect_ready) if args.command == "sweep" else _run(args, prefect_ready)
+            return _evaluate(args, local_prefect)
+        return _sweep(args, local_prefect) if args.command == "sweep" else _run(args, local_prefect)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -171,7 +178,7 @@ def _embedded_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # datasets and models here are small
 
 
-def _run(args, prefect_ready: threading.Thread | None) -> int:
+def _run(args, local_prefect: str | None) -> int:
     from flows.spec import load
     from tasks import backend
 
@@ -183,7 +190,7 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     from tasks.report import pipeline_summary
 
     start = time.perf_counter()
-    result = _call(llm_pipeline, spec, prefect_ready)
+    result = _call(llm_pipeline, spec, local_prefect)
     # The flow put the summary on its MLflow run and in Prefect (tasks/report.publish); the terminal gets it plain.
     print(pipeline_summary(result, time.perf_counter() - start, STAGES))
     if args.json:
@@ -191,7 +198,7 @@ def _run(args, prefect_ready: threading.Thread | None) -> int:
     return 0
 
 
-def _sweep(args, prefect_ready: threading.Thread | None) -> int:
+def _sweep(args, local_prefect: str | None) -> int:
     from flows import sweep
     from flows.sweep_spec import load
     from tasks import backend
@@ -201,7 +208,7 @@ def _sweep(args, prefect_ready: threading.Thread | None) -> int:
     found = sweep.plan(spec, source=args.config)  # every input mistake before anything runs
     backend.configure(found.cells[0].spec.execution.experiment)
     _hide_tracebacks_of_user_errors()
-    report = _call(sweep.sweep, spec, prefect_ready)
+    report = _call(sweep.sweep, spec, local_prefect)
     print(render(report))
     if args.json:
         print(json.dumps(report))
@@ -209,12 +216,16 @@ def _sweep(args, prefect_ready: threading.Thread | None) -> int:
     return 1 if any(c["status"] == "failed" for c in report["cells"]) else 0
 
 
-def _call(flow, spec, prefect_ready: threading.Thread | None):
-    """Run a flow; on the embedded server, without heartbeats: the ephemeral server dies with this process, and each
-    subflow's exit would wait up to 1 s for the heartbeat thread."""
-    if not prefect_ready:
+def _call(flow, spec, local_prefect: str | None):
+    """Run a flow; on a local server (embedded or `make ui`'s), without heartbeats: nothing there watches them (no crash
+    detection), and each subflow's exit would wait up to 1 s for the heartbeat thread."""
+    if not local_prefect:
         return supervise.run(lambda: flow(spec))
-    prefect_ready.join()
+    if not embedded.ready():
+        # Still booting (on a fresh home it migrates its database for seconds): meanwhile import the training stack,
+        # which the first stage that runs would import anyway.
+        import tasks.train  # noqa: F401
+    embedded.wait_ready()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -265,15 +276,14 @@ def _hide_tracebacks_of_user_errors() -> None:
             handler.addFilter(lambda record: not getattr(record, "multistep_user_error", False))
 
 
-def _evaluate(args, prefect_ready: threading.Thread | None) -> int:
+def _evaluate(args, local_prefect: str | None) -> int:
     from tasks.errors import UserError
 
     try:
         from flows.evaluation import evaluate_pipeline
 
         _hide_tracebacks_of_user_errors()
-        if prefect_ready:
-            prefect_ready.join()
+        embedded.wait_ready()
         result = supervise.run(
             lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
         )

@@ -10,6 +10,7 @@ import time
 from prefect import Flow
 from pydantic import BaseModel
 
+from flows.embedded import LOCAL_ENV
 from flows.stages import OUTPUT_KEY, STAGES
 from tasks import interrupt
 from tasks.errors import UserError
@@ -170,7 +171,8 @@ def prepare(stages: list[tuple[str, str]], execution) -> None:
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
-    if not os.environ.get("PREFECT_API_URL"):
+    # The CLI's own server (flows/embedded.py) names itself in PREFECT_API_URL too, but has no workers.
+    if not os.environ.get("PREFECT_API_URL") or os.environ.get(LOCAL_ENV):
         raise UserError(
             "execution.mode pools dispatches to workers through a Prefect server: set PREFECT_API_URL (`make stack` prints it)"
         )

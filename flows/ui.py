@@ -13,6 +13,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows import embedded
 from tasks import links
 from tasks.errors import UserError
 
@@ -113,7 +114,8 @@ def serve(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000) -> Iter
             started[name] = start(home, name, port)
         for server in started.values():
             wait_ready(server)
-        yield started
+        with embedded.recorded_ui(Path(home).resolve(), f"{started['prefect'].url}/api"):
+            yield started
     finally:
         stop(*started.values())
 

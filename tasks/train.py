@@ -1,5 +1,6 @@
 """Trainer setup shared by every training stage: arguments, MLflow logging, checkpoints, resume, fault injection."""
 
+import functools
 import os
 import shutil
 import signal
@@ -114,9 +115,27 @@ class FaultInjection(TrainerCallback):
             interrupt.wait()
 
 
+@functools.cache
+def compile_failure() -> str | None:
+    """Why torch.compile cannot work in this process (no C++ compiler for inductor, an unsupported Python ...), or None.
+
+    A small function is compiled and run once per process: Trainer compiles the model lazily, and a machine without a
+    toolchain would otherwise fail at the first training step."""
+    try:
+        torch.compile(lambda x: torch.nn.functional.gelu(x) * 2)(torch.ones(8))
+    except Exception as exc:  # whatever inductor, dynamo or the toolchain raise: the fallback is the same
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    return None
+
+
 def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArguments:
     """TrainingArguments from the spec with fast defaults (fused AdamW, SDPA set on the model, no workers)."""
     cuda = torch.cuda.is_available()
+    compiled = spec.compile and compile_failure() is None
+    if spec.compile and not compiled:
+        print(
+            f"warning: train.compile is on, but torch.compile fails here ({compile_failure()}): training runs eagerly"
+        )
     kwargs = dict(
         output_dir=output_dir,
         max_steps=spec.max_steps,
@@ -138,7 +157,7 @@ def arguments(spec: TrainSpec, output_dir: str, **overrides) -> TrainingArgument
         full_determinism=spec.deterministic,
         bf16=spec.precision == "bf16",
         fp16=spec.precision == "fp16",
-        torch_compile=spec.compile,
+        torch_compile=compiled,
         use_cpu=not cuda,
         report_to="none",
         # Our datasets hold exactly the model's inputs; dropping "unused" columns has silently broken labels before (DESIGN §5).

@@ -108,11 +108,12 @@ def test_missing_config_file(tmp_path, run_cli):
     assert_refused(run_cli(["run", "configs/nope.yaml"], tmp_path / "home"), "configs/nope.yaml", "does not exist")
 
 
-def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_cli, registered_versions):
+def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_cli, registered_versions, processes_of):
     home = tmp_path / "home"
     sets = sum((["--set", o] for o in tiny_overrides(corpus)), [])
     ok = run_cli(["run", "configs/default.yaml", *sets, "--json"], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
+    assert processes_of(home) == []  # the CLI stopped its Prefect server before it exited
     assert "registered: models:/tiny-base/1" in ok.stdout
     # --json: the result URIs last
     assert json.loads(ok.stdout.strip().splitlines()[-1])["model"] == "models:/tiny-base/1"
@@ -121,6 +122,7 @@ def test_failed_run_keeps_earlier_results(tmp_path, corpus, tiny_overrides, run_
     bad.write_bytes(b"\xff\xfe")
     failed = run_cli(["run", "configs/default.yaml", *sets, "--set", f"data.sources=[{bad}]"], home)
     assert_refused(failed, "bad.txt:1")
+    assert processes_of(home) == []
     assert [int(v.version) for v in registered_versions(home)] == [1]
 
 
