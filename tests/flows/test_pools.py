@@ -294,6 +294,8 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     with stack.environ(team.env):
         deploy.ensure_pools(gpus=2)
     team.start_worker("gpu", limit=1, name="worker-gpu-2")
+    # Both workers start stages forked (flows/forkserver.py): one started the slow way could miss the other's short run.
+    team.wait_forkservers("worker-gpu", "worker-gpu-2")
     try:
         done = cli(team, ["sweep", str(path), "--json"], tmp_path / "client", run_cli)
     finally:
