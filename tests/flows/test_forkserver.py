@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FORKEE = """
 import json, os, signal, sys, time
 if __name__ == "__main__":
+    do = os.environ.get("FORKEE_DO", "exit 3").split()
+    if do[0] == "wait":  # answers SIGTERM with exit status 7; set before it says it runs, or a test's signal can beat it
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
     print(json.dumps({"ppid": os.getppid(), "cwd": os.getcwd(), "argv": sys.argv[1:], "colour": os.environ.get("COLOUR"),
                       "pgid": os.getpgid(0), "pid": os.getpid()}), flush=True)
     print("to stderr", file=sys.stderr, flush=True)
-    do = os.environ.get("FORKEE_DO", "exit 3").split()
     if do[0] == "exit":
         sys.exit(int(do[1]))
-    if do[0] == "wait":  # until SIGTERM, which it answers with exit status 7
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+    if do[0] == "wait":  # until SIGTERM
         while True:
             time.sleep(0.05)
 """
