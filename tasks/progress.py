@@ -1,5 +1,5 @@
 """Training progress as lines in the Prefect flow run's log: the loss every `log_every` steps and at the last step,
-each checkpoint, each evaluation."""
+each evaluation (each checkpoint: tasks/callbacks.py PublishCheckpoints, once it is in the store)."""
 
 from transformers import TrainerCallback
 
@@ -24,8 +24,8 @@ class Progress(TrainerCallback):
     Added on every torchrun rank all the same: each must ask for the last step's log, where Trainer gathers the loss
     across ranks (a rank that skipped that gather failed the others' training)."""
 
-    def __init__(self, stage: str, checkpoints: str):
-        self.stage, self.checkpoints = stage, checkpoints
+    def __init__(self, stage: str):
+        self.stage = stage
 
     def on_step_end(self, args, state, control, **kwargs):
         # The last step's loss always: a run shorter than log_every would have no curve at all.
@@ -37,12 +37,6 @@ class Progress(TrainerCallback):
         if state.is_world_process_zero and "loss" in logs:
             lr = f", lr {logs['learning_rate']:.3g}" if "learning_rate" in logs else ""
             say(f"{self.stage}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{lr}")
-
-    def on_save(self, args, state, control, **kwargs):
-        # after PublishCheckpoints (added before this callback): the checkpoint is complete in the store
-        if state.is_world_process_zero:
-            name = f"checkpoint-{state.global_step}"
-            say(f"{self.stage}: step {state.global_step}/{state.max_steps} saved {name} to {self.checkpoints}/{name}")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero and metrics:

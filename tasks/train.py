@@ -3,26 +3,22 @@
 import functools
 import os
 import shutil
-import signal
 import time
 
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tasks import interrupt, storage
 from tasks.backend import home
+from tasks.callbacks import FaultInjection, MlflowMetrics, PublishCheckpoints, StopOnInterrupt, distributed_on, settle
 from tasks.checkpoints import resume_point
 from tasks.metrics import curves_figure
 from tasks.progress import Progress
 from tasks.spec import TrainSpec
 from tasks.tracking import StageRun, log_metrics
-
-# Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
-FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
-HOLD_ENV = "MULTISTEP_FAULT_HOLD_AT_STEP"
 
 # TrainSpec.sharding fsdp: FSDP2, each transformer block (the classes a model lists as `_no_split_modules`) its own
 # unit, resharded after forward (FULL_SHARD); checkpoints and the final model hold the full weights, gathered on rank 0.
@@ -45,74 +41,6 @@ class BlockDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.blocks[i], "labels": self.blocks[i]} if self.labels else {"input_ids": self.blocks[i]}
-
-
-class MlflowMetrics(TrainerCallback):
-    """Loss, learning rate and tokens/s into the open stage run."""
-
-    def __init__(self, run_id: str, tokens_per_step: int):
-        self.run_id, self.tokens_per_step = run_id, tokens_per_step
-        self.last_time, self.last_step = None, 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last_time, self.last_step = time.perf_counter(), state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        now = time.perf_counter()
-        metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
-        if state.global_step > self.last_step and "loss" in metrics:
-            metrics["tokens_per_second"] = (
-                self.tokens_per_step * (state.global_step - self.last_step) / (now - self.last_time)
-            )
-            self.last_time, self.last_step = now, state.global_step
-        if metrics:
-            log_metrics(self.run_id, metrics, step=state.global_step)
-
-
-class PublishCheckpoints(TrainerCallback):
-    """Copy each checkpoint the Trainer writes into the artifact store, where only complete ones are visible (rank 0 only)."""
-
-    def __init__(self, dest: str, keep: int):
-        self.dest, self.keep = dest, keep
-
-    def on_save(self, args, state, control, **kwargs):
-        # Every rank writes its own part (its RNG state; its shards under FSDP): copy the folder once all are on disk.
-        _barrier()
-        if not state.is_world_process_zero:
-            return
-        name = f"checkpoint-{state.global_step}"
-        storage.publish_dir(os.path.join(args.output_dir, name), f"{self.dest}/{name}")
-        for old in storage.list_complete(self.dest)[: -self.keep]:
-            storage.remove_dir(old)
-
-
-class StopOnInterrupt(TrainerCallback):
-    """After Ctrl-C or SIGTERM (tasks/interrupt.py) end training at this step's boundary, with a checkpoint published like any other."""
-
-    def __init__(self):
-        self.stopped_at: int | None = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if interrupt.requested():
-            control.should_save = control.should_training_stop = True
-            self.stopped_at = state.global_step
-
-
-class FaultInjection(TrainerCallback):
-    """SIGKILL this process at step $MULTISTEP_FAULT_KILL_AT_STEP, as a dying worker would; or, for a test that kills or
-    interrupts the process itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if os.environ.get(FAULT_ENV) == str(state.global_step):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def on_save(self, args, state, control, **kwargs):
-        # Runs after PublishCheckpoints.on_save (added before this callback): the checkpoint is complete in the store.
-        if os.environ.get(HOLD_ENV) == str(state.global_step):
-            print(
-                f"fault injection: holding after checkpoint-{state.global_step} until this process is killed or interrupted"
-            )
-            interrupt.wait()
 
 
 @functools.cache
@@ -199,9 +127,10 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
         if world > 1:
             how = "FSDP" if trainer.is_fsdp_enabled else "DDP"
             print(f"{ctx.stage}: {world} processes train together ({how}, {torch.distributed.get_backend()} backend)")
-    trainer.add_callback(PublishCheckpoints(dest, keep=keep_checkpoints))
-    trainer.add_callback(Progress(ctx.stage, dest))  # on every rank: it also asks for the last step's log
-    trainer.add_callback(FaultInjection())
+    publisher = PublishCheckpoints(dest, keep=keep_checkpoints, stage=ctx.stage)
+    trainer.add_callback(publisher)
+    trainer.add_callback(Progress(ctx.stage))  # on every rank: it also asks for the last step's log
+    trainer.add_callback(FaultInjection(publisher))
     stop = StopOnInterrupt()
     trainer.add_callback(stop)
     # Trainer scales a loss by the batch's label count across ranks (×world size, not ÷grad_accum) whenever the model's
@@ -216,7 +145,12 @@ def fit(trainer: Trainer, ctx: StageRun, keep_checkpoints: int) -> dict[str, flo
     if resume and lead:  # on the run's charts: where a crash cut training and the resumed attempt picked it up
         log_metrics(ctx.run_id, {"resumed_from_step": start_step}, step=start_step)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        settle(publisher)  # the newest checkpoint still lands, for the retry to resume from
+        raise
+    publisher.wait()  # before anything is registered, and before a stop is reported as saved
     seconds = time.perf_counter() - t0
     if stop.stopped_at is not None:  # the checkpoint of that step is published: raise before anything is registered
         print(
@@ -237,18 +171,9 @@ def _counts_label_tokens(model: torch.nn.Module) -> bool:
     return type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _barrier() -> None:
-    if _distributed():
-        torch.distributed.barrier()
-
-
 def _from_rank_zero(value):
     """Rank 0's value on every rank (the value itself outside torchrun)."""
-    if not _distributed():
+    if not distributed_on():
         return value
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
