@@ -126,3 +126,33 @@ def test_the_soup_stage_is_planned_on_the_gpu_pool_after_the_rounds(sentiment):
         spec
     )
     assert "soup" not in dict(planned(load("configs/sst2-minilm.yaml", overrides(sentiment, "rounds={}"))))
+
+
+def test_a_greedy_soup_keeps_the_best_round_first_and_averages_only_what_it_kept(home, sentiment):
+    spec = load(
+        "configs/sst2-minilm.yaml",
+        overrides(
+            sentiment,
+            "rounds={max_rounds: 2, patience: 5, strategies: [{seed_offset: 1, lr_factor: 0.01}]}",
+            "soup={method: greedy}",
+            "gate=null",
+        ),
+    )
+    result = llm_pipeline(spec)
+    assert result["model"] == result["soup"] == "models:/mini/3"
+    tags = MlflowClient().get_model_version("mini", "3").tags
+    kept = tags["multistep.soup.ingredients"].split(",")
+    left_out = [uri for uri in tags.get("multistep.soup.left_out", "").split(",") if uri]
+    assert sorted(kept + left_out) == ["models:/mini/1", "models:/mini/2"] and tags["multistep.soup.method"] == "greedy"
+    score = {
+        v: float(MlflowClient().get_model_version("mini", v[-1]).tags["metric.validation_accuracy"])
+        for v in kept + left_out
+    }
+    assert score[kept[0]] == max(score.values())  # the best round first
+    assert float(tags["metric.validation_accuracy"]) >= score[kept[0]]  # greedy never lowers the best round's score
+    parts = [weights(uri) for uri in kept]
+    souped = weights("models:/mini/3")
+    for name in souped:
+        assert torch.equal(
+            souped[name], sum(p[name] for p in parts) / len(parts) if len(parts) > 1 else parts[0][name]
+        ), name
