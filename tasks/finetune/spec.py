@@ -86,6 +86,8 @@ class SoupSpec(Spec):
         """Why the pipeline (a PipelineSpec) cannot make a soup, or None: it averages the rounds' whole classifiers."""
         if pipeline.rounds is None or pipeline.labeled is None or pipeline.labeled.task != "classification":
             return "soup averages the models of rounds on classification data: set rounds and labeled.task classification, or set soup to null"
+        if pipeline.rounds.max_rounds < 2:
+            return "soup averages two or more rounds' models, and rounds.max_rounds is 1: raise it, or set soup to null"
         if pipeline.finetune.method == "lora" and not pipeline.finetune.merge_lora:
             return "soup averages whole models, and finetune.merge_lora off registers LoRA adapters alone: set merge_lora to true, or set soup to null"
         return None

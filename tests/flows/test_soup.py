@@ -129,6 +129,8 @@ def test_the_soup_stage_is_planned_on_the_gpu_pool_after_the_rounds(sentiment):
 
 
 def test_a_greedy_soup_keeps_the_best_round_first_and_averages_only_what_it_kept(home, sentiment):
+    # Round 2 learns at a hundredth of the rate (seen: validation accuracy 0.75 and 0.54; with round 2 the soup's 0.73, so
+    # greedy left it out); the assertions hold whichever way greedy decides.
     spec = load(
         "configs/sst2-minilm.yaml",
         overrides(
@@ -156,3 +158,16 @@ def test_a_greedy_soup_keeps_the_best_round_first_and_averages_only_what_it_kept
         assert torch.equal(
             souped[name], sum(p[name] for p in parts) / len(parts) if len(parts) > 1 else parts[0][name]
         ), name
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("rounds=null", "soup averages the models of rounds on classification data: set rounds"),
+        ("rounds={max_rounds: 1}", "rounds.max_rounds is 1: raise it, or set soup to null"),
+        ("finetune={method: lora, merge_lora: false}", "finetune.merge_lora off registers LoRA adapters alone"),
+    ],
+)
+def test_a_pipeline_that_cannot_make_a_soup_is_refused_before_anything_runs(sentiment, setting, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load("configs/sst2-minilm.yaml", overrides(sentiment, "rounds={}", "soup={}", setting))
