@@ -17,6 +17,7 @@ from flows.stages import (
     prepare_labeled_stage,
     prepare_stage,
     pretrain_stage,
+    soup_stage,
     transfer_stage,
 )
 from tasks import registry, report, rounds
@@ -85,14 +86,20 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
                     spec.name + spec.finetune.register_suffix, spec.gate.alias, labeled, fallback=init
                 )
             # more than one student, or augmented rows: the loops are in tasks/rounds.py
+            made = []  # every student, in order: a soup's ingredients
             if spec.rounds or spec.augment:
-                tune = partial(student, ex, parent, init, labeled)
+                tune = partial(student, ex, parent, init, labeled, made)
                 model = rounds.adjust_and_retry(spec, tune, parent) if spec.rounds else rounds.self_train(spec, tune)
             else:
                 model = dispatch.call(
                     finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=labeled, name=spec.name
                 )
             out["finetuned"] = model
+            if spec.soup:  # the rounds' models averaged; a round that repeated another's recipe gave the same model
+                ingredients = list(dict.fromkeys(made))
+                model = out["soup"] = dispatch.call(
+                    soup_stage, ex, parent, spec=spec.soup, models=ingredients, dataset=labeled
+                )
         if spec.gate:
             out["gate"] = dispatch.call(
                 gate_stage, ex, parent, spec=spec.gate, model=model, dataset=out.get("labeled") or out["dataset"]
@@ -102,8 +109,11 @@ def run_pipeline(spec: PipelineSpec, retrain: bool = False, parent_run_id: str |
     return result
 
 
-def student(ex, parent: str, init: str, labeled: str, spec: PipelineSpec, teacher: str | None, round: int) -> str:
-    """One student: the labeled data augmented (with `teacher` for the model-driven operations), fine-tuned from `init`."""
+def student(
+    ex, parent: str, init: str, labeled: str, made: list[str], spec: PipelineSpec, teacher: str | None, round: int
+) -> str:
+    """One student: the labeled data augmented (with `teacher` for the model-driven operations), fine-tuned from `init`;
+    its version is appended to `made`."""
     data = labeled
     if spec.augment:  # without a teacher only EDA has work to do, but the pool is checked before anything trains
         synonyms = spec.augment.synonym_model or init
@@ -117,9 +127,11 @@ def student(ex, parent: str, init: str, labeled: str, spec: PipelineSpec, teache
             synonym_model=synonyms,
             round=round,
         )
-    return dispatch.call(
+    model = dispatch.call(
         finetune_stage, ex, parent, spec=spec.finetune, model=init, dataset=data, name=spec.name, round=round
     )
+    made.append(model)
+    return model
 
 
 def planned(spec: PipelineSpec) -> list[tuple[str, str]]:

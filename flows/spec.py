@@ -16,7 +16,7 @@ from tasks.data.labeled.spec import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.errors import UserError
 from tasks.evaluate.spec import EvaluateSpec
-from tasks.finetune.spec import FinetuneSpec
+from tasks.finetune.spec import FinetuneSpec, SoupSpec
 from tasks.gate.spec import GateSpec
 from tasks.pretrain.spec import PretrainSpec
 from tasks.rounds import RoundsSpec
@@ -78,6 +78,8 @@ class PipelineSpec(Spec):
     """Fine-tuning for classification or instruction following, full, LoRA or head-only; empty skips it."""
     rounds: RoundsSpec | None = None
     """Evaluate, adjust and retry: fine-tune up to max_rounds times, each round changing the strategy, keeping the best validation score; empty fine-tunes once."""
+    soup: SoupSpec | None = None
+    """After the rounds, average their models' weights (a model soup, Wortsman et al. 2022; classification) and register the soup as the next version, which the gate then judges; empty takes the best round."""
     gate: GateSpec | None = GateSpec()
     """Champion/challenger: the final model and the current `@champion` are scored on the same test rows, and the alias moves only if the policy says so (with no champion yet, the model must beat the task's trivial baseline); empty skips it."""
     execution: ExecutionSpec = ExecutionSpec()
@@ -133,6 +135,8 @@ class PipelineSpec(Spec):
                     "a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings"
                 )
             rounds_.check(self)
+        if self.soup and (misfit := self.soup.misfit(self)):
+            raise ValueError(misfit)
         if self.gate:
             task = self.labeled.task if self.finetune else "lm"
             allowed = {
@@ -178,9 +182,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> PipelineSpec:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax.") from None
     if not isinstance(data, dict):
-        raise UserError(
-            f"{path} must hold a mapping of spec keys (name, data, pretrain, ...), not {type(data).__name__}."
-        )
+        raise UserError(f"{path} must hold a mapping of spec keys (name, data, ...), not {type(data).__name__}.")
     for item in overrides:
         _apply(data, item)
     try:

@@ -19,7 +19,7 @@ from tasks.data.labeled import read
 from tasks.data.labeled.spec import LabeledSpec
 from tasks.data.spec import PrepareSpec
 from tasks.evaluate.spec import EvaluateSpec
-from tasks.finetune.spec import FinetuneSpec
+from tasks.finetune.spec import FinetuneSpec, SoupSpec
 from tasks.gate import promotion
 from tasks.gate.spec import GateSpec
 from tasks.pretrain.spec import PretrainSpec
@@ -219,6 +219,23 @@ def finetune_stage(
     return record_output(ctx.output)
 
 
+@flow(name="soup", log_prints=True)
+def soup_stage(
+    spec: SoupSpec, models: list[str], dataset: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
+) -> str:
+    """Average fine-tuned versions of one model and one initialisation (a uniform or greedy model soup) and register the
+    soup as a new version of that model."""
+    inputs = {**{f"ingredient{i}": uri for i, uri in enumerate(models)}, "dataset": dataset}
+    with stage_run(
+        "soup", spec, inputs, code=STAGES["soup"].code, experiment=experiment, parent_run_id=parent_run_id
+    ) as ctx:
+        if not ctx.cached:
+            from tasks.finetune import soup
+
+            ctx.output = soup.run(spec, models, dataset, ctx)
+    return record_output(ctx.output)
+
+
 @flow(name="gate", log_prints=True)
 def gate_stage(
     spec: GateSpec, model: str, dataset: str, experiment: str = "multistep", parent_run_id: OptionalStr = None
@@ -275,6 +292,7 @@ STAGES: dict[str, Stage] = {
             "dataset",
         ),
         Stage(finetune_stage, "gpu", "finetune", "finetune", "tasks.finetune.stage", ("model", "dataset"), "model"),
+        Stage(soup_stage, "gpu", "soup", "soup", "tasks.finetune.soup", ("models", "dataset"), "model"),
         Stage(gate_stage, "gpu", "gate", "gate", "tasks.gate.stage", ("model", "dataset"), "decision"),
     )
 }

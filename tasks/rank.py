@@ -40,7 +40,7 @@ def main(path: str) -> None:
     mlflow.set_tracking_uri(payload["tracking_uri"])
     ctx = StageRun(**payload["ctx"])
     spec, trainer = _trainer(payload["stage"], payload["spec"], payload["inputs"], ctx)
-    fit(trainer, ctx, spec.train.keep_checkpoints)
+    fit(trainer, ctx, max(spec.train.keep_checkpoints, getattr(spec, "average_last", None) or 0))  # k to average
     # Every rank takes part (FSDP gathers the shards); rank 0 gets the whole state dict, keyed as the unwrapped model's.
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():

@@ -60,6 +60,8 @@ class FinetuneSpec(MethodSpec):
     """Classification: after training, attack test rows with word substitutions and report robust accuracy and the attack success rate beside clean accuracy; empty skips it."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
+    average_last: int | None = Field(None, ge=2, le=20)
+    """Checkpoint averaging: register the element-wise mean of the last this many checkpoints (every train.checkpoint_every steps) instead of the best one; early stopping still decides when training ends, and the scores are the mean's; empty registers the best checkpoint."""
 
     @model_validator(mode="after")
     def _stride_leaves_context(self):
@@ -68,4 +70,24 @@ class FinetuneSpec(MethodSpec):
                 f"finetune.doc_stride ({self.doc_stride}) must be below half of finetune.max_length ({self.max_length}) "
                 "so that each window moves on through the context: lower doc_stride or raise max_length"
             )
+        if self.average_last and self.train.sharding == "fsdp":
+            raise ValueError(
+                "finetune.average_last averages safetensors checkpoints, and FSDP saves its own format: "
+                "set finetune.train.sharding to ddp, or average_last to null"
+            )
         return self
+
+
+class SoupSpec(Spec):
+    method: Literal["uniform", "greedy"] = "uniform"
+    """uniform: the element-wise mean of every round's model; greedy: the rounds' models by validation accuracy, best first, each added only if the soup's validation accuracy does not drop (Wortsman et al. 2022)."""
+
+    def misfit(self, pipeline) -> str | None:
+        """Why the pipeline (a PipelineSpec) cannot make a soup, or None: it averages the rounds' whole classifiers."""
+        if pipeline.rounds is None or pipeline.labeled is None or pipeline.labeled.task != "classification":
+            return "soup averages the models of rounds on classification data: set rounds and labeled.task classification, or set soup to null"
+        if pipeline.rounds.max_rounds < 2:
+            return "soup averages two or more rounds' models, and rounds.max_rounds is 1: raise it, or set soup to null"
+        if pipeline.finetune.method == "lora" and not pipeline.finetune.merge_lora:
+            return "soup averages whole models, and finetune.merge_lora off registers LoRA adapters alone: set merge_lora to true, or set soup to null"
+        return None

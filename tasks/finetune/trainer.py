@@ -8,6 +8,7 @@ from transformers import EarlyStoppingCallback, Trainer
 
 from tasks import distributed, methods, registry
 from tasks import model as models
+from tasks.finetune import average
 from tasks.finetune.adversarial import trainer_class
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
@@ -49,7 +50,7 @@ def build(
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=greater,
-        save_total_limit=2,  # the newest and the best
+        save_total_limit=max(2, (spec.average_last or 0) + 1),  # the newest (or the last k to average) and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
     return trainer_class(spec.adversarial)(
@@ -66,7 +67,7 @@ def build(
 
 def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> None:
     """Train here, or on `spec.train.devices` torchrun ranks that leave their weights in `trainer.model`; either way the
-    trainer ends holding the best weights.
+    trainer ends holding the best weights, or with `average_last` the mean of the last k checkpoints.
 
     `inputs` are the keyword arguments with which each rank rebuilds the same Trainer (the stage module's `trainer`).
     """
@@ -76,7 +77,9 @@ def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> N
     if spec.train.devices > 1:
         distributed.launch(spec, inputs, ctx, trainer.model)
     else:
-        fit(trainer, ctx, spec.train.keep_checkpoints)
+        fit(trainer, ctx, max(spec.train.keep_checkpoints, spec.average_last or 0))
+    if spec.average_last:
+        average.average_last(trainer.model, spec.average_last, ctx)
 
 
 def register(

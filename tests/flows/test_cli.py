@@ -171,5 +171,9 @@ def test_lora_target_the_model_lacks_lists_the_ones_it_has(refused_finetune):
     )
 
 
+def test_a_soup_without_rounds_names_the_fix(refused_finetune):
+    refused_finetune(GOOD_TSV, "soup averages the models of rounds", "set rounds", extra=["soup={method: greedy}"])
+
+
 def test_unknown_package(refused_finetune):
     refused_finetune(GOOD_TSV, "package:bert-huge", "package:minilm", extra=["finetune.init=package:bert-huge"])
