@@ -8,6 +8,7 @@ from transformers import EarlyStoppingCallback, Trainer
 
 from tasks import distributed, methods, registry
 from tasks import model as models
+from tasks.finetune import layers
 from tasks.finetune.adversarial import trainer_class
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
@@ -52,7 +53,9 @@ def build(
         save_total_limit=2,  # the newest and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
-    return trainer_class(spec.adversarial)(
+    if spec.reinit_layers:  # before the Trainer: every torchrun rank draws the same fresh blocks from the seeded RNG
+        layers.reinit_top(model, spec.reinit_layers)
+    trainer = trainer_class(spec.adversarial)(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -62,6 +65,12 @@ def build(
         callbacks=callbacks,
         processing_class=tokenizer,
     )
+    if spec.layer_lr_decay < 1:  # Trainer's own optimizer class, given per-layer groups in place of its two
+        no_decay = {n for n, _ in model.named_parameters()} - set(trainer.get_decay_parameter_names(model))
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        groups = layers.param_groups(model, spec.train.lr, spec.train.weight_decay, spec.layer_lr_decay, no_decay)
+        trainer.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": groups})
+    return trainer
 
 
 def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> None:
