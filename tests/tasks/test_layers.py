@@ -32,7 +32,8 @@ def lr_of(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str,
 def test_layer_lr_decay_gives_each_block_its_rate_in_the_trainers_optimizer(bert, home):
     spec = FinetuneSpec(layer_lr_decay=0.5, train={"lr": 1e-3, "weight_decay": 0.1, "max_steps": 2})
     trainer = build(spec, bert, None, [], [], None, SimpleNamespace(run_id="r"), metric="accuracy", greater=True)
-    rates = lr_of(trainer.create_optimizer(), bert)
+    optimizer = trainer.create_optimizer()
+    rates = lr_of(optimizer, bert)
     assert len(rates) == len(list(bert.parameters()))  # every trainable parameter, once
     enc = "bert.encoder.layer.{}.attention.self.query.weight"
     assert rates["classifier.weight"] == (pytest.approx(1e-3), 0.1)  # the head and the top block at train.lr
@@ -40,6 +41,12 @@ def test_layer_lr_decay_gives_each_block_its_rate_in_the_trainers_optimizer(bert
     assert rates["bert.embeddings.word_embeddings.weight"][0] == pytest.approx(1.25e-4)  # below the lowest block
     assert rates["bert.encoder.layer.1.attention.self.query.bias"] == (pytest.approx(5e-4), 0.0)  # no decay on biases
     assert rates["bert.embeddings.LayerNorm.weight"] == (pytest.approx(1.25e-4), 0.0)
+    # The schedule scales every group alike: a step into the warmup keeps the ratios between blocks.
+    trainer.create_scheduler(num_training_steps=4, optimizer=optimizer)
+    optimizer.step(), trainer.lr_scheduler.step()
+    later = lr_of(optimizer, bert)
+    assert 0 < later["classifier.weight"][0] < 1e-3
+    assert later[enc.format(0)][0] / later["classifier.weight"][0] == pytest.approx(0.25)
 
 
 def test_without_decay_the_trainer_keeps_its_own_two_groups(bert, home):
