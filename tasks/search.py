@@ -1,6 +1,13 @@
 """rounds.search: each round's training settings proposed by Optuna's TPE sampler from the rounds before it, and its
-pruner judging each finished round's validation curve against the earlier rounds' (`tasks/rounds.py` runs the loop)."""
+pruner judging each round's validation curve against the earlier rounds' (`tasks/rounds.adjust_and_retry` calls it).
 
+A round's fine-tuning is a stage flow, in another process and often on another machine, so the pruner cannot be asked
+between its evaluations. The median pruner's bar at each step depends only on the finished rounds, so the round's
+stage gets those bars (finetune.stop_behind) and stops where the pruner would prune it; afterwards the curve the stage
+logged is reported to the trial, and the pruner itself gives the verdict that the sampler and the loop go by.
+"""
+
+import statistics
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -41,7 +48,7 @@ class SearchSpec(Spec):
     startup_rounds: int = Field(2, ge=1, le=20)
     """Rounds proposed at random (seeded by finetune.train.seed) before TPE proposes from the scores so far."""
     pruner: Literal["median", "halving", "none"] = "median"
-    """Judges each finished round's validation curve: median prunes a round that falls below the earlier rounds' median at the same step; halving is successive halving over the evaluation steps; none never prunes. A pruned round counts against rounds.patience even when it ends better."""
+    """Judges each round's validation curve: median prunes a round whose best score so far falls below the earlier rounds' median at the same step (its stage stops training there: finetune.stop_behind); halving is successive halving over the evaluation steps, judged once the round has finished; none never prunes. A pruned round counts against rounds.patience even when it ends better."""
 
     @field_validator("lr", "max_steps", "warmup_ratio", "weight_decay", "layer_lr_decay", "reinit_layers")
     @classmethod
@@ -82,13 +89,8 @@ def propose(trial, search: SearchSpec) -> dict[str, float | int]:
     return params
 
 
-def with_params(spec: BaseModel, params: dict) -> BaseModel:
-    """The pipeline spec with the round's settings in finetune (validated again, like every derived spec)."""
-    return spec.replace(finetune=finetuned(spec, params))
-
-
 def finetuned(spec: BaseModel, params: dict) -> BaseModel:
-    """The round's finetune spec, validated."""
+    """The finetune spec with the round's settings (validated again, like every derived spec)."""
     finetune = spec.finetune
     train = {k: v for k, v in params.items() if KEYS[k][0].startswith("train.") and k != "warmup_ratio"}
     if "warmup_ratio" in params:
@@ -135,6 +137,15 @@ def pruned_at(trial, points: list[tuple[int, float]]) -> int | None:
     return None
 
 
+def bars(found) -> dict[int, float]:
+    """The median pruner's bar at each evaluation step: the median of the completed rounds' scores at that step."""
+    from optuna.trial import TrialState
+
+    done = found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    steps = sorted({step for t in done for step in t.intermediate_values})
+    return {s: statistics.median(t.intermediate_values[s] for t in done if s in t.intermediate_values) for s in steps}
+
+
 def study(search: SearchSpec, seed: int, maximize: bool):
     """An in-memory study: its proposals depend only on the seed and the scores told to it."""
     import optuna
@@ -159,7 +170,10 @@ def search_rounds(spec: BaseModel, tune, parent_run_id: str, metric: str, sign: 
     for r in range(1, rounds.max_rounds + 1):
         trial = found.ask()
         params = propose(trial, rounds.search)
-        adjusted = with_params(spec, params)
+        finetune = finetuned(spec, params)
+        if rounds.search.pruner == "median":  # the stage stops where the pruner would prune it, instead of training on
+            finetune = finetune.replace(stop_behind=bars(found))
+        adjusted = spec.replace(finetune=finetune)
         model = tune(adjusted, adjusted.augment.teacher if adjusted.augment else None, r)
         score = registry.metric(model, metric)
         step = pruned_at(trial, curve(model, spec.labeled.task))

@@ -62,6 +62,8 @@ class FinetuneSpec(MethodSpec):
     """Layer-wise learning-rate decay (Zhang et al. 2021): the head and top block train at train.lr, each block below at this factor times the one above, the embeddings below the lowest block; 1 trains every layer at train.lr."""
     reinit_layers: int = Field(0, ge=0, le=128)
     """Re-initialise the top this many transformer blocks with the model's initialiser before training (Zhang et al. 2021: they help on small data); method full only, and not blocks that freeze_layers freezes; 0 keeps every pretrained block."""
+    stop_behind: dict[int, float] = {}
+    """Stop training at an evaluation step listed here when the best validation score so far is worse than the value given (rounds.search sets it to the earlier rounds' median at each step, its pruner's bar); empty never stops for this."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
 

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 def test_search_rounds_each_run_a_stage_and_the_best_goes_to_the_gate(home, sentiment):
     # Seed 7 makes the sampler's first draw lr 2.4e-6, far too low to learn anything in 4 steps: round 1 scores near
     # chance; round 2 (the second random draw) lands on a rate that learns, and round 3, TPE's proposal from both, falls
-    # below their median at the first evaluation: the pruner prunes it and, with patience 1, the search stops there.
+    # below their median at the first evaluation: its stage stops there, the pruner prunes it and, with patience 1,
+    # the search stops.
     spec = load(
         "configs/sst2-augment.yaml",
         overrides(
@@ -38,9 +39,17 @@ def test_search_rounds_each_run_a_stage_and_the_best_goes_to_the_gate(home, sent
     assert n == 3 and len(set(lrs)) == 3
     assert lrs[0] == pytest.approx(2.407e-6, rel=1e-3) and scores[1] < 0.6
     assert "pruned at step 2" in tags["multistep.round.3"] and "pruned" not in tags["multistep.round.2"]
-    # Each stage run logged the validation curve that the pruner judged (two evaluations in 4 steps).
-    curve = client.get_metric_history(runs["finetune-round1"].info.run_id, "eval_accuracy")
-    assert sorted(m.step for m in curve) == [2, 4]
+    # Each stage run logged the validation curve that the pruner judged: two evaluations in 4 steps, but round 3's
+    # stage was given the pruner's bar (the median of rounds 1 and 2 at each step) and stopped after its first.
+    evaluated = {
+        r: sorted(m.step for m in client.get_metric_history(runs[f"finetune-round{r}"].info.run_id, "eval_accuracy"))
+        for r in (1, 2, 3)
+    }
+    assert evaluated == {1: [2, 4], 2: [2, 4], 3: [2]}
+    assert (
+        "stop_behind.2" in runs["finetune-round3"].data.params
+        and "stop_behind.2" not in runs["finetune-round1"].data.params
+    )
     best = max(scores, key=lambda r: (scores[r], -r))  # the first of equal scores
     assert best > 1 and scores[best] > 0.7
     assert result["finetuned"] == tags[f"multistep.round.{best}"].rpartition(" → ")[2]

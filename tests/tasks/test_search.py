@@ -4,6 +4,7 @@ The end-to-end run with real fine-tuning stages is in tests/flows/test_augment.p
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,20 +22,26 @@ BASE = [
 ]
 
 
+FINETUNES = []
+
+
 def spec_with(*extra: str):
     return load("configs/default.yaml", [*BASE, *extra])
 
 
 def run(spec, curves, monkeypatch) -> tuple[str, list]:
     """The loop on `spec`, where round r's model logged `curves(r, its finetune spec)` as its validation curve (its
-    score is the curve's best point, as for the best checkpoint); returns the best model and each round's (lr, log)."""
+    score is the curve's best point, as for the best checkpoint); returns the best model and each round's (lr, log),
+    and each round's finetune spec in FINETUNES."""
     trained, logged = {}, []
+    FINETUNES.clear()
     monkeypatch.setattr(search, "curve", lambda model, task: trained[model])
     monkeypatch.setattr(search.registry, "metric", lambda model, metric: max(v for _, v in trained[model]))
     monkeypatch.setattr(search.tracking, "log_round", lambda run, r, metric, score, said, model: logged.append(said))
 
     def tune(adjusted, teacher, r):
         model = f"models:/m/{r}"
+        FINETUNES.append(adjusted.finetune)
         trained[model] = curves(r, adjusted.finetune)
         return model
 
@@ -83,6 +90,8 @@ def test_the_pruner_stops_the_search_on_a_round_that_falls_behind(monkeypatch):
     best, tried = run(spec_with(space % "median"), curves, monkeypatch)
     assert best == "models:/m/2" and len(tried) == 2
     assert tried[1][1].endswith("pruned at step 20") and "pruned" not in tried[0][1]
+    # Round 2's stage was told the pruner's bar, round 1's score at each step, so a real stage stops at step 20.
+    assert [f.stop_behind for f in FINETUNES] == [{}, {20: 0.5, 40: 0.6}]
     best, tried = run(spec_with(space % "none"), curves, monkeypatch)
     assert best == "models:/m/2" and len(tried) == 3  # round 3 is not better: patience 1 stops there
 
@@ -121,3 +130,23 @@ def test_a_search_space_that_cannot_be_searched_names_the_key(setting, message):
     with pytest.raises(UserError, match=message) as caught:
         spec_with("rounds={search: {lr: [0.01, 0.1], reinit_layers: [0, 2]}}", setting)
     assert str(caught.value).count(". ") == 0  # one sentence
+
+
+def test_a_stage_stops_at_the_first_evaluation_its_best_score_is_behind_the_bar():
+    from transformers import TrainerControl
+
+    from tasks.finetune.trainer import StopBehind
+
+    def stops(bars, greater, *evaluations) -> list[bool]:
+        callback, said = StopBehind(bars, "accuracy" if greater else "eval_loss", greater), []
+        for step, value in evaluations:
+            control = TrainerControl()
+            key = "eval_accuracy" if greater else "eval_loss"
+            callback.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={key: value})
+            said.append(control.should_training_stop)
+        return said
+
+    assert stops({2: 0.6, 4: 0.7}, True, (2, 0.65), (4, 0.68)) == [False, True]
+    assert stops({4: 0.6}, True, (2, 0.7), (4, 0.5)) == [False, False]  # the best so far (0.7) clears the bar
+    assert stops({2: 0.4}, False, (2, 0.5)) == [True]  # a loss above the bar is behind
+    assert stops({2: 0.4}, False, (2, 0.3)) == [False]
