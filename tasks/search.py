@@ -119,12 +119,18 @@ def check(spec: BaseModel) -> None:
             ) from None
 
 
+# The validation score each task's stage picks its best checkpoint by, which runs the same way as the score the round
+# is judged by (rounds.validation_metric). Extractive QA picks by F1 but is judged by loss: its rounds are not pruned.
+CURVES = {"classification": "eval_accuracy", "sft": "eval_loss", "math": "eval_loss"}
+
+
 def curve(model: str, task: str) -> list[tuple[int, float]]:
     """(step, value) of the validation score the stage logged at each evaluation while it trained `model`."""
     from mlflow.tracking import MlflowClient
 
-    name = "eval_accuracy" if task == "classification" else "eval_loss"
-    history = MlflowClient().get_metric_history(tracking.resolve_version(model).run_id, name)
+    if task not in CURVES:
+        return []
+    history = MlflowClient().get_metric_history(tracking.resolve_version(model).run_id, CURVES[task])
     return sorted((m.step, m.value) for m in history)
 
 
@@ -171,7 +177,7 @@ def search_rounds(spec: BaseModel, tune, parent_run_id: str, metric: str, sign: 
         trial = found.ask()
         params = propose(trial, rounds.search)
         finetune = finetuned(spec, params)
-        if rounds.search.pruner == "median":  # the stage stops where the pruner would prune it, instead of training on
+        if rounds.search.pruner == "median" and spec.labeled.task in CURVES:  # it stops where the pruner would prune it
             finetune = finetune.replace(stop_behind=bars(found))
         adjusted = spec.replace(finetune=finetune)
         model = tune(adjusted, adjusted.augment.teacher if adjusted.augment else None, r)
