@@ -126,11 +126,11 @@ class PipelineSpec(Spec):
                 raise ValueError(
                     "rounds and augment.rounds are two loops: set augment.rounds to 1 and use a rounds strategy with pseudo_refresh"
                 )
-            if any(s.pseudo_refresh for s in self.rounds.strategies) and not (self.augment and self.augment.pseudo):
+            if any(s.pseudo_refresh for s in self.rounds.planned()) and not (self.augment and self.augment.pseudo):
                 raise ValueError(
                     "a rounds strategy asks for pseudo_refresh but augment.pseudo is not set: set it (its pool), or drop pseudo_refresh"
                 )
-            if any(s.augment or s.eda_copies for s in self.rounds.strategies) and not self.augment:
+            if any(s.augment or s.eda_copies for s in self.rounds.planned()) and not self.augment:
                 raise ValueError(
                     "a rounds strategy turns augmentation on or sets eda_copies, but augment is not set: give augment its settings"
                 )

@@ -4,7 +4,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field, ValidationError
 
-from tasks import registry, tracking
+from tasks import registry, search, tracking
+from tasks.search import SearchSpec
 from tasks.spec import Spec
 
 # tune(spec, teacher, round) → the registered student: the labeled data augmented as `spec` says (with `teacher` for
@@ -35,7 +36,7 @@ class StrategySpec(Spec):
 
 class RoundsSpec(Spec):
     max_rounds: int = Field(3, ge=1, le=20)
-    """Fine-tuning rounds at most; round 1 trains as the preset says, later rounds apply the strategies."""
+    """Fine-tuning rounds at most; round 1 trains as the preset says, later rounds apply the strategies (with search, every round is proposed)."""
     patience: int = Field(1, ge=1)
     """Stop after this many rounds in a row without a better validation score."""
     min_delta: float = Field(0.0, ge=0)
@@ -43,7 +44,13 @@ class RoundsSpec(Spec):
     strategies: list[StrategySpec] = Field(
         default_factory=lambda: [StrategySpec(lr_factor=0.5), StrategySpec(lr_factor=2.0)], min_length=1
     )
-    """What rounds 2, 3, … change, in order (the list repeats when there are more rounds than strategies)."""
+    """What rounds 2, 3, … change, in order (the list repeats when there are more rounds than strategies); unused when search is set."""
+    search: SearchSpec | None = None
+    """Search instead of a fixed list: every round's settings are proposed by Optuna's TPE sampler from the scores of the rounds before it, within the ranges given here, and its pruner stops rounds that fall behind; empty follows the strategies."""
+
+    def planned(self) -> list[StrategySpec]:
+        """The strategies the rounds will apply: none when a search proposes each round."""
+        return [] if self.search else self.strategies
 
     def strategy(self, round: int) -> StrategySpec:
         """Round 1 is the preset itself; round r ≥ 2 uses strategies[r - 2], cycling."""
@@ -74,8 +81,11 @@ def adjusted(spec: BaseModel, strategy: StrategySpec) -> tuple[BaseModel, BaseMo
 
 
 def check(spec: BaseModel) -> None:
-    """Every strategy yields a valid round: raise ValueError naming the first that does not (before anything trains)."""
-    for i, strategy in enumerate(spec.rounds.strategies):
+    """Every strategy (or the search space's corners) yields a valid round: raise ValueError naming the first that does
+    not (before anything trains)."""
+    if spec.rounds.search:
+        search.check(spec)
+    for i, strategy in enumerate(spec.rounds.planned()):
         try:
             adjusted(spec, strategy)
         except ValidationError as exc:
@@ -94,8 +104,11 @@ def validation_metric(task: str) -> tuple[str, int]:
 
 
 def adjust_and_retry(spec: BaseModel, tune: Tune, parent_run_id: str) -> str:
-    """Rounds of fine-tuning, each under the next strategy; stop after `patience` rounds without a better validation score."""
+    """Rounds of fine-tuning, each under the next strategy (or the search's proposal); stop after `patience` rounds
+    without a better validation score."""
     metric, sign = validation_metric(spec.labeled.task)
+    if spec.rounds.search:
+        return search.search_rounds(spec, tune, parent_run_id, metric, sign)
     best, best_score, stale = None, None, 0
     for r in range(1, spec.rounds.max_rounds + 1):
         strategy = spec.rounds.strategy(r)

@@ -58,6 +58,12 @@ class FinetuneSpec(MethodSpec):
     """Adversarial training: each batch also trains on its word embeddings nudged against the model (FGM or PGD); empty trains on clean inputs only."""
     attack: AttackSpec | None = None
     """Classification: after training, attack test rows with word substitutions and report robust accuracy and the attack success rate beside clean accuracy; empty skips it."""
+    layer_lr_decay: float = Field(1.0, gt=0, le=1)
+    """Layer-wise learning-rate decay (Zhang et al. 2021): the head and top block train at train.lr, each block below at this factor times the one above, the embeddings below the lowest block; 1 trains every layer at train.lr."""
+    reinit_layers: int = Field(0, ge=0, le=128)
+    """Re-initialise the top this many transformer blocks with the model's initialiser before training (Zhang et al. 2021: they help on small data); method full only, and not blocks that freeze_layers freezes; 0 keeps every pretrained block."""
+    stop_behind: dict[int, float] = {}
+    """Stop training at an evaluation step listed here when the best validation score so far is worse than the value given (rounds.search sets it to the earlier rounds' median at each step, its pruner's bar); empty never stops for this."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
     average_last: int | None = Field(None, ge=2, le=20)
@@ -74,6 +80,20 @@ class FinetuneSpec(MethodSpec):
             raise ValueError(
                 "finetune.average_last averages safetensors checkpoints, and FSDP saves its own format: "
                 "set finetune.train.sharding to ddp, or average_last to null"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _layer_recipes_fit(self):
+        if self.reinit_layers and self.method != "full":
+            raise ValueError(
+                f"finetune.reinit_layers re-initialises blocks that method {self.method} keeps frozen: "
+                "set finetune.method to full, or reinit_layers to 0"
+            )
+        if self.layer_lr_decay < 1 and self.train.devices > 1 and self.train.sharding == "fsdp":
+            raise ValueError(
+                "finetune.layer_lr_decay sets per-layer learning rates, which FSDP's flattened parameters do not keep: "
+                "set finetune.train.sharding to ddp, or layer_lr_decay to 1"
             )
         return self
 

@@ -4,11 +4,11 @@ import tempfile
 
 import mlflow
 from peft import PeftModel
-from transformers import EarlyStoppingCallback, Trainer
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 
 from tasks import distributed, methods, registry
 from tasks import model as models
-from tasks.finetune import average
+from tasks.finetune import average, layers
 from tasks.finetune.adversarial import trainer_class
 from tasks.tracking import StageRun, log_metrics, resolve_version
 from tasks.train import arguments, clean_up, fit, work_dir
@@ -53,7 +53,11 @@ def build(
         save_total_limit=max(2, (spec.average_last or 0) + 1),  # the newest (or the last k to average) and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
-    return trainer_class(spec.adversarial)(
+    if spec.stop_behind:
+        callbacks.append(StopBehind(spec.stop_behind, metric, greater))
+    if spec.reinit_layers:  # before the Trainer: every torchrun rank draws the same fresh blocks from the seeded RNG
+        layers.reinit_top(model, spec.reinit_layers)
+    trainer = trainer_class(spec.adversarial)(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -63,6 +67,31 @@ def build(
         callbacks=callbacks,
         processing_class=tokenizer,
     )
+    if spec.layer_lr_decay < 1:  # Trainer's own optimizer class, given per-layer groups in place of its two
+        no_decay = {n for n, _ in model.named_parameters()} - set(trainer.get_decay_parameter_names(model))
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        groups = layers.param_groups(model, spec.train.lr, spec.train.weight_decay, spec.layer_lr_decay, no_decay)
+        trainer.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": groups})
+    return trainer
+
+
+class StopBehind(TrainerCallback):
+    """Stop when the best validation score so far is worse than the bar set for this evaluation step."""
+
+    def __init__(self, bars: dict[int, float], metric: str, greater: bool):
+        self.bars, self.sign = bars, 1 if greater else -1
+        self.key = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.best = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.key)
+        if value is None:
+            return
+        self.best = value if self.best is None else self.sign * max(self.sign * self.best, self.sign * value)
+        bar = self.bars.get(state.global_step)
+        if bar is not None and self.sign * (self.best - bar) < 0:
+            print(f"finetune: {self.key} {self.best:.4f} at step {state.global_step} is behind {bar:.4f}: stopping")
+            control.should_training_stop = True
 
 
 def fit_best(trainer: Trainer, spec, inputs: dict[str, str], ctx: StageRun) -> None:

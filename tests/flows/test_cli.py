@@ -146,6 +146,7 @@ def refused_finetune(tmp_path, run_cli, registered_versions):
         result = run_cli(["run", "configs/sst2-minilm.yaml", *sum((["--set", s] for s in sets), [])], home)
         assert_refused(result, *needles)
         assert registered_versions(home) == []
+        return result
 
     return check
 
@@ -177,3 +178,8 @@ def test_a_soup_without_rounds_names_the_fix(refused_finetune):
 
 def test_unknown_package(refused_finetune):
     refused_finetune(GOOD_TSV, "package:bert-huge", "package:minilm", extra=["finetune.init=package:bert-huge"])
+
+
+def test_a_search_range_that_is_empty_names_its_key(refused_finetune):
+    result = refused_finetune(GOOD_TSV, "`rounds.search.lr` is not a range", extra=["rounds.search.lr=[]"])
+    assert result.returncode == 2
