@@ -37,9 +37,11 @@ def build(
     greater: bool,
     compute_metrics=None,
     ordered: bool = False,
+    base: type[Trainer] = Trainer,
 ) -> Trainer:
     """A Trainer that scores validation at every checkpoint, stops early, and loads the best checkpoint's weights at the end;
-    `ordered`: the training examples are read in the order given (already shuffled by the caller), not shuffled again."""
+    `ordered`: the training examples are read in the order given (already shuffled by the caller), not shuffled again;
+    `base`: the Trainer class whose loss is trained (and perturbed, under finetune.adversarial)."""
     args = arguments(
         spec.train,
         work_dir(ctx),
@@ -52,7 +54,7 @@ def build(
         save_total_limit=2,  # the newest and the best
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.patience)] if spec.patience else []
-    return trainer_class(spec.adversarial)(
+    return trainer_class(spec.adversarial, base)(
         model=model,
         args=args,
         train_dataset=train_ds,
