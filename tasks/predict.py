@@ -33,9 +33,17 @@ def load(uri: str, labels: list[str], setting: str):
 
 @torch.no_grad()
 def probabilities(
-    model, tokenizer, texts: list[str], *, batch_size: int = 64, max_length: int = 128, desc: str | None = None
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+    desc: str | None = None,
+    log: bool = False,
 ) -> np.ndarray:
-    """Softmax class probabilities [len(texts), num_labels]; batches sorted by length so padding stays small."""
+    """Softmax class probabilities [len(texts), num_labels] (`log`: their logarithms, exact where a probability would
+    round to 0); batches sorted by length so padding stays small."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     batches = range(0, len(texts), batch_size)
@@ -45,7 +53,8 @@ def probabilities(
             [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
+        logits = model(**enc).logits.float()
+        out[idx] = (torch.log_softmax(logits, dim=-1) if log else torch.softmax(logits, dim=-1)).cpu().numpy()
     return out
 
 

@@ -1,6 +1,7 @@
 """Pseudo-labels: a teacher labels an unlabeled pool; confident rows, balanced per class, join the training data."""
 
 import json
+import math
 
 import numpy as np
 
@@ -39,11 +40,22 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
     return kept, counts
 
 
+def teach(teachers: list[tuple], texts: list[str], max_length: int) -> np.ndarray:
+    """Log of the teachers' mean class probabilities [len(texts), num_labels], from (model, tokenizer) pairs.
+
+    Stored as the teacher logits of soft labels: for one teacher this is its log-softmax, which any temperature softens
+    exactly as it would the raw logits (softmax is blind to a constant per row), so T can change without relabelling.
+    """
+    logs = [probabilities(m, tok, texts, max_length=max_length, desc="pseudo-label", log=True) for m, tok in teachers]
+    return np.logaddexp.reduce(np.stack(logs), axis=0) - np.log(len(logs))
+
+
 def label(
-    model, tokenizer, pool: list[dict], labels: list[str], spec: PseudoLabelSpec, teacher: str, max_length: int
+    log_probs: np.ndarray, pool: list[dict], labels: list[str], spec: PseudoLabelSpec, teacher: str, gold_rows: int
 ) -> tuple[list[dict], dict]:
-    """Confident, balanced pseudo-labeled rows with provenance, and what was kept per label."""
-    probs = probabilities(model, tokenizer, [r["text"] for r in pool], max_length=max_length, desc="pseudo-label")
+    """Confident, balanced pseudo-labeled rows, at most max_ratio × `gold_rows`, with provenance and the teacher's
+    logits; and what was kept per label."""
+    probs = np.exp(log_probs)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     per_label = {}
     for k, name in enumerate(labels):
@@ -52,10 +64,14 @@ def label(
     cap = min((len(v) for v in per_label.values())) if spec.balance else None
     if spec.per_class is not None:
         cap = spec.per_class if cap is None else min(cap, spec.per_class)
-    params = json.dumps({"threshold": spec.threshold, "balance": spec.balance, "per_class": spec.per_class})
+    kept = {name: v[:cap] for name, v in per_label.items()}
+    kept, capped = _ratio_cap(kept, confidence, spec, gold_rows)
+    params = json.dumps(
+        {"threshold": spec.threshold, "balance": spec.balance, "per_class": spec.per_class, "max_ratio": spec.max_ratio}
+    )
     rows = []
-    for k, name in enumerate(labels):
-        for i in sorted(per_label[name][:cap]):  # pool order, so the dataset does not depend on sort ties
+    for name, idx in kept.items():
+        for i in sorted(idx):  # pool order, so the dataset does not depend on sort ties
             src = pool[i]
             rows.append(
                 {
@@ -67,11 +83,33 @@ def label(
                     "params": params,
                     "teacher": teacher,
                     "confidence": float(confidence[i]),
+                    "teacher_logits": [float(x) for x in log_probs[i]],
                 }
             )
     stats = {
         "pseudo_confident": {name: int(len(v)) for name, v in per_label.items()},
-        "pseudo_kept": {name: int(min(len(v), cap) if cap is not None else len(v)) for name, v in per_label.items()},
+        "pseudo_kept": {name: int(len(v)) for name, v in kept.items()},
+        "pseudo_capped_by_ratio": capped,
         "pseudo_mean_confidence": float(confidence.mean()) if len(confidence) else 0.0,
     }
     return rows, stats
+
+
+def _ratio_cap(
+    kept: dict[str, np.ndarray], confidence: np.ndarray, spec: PseudoLabelSpec, gold_rows: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """At most max_ratio × gold rows, the most confident: per label (an equal share) under balance, else over all labels;
+    and how many rows the cap dropped."""
+    total = sum(len(v) for v in kept.values())
+    if spec.max_ratio is None:
+        return kept, 0
+    limit = math.floor(spec.max_ratio * gold_rows + 1e-9)  # 0.7 × 10 is 7.000000000000001 in floats
+    if total <= limit:
+        return kept, 0
+    if spec.balance:
+        kept = {name: v[: limit // len(kept)] for name, v in kept.items()}
+    else:
+        every = np.concatenate(list(kept.values()))
+        top = set(every[np.argsort(-confidence[every], kind="stable")][:limit].tolist())
+        kept = {name: np.array([i for i in v if i in top], dtype=int) for name, v in kept.items()}
+    return kept, total - sum(len(v) for v in kept.values())

@@ -43,6 +43,13 @@ class EdaSpec(Spec):
         return {op: getattr(self, f"{op}_rate") for op in OPERATIONS}
 
 
+class DistillSpec(Spec):
+    temperature: float = Field(2.0, gt=0, le=100)
+    """T: teacher and student logits are divided by T before the softmax; above 1 the teacher's runner-up classes carry more of the signal (Hinton et al. 2015)."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the distillation term on pseudo-labeled rows: (1 − alpha)·cross-entropy on the teacher's label + alpha·T²·KL(teacher ‖ student) at temperature T; 0 is plain hard labels. Gold rows always train on cross-entropy alone."""
+
+
 class PseudoLabelSpec(Spec):
     pool: list[str] = Field(min_length=1)
     """Unlabeled texts: local files or folders (.jsonl .csv .tsv .parquet), `save_to_disk` folders, `s3://` or `hf:` ids; a label column, if any, is ignored."""
@@ -60,6 +67,10 @@ class PseudoLabelSpec(Spec):
     """At most this many rows per predicted label (the most confident first); empty sets no cap."""
     balance: bool = True
     """Keep the same number of rows for every label (the smallest label's count, under the cap), so the teacher's bias toward a class is not amplified."""
+    max_ratio: float | None = Field(1.0, gt=0, le=100)
+    """At most this many pseudo-labeled rows per gold training row (the most confident kept; per label when balance is on): a pool several times the gold set drowns it, and a teacher's mistakes then outweigh the labels; empty sets no cap."""
+    distill: DistillSpec | None = None
+    """Soft labels: the teacher's logits are stored on each pseudo-labeled row and the student also learns the teacher's whole distribution (temperature, alpha); empty trains on the hard pseudo-labels only."""
     seed: int = 0
     """Salts the content hash that picks the pool rows when max_pool_rows caps them (0 keeps the original choice); a sweep sets it from its seeds."""
 
@@ -77,6 +88,8 @@ class AugmentSpec(Spec):
     """Adversarial examples: training rows that a word-substitution attack makes the teacher misclassify, added with their true labels."""
     teacher: str | None = None
     """Classifier that labels the pool and is attacked (models:/name@alias, a folder); empty fine-tunes one on the labeled (and EDA) data first."""
+    teachers: list[str] = []
+    """More classifiers that label the pool with the teacher (each round's teacher, augment.teacher or the student that took over): pseudo-labels and soft labels come from the mean of their probabilities, e.g. models from other seeds, or a soup; the attack asks the teacher alone."""
     synonym_model: str | None = None
     """Model whose input embeddings give EDA's synonyms when WordNet is missing; empty takes the model fine-tuning starts from."""
     rounds: int = Field(1, ge=1, le=20)
@@ -91,6 +104,10 @@ class AugmentSpec(Spec):
         if not (self.eda or self.pseudo or self.adversarial):
             raise ValueError(
                 "augment has no operation: set augment.eda, augment.pseudo or augment.adversarial, or set augment to null"
+            )
+        if self.teachers and not self.pseudo:
+            raise ValueError(
+                "augment.teachers label the pseudo-label pool, and augment.pseudo is not set: set augment.pseudo (its pool), or drop augment.teachers"
             )
         return self
 

@@ -26,6 +26,7 @@ PROVENANCE = [
     ("params", pa.string()),
     ("teacher", pa.string()),
     ("confidence", pa.float64()),
+    ("teacher_logits", pa.list_(pa.float64())),  # pseudo rows: log of the teachers' mean probabilities; else empty
 ]
 
 
@@ -40,7 +41,15 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     labels = card["labels"]
     splits = {s: labeled.load_rows(data, s) for s in SPLITS}
     original = [
-        {**r, "source_row": r["origin"], "operation": "original", "params": "", "teacher": "", "confidence": None}
+        {
+            **r,
+            "source_row": r["origin"],
+            "operation": "original",
+            "params": "",
+            "teacher": "",
+            "confidence": None,
+            "teacher_logits": None,
+        }
         for r in splits["train"]
     ]
     added, report = [], {"parent": data, "operations": {}}
@@ -61,12 +70,25 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
             # never pseudo-label an evaluation row
             labeled_texts = {r["text"] for split in splits.values() for r in split}
             pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)
-            rows, stats = pseudo.label(model, tok, pool, labels, spec.pseudo, teacher_uri, spec.max_length)
+            # the round's teacher and the extra teachers, each refused unless it predicts exactly the data's labels
+            teachers = [(model, tok)] + [
+                predict.load(uri, labels, f"augment.teachers[{i}]") for i, uri in enumerate(spec.teachers)
+            ]
+            named = " + ".join([teacher_uri, *spec.teachers])
+            log_probs = pseudo.teach(teachers, [r["text"] for r in pool], spec.max_length)
+            rows, stats = pseudo.label(log_probs, pool, labels, spec.pseudo, named, len(splits["train"]))
             added += rows
-            report["operations"]["pseudo"] = {"rows": len(rows), "teacher": teacher_uri, **counts, **stats}
+            report["operations"]["pseudo"] = {"rows": len(rows), "teacher": named, **counts, **stats}
+            if spec.pseudo.distill:  # the finetune stage reads it from the card: KD on the rows with teacher logits
+                report["distill"] = spec.pseudo.distill.model_dump()
             log_metrics(
                 ctx.run_id,
-                {"pseudo_rows": len(rows), **counts, "pseudo_mean_confidence": stats["pseudo_mean_confidence"]},
+                {
+                    "pseudo_rows": len(rows),
+                    **counts,
+                    "pseudo_mean_confidence": stats["pseudo_mean_confidence"],
+                    "pseudo_capped_by_ratio": stats["pseudo_capped_by_ratio"],
+                },
             )
             missing = [label for label, n in stats["pseudo_confident"].items() if n == 0]
             if missing and spec.pseudo.balance:
@@ -117,7 +139,14 @@ def _by_operation(rows: list[dict]) -> str:
 def _write(ctx: StageRun, card: dict, splits: dict[str, list[dict]], report: dict) -> str:
     """Parquet splits with the provenance columns, and the parent's card updated, logged as the stage's artifact."""
     schema = pa.schema([(c, pa.string()) for c in card["columns"]] + PROVENANCE)
-    blank = {"source_row": "", "operation": "original", "params": "", "teacher": "", "confidence": None}
+    blank = {
+        "source_row": "",
+        "operation": "original",
+        "params": "",
+        "teacher": "",
+        "confidence": None,
+        "teacher_logits": None,
+    }
     train_labels = {}
     for r in splits["train"]:
         train_labels[r["label"]] = train_labels.get(r["label"], 0) + 1
@@ -157,6 +186,8 @@ def _report_markdown(report: dict) -> str:
         "| operation | rows added | details |",
         "|---|---:|---|",
     ]
+    if "distill" in report:
+        lines[5:5] = [f"Pseudo-labeled rows train with soft labels: {report['distill']}.", ""]
     for op, info in report["operations"].items():
         details = ", ".join(f"{k} {v}" for k, v in info.items() if k != "rows")
         lines.append(f"| {op} | {info['rows']:,} | {details} |")

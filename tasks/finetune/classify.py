@@ -13,6 +13,7 @@ from tasks import attack, methods, synonyms
 from tasks import metrics as metrics_
 from tasks import model as models
 from tasks.data import labeled
+from tasks.finetune import distill
 from tasks.finetune.trainer import build, fit_best, register, registered_already
 from tasks.heads import classification_head
 from tasks.spec import AttackSpec
@@ -161,7 +162,10 @@ def setup(spec, init: str, data: str):
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
     rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
-    return model, tok, encode_splits(tok, rows, labels, spec.max_length), labels
+    splits = encode_splits(tok, rows, labels, spec.max_length)
+    if distill.settings(data):
+        distill.attach(splits["train"], rows["train"], len(labels))
+    return model, tok, splits, labels
 
 
 def encode_splits(tokenizer, rows: dict[str, list[dict]], labels: list[str], max_length: int) -> dict[str, Encoded]:
@@ -184,7 +188,15 @@ SELECT = {"metric": "accuracy", "greater": True, "compute_metrics": scores}
 def trainer(spec, init: str, data: str, ctx) -> Trainer:
     """What each torchrun rank trains: the Trainer the single-process path builds."""
     model, tok, splits, _ = setup(spec, init, data)
-    return build(spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT)
+    return _build(spec, model, tok, splits, data, ctx)
+
+
+def _build(spec, model, tok, splits: dict[str, Encoded], data: str, ctx) -> Trainer:
+    """The Trainer; on a dataset whose card asks for distillation, one that also learns the teachers' soft labels."""
+    collator, base = DataCollatorWithPadding(tok), Trainer
+    if found := distill.settings(data):
+        collator, base = distill.Collator(collator), distill.trainer_class(found["temperature"], found["alpha"])
+    return build(spec, model, tok, splits["train"], splits["validation"], collator, ctx, base=base, **SELECT)
 
 
 def run(spec, init: str, data: str, register_as: str, ctx) -> str:
@@ -192,9 +204,9 @@ def run(spec, init: str, data: str, register_as: str, ctx) -> str:
     if existing := registered_already(spec, register_as, ctx):
         return existing
     model, tok, splits, labels = setup(spec, init, data)
-    trainer = build(
-        spec, model, tok, splits["train"], splits["validation"], DataCollatorWithPadding(tok), ctx, **SELECT
-    )
+    if found := distill.settings(data):
+        mlflow.log_params({f"distill.{k}": v for k, v in found.items()})
+    trainer = _build(spec, model, tok, splits, data, ctx)
     fit_best(trainer, spec, {"init": init, "data": data}, ctx)
     metrics = {}
     for split in ("validation", "test"):

@@ -38,9 +38,11 @@ def build(
     greater: bool,
     compute_metrics=None,
     ordered: bool = False,
+    base: type[Trainer] = Trainer,
 ) -> Trainer:
     """A Trainer that scores validation at every checkpoint, stops early, and loads the best checkpoint's weights at the end;
-    `ordered`: the training examples are read in the order given (already shuffled by the caller), not shuffled again."""
+    `ordered`: the training examples are read in the order given (already shuffled by the caller), not shuffled again;
+    `base`: the Trainer class whose loss is trained (and perturbed, under finetune.adversarial)."""
     args = arguments(
         spec.train,
         work_dir(ctx),
@@ -57,7 +59,7 @@ def build(
         callbacks.append(StopBehind(spec.stop_behind, metric, greater))
     if spec.reinit_layers:  # before the Trainer: every torchrun rank draws the same fresh blocks from the seeded RNG
         layers.reinit_top(model, spec.reinit_layers)
-    trainer = trainer_class(spec.adversarial)(
+    trainer = trainer_class(spec.adversarial, base)(
         model=model,
         args=args,
         train_dataset=train_ds,

@@ -278,6 +278,74 @@ def test_a_teacher_with_other_labels_stops_the_run_before_anything_is_registered
     assert MlflowClient().search_registered_models() == []
 
 
+def test_soft_labels_from_two_teachers_train_a_distilled_student(home, keyword_reviews, pool, tmp_path):
+    # Both teachers say 1 exactly when "great" is in the text, so their mean is either one's probabilities.
+    teachers = [tmp_path / "great-detector", tmp_path / "great-detector-2"]
+    for folder in teachers:
+        save_keyword_classifier(folder, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            f"augment.teacher={teachers[0]}",
+            f"augment.teachers=[{teachers[1]}]",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.threshold=0.0",
+            "augment.pseudo.balance=false",
+            "augment.pseudo.per_class=null",
+            "augment.pseudo.max_ratio=0.5",
+            "augment.pseudo.distill={temperature: 3, alpha: 0.7}",
+            "finetune.adversarial.method=fgm",
+        ),
+    )
+    result = llm_pipeline(spec)
+    assert result["model"] == "models:/mini/1"  # the given teacher taught one student, registered
+    runs = stage_runs(result["pipeline_run"])
+    assert runs["augment-round1"].data.tags["multistep.input.teachers0"] == str(teachers[1])
+    out = runs["augment-round1"].data.tags["multistep.output"]
+    train = dataset_rows(out, "train")
+    gold = [r for r in train if r["operation"] == "original"]
+    pseudo = [r for r in train if r["operation"] == "pseudo"]
+    assert len(gold) == 60 and len(pseudo) == 30  # max_ratio 0.5 of the 60 gold rows, from 60 pool rows
+    assert all(r["teacher_logits"] is None for r in gold)
+    assert all(r["teacher"] == f"{teachers[0]} + {teachers[1]}" for r in pseudo)
+    model, tok = models.load(str(teachers[0]), auto=AutoModelForSequenceClassification)
+    log_probs = probabilities(model.eval(), tok, [r["text"] for r in pseudo], log=True)
+    for row, expected in zip(pseudo, log_probs.tolist()):
+        assert row["teacher_logits"] == pytest.approx(expected, abs=1e-5)
+        assert row["label"] == ("1" if "great" in row["text"].split() else "0")
+    card = json.loads(Path(mlflow.artifacts.download_artifacts(out.rstrip("/") + "/card.json")).read_text())
+    assert card["augment"]["distill"] == {"temperature": 3.0, "alpha": 0.7}
+    finetune = runs["finetune-round1"]
+    assert finetune.data.params["distill.temperature"] == "3.0" and finetune.data.params["distill.alpha"] == "0.7"
+    assert "clean_loss" in finetune.data.metrics and "adv_loss" in finetune.data.metrics  # FGM wrapped the KD loss
+
+
+def test_an_extra_teacher_with_other_labels_stops_the_run(home, keyword_reviews, pool, tmp_path):
+    good = tmp_path / "great-detector"
+    save_keyword_classifier(good, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
+    other = tmp_path / "other-labels"
+    save_keyword_classifier(other, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great", labels=("x", "y"))
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            f"augment.teacher={good}",
+            f"augment.teachers=[{other}]",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.distill={}",
+        ),
+    )
+    with pytest.raises(
+        UserError,
+        match=r"augment\.teachers\[0\] .* predicts the labels \['x', 'y'\] but the data's labels are \['0', '1'\]",
+    ):
+        llm_pipeline(spec)
+    assert MlflowClient().search_registered_models() == []
+
+
 def test_an_empty_pool_exits_non_zero_before_training(home, sentiment, tmp_path, run_cli, registered_versions):
     empty = tmp_path / "empty.tsv"
     empty.write_text("sentence\n")
@@ -296,6 +364,19 @@ def test_an_empty_pool_exits_non_zero_before_training(home, sentiment, tmp_path,
         ("augment={}", r"augment has no operation"),
         ("augment.pseudo.threshold=2", r"augment\.pseudo\.threshold"),
         ("labeled.task=sft", r"augment works on classification data"),
+        (
+            "augment.pseudo.distill.alpha=1.5",
+            r"augment\.pseudo\.distill\.alpha` Input should be less than or equal to 1",
+        ),
+        (
+            "augment.pseudo.distill.temperature=0",
+            r"augment\.pseudo\.distill\.temperature` Input should be greater than 0",
+        ),
+        ("augment.pseudo.max_ratio=0", r"augment\.pseudo\.max_ratio` Input should be greater than 0"),
+        (
+            "augment={eda: {}, teachers: [a]}",
+            r"augment\.teachers label the pseudo-label pool, and augment\.pseudo is not set",
+        ),
     ],
 )
 def test_bad_augment_settings_name_the_key(sentiment, setting, message):

@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from tasks.augment.pseudo import label, read_pool
+from tasks.augment.pseudo import label, read_pool, teach
 from tasks.augment.spec import PseudoLabelSpec
 from tasks.errors import UserError
+from tasks.predict import probabilities
 from tests.tasks.augment.keyword_model import KeywordModel, tokenizer
 
 LABELS = ["neg", "pos"]
@@ -52,14 +55,14 @@ def test_confident_rows_are_kept_balanced_and_carry_their_teacher(tmp_path):
         "dull film",
     ]
     pool = [{"text": t, "origin": f"pool:{i}"} for i, t in enumerate(texts)]
+    log_probs = teach([(model, tok)], texts, 32)
     rows, stats = label(
-        model,
-        tok,
+        log_probs,
         pool,
         LABELS,
         PseudoLabelSpec(pool=["x"], threshold=0.9, per_class=None, balance=False),
         "models:/t/3",
-        32,
+        gold_rows=100,
     )
     assert [(r["text"], r["label"]) for r in rows] == [
         ("the dull plot", "neg"),
@@ -77,12 +80,78 @@ def test_confident_rows_are_kept_balanced_and_carry_their_teacher(tmp_path):
     assert json.loads(rows[0]["params"])["threshold"] == 0.9
 
     balanced, stats = label(
-        model, tok, pool, LABELS, PseudoLabelSpec(pool=["x"], threshold=0.9, per_class=None), "t", 32
+        log_probs, pool, LABELS, PseudoLabelSpec(pool=["x"], threshold=0.9, per_class=None), "t", 100
     )
     assert stats["pseudo_confident"] == {"neg": 4, "pos": 3} and stats["pseudo_kept"] == {"neg": 3, "pos": 3}
     assert sum(r["label"] == "neg" for r in balanced) == 3
 
     strict, _ = label(
-        model, tok, pool, LABELS, PseudoLabelSpec(pool=["x"], threshold=0.99, balance=False, per_class=1), "t", 32
+        log_probs, pool, LABELS, PseudoLabelSpec(pool=["x"], threshold=0.99, balance=False, per_class=1), "t", 100
     )
     assert [r["text"] for r in strict] == ["good great movie"]  # the most confident positive; no negative reaches 0.99
+
+
+def keyword_teacher(tok, weights: dict[str, float]) -> KeywordModel:
+    """Positive iff the summed weights of the text's words exceed 2.5: logits (0, sum − 2.5)."""
+    model = KeywordModel(tok, positive=())
+    with torch.no_grad():
+        for word, w in weights.items():
+            model.emb.weight[tok.convert_tokens_to_ids(word)] = w
+    return model
+
+
+def test_the_ratio_cap_keeps_the_most_confident_rows(tmp_path):
+    tok = tokenizer(tmp_path)
+    teacher = keyword_teacher(tok, {"good": 3.0, "great": 4.0})
+    # p(pos): 0.62, 0.82, 0.97, 0.99, 0.9995; p(neg) 0.92 for the three without a positive word.
+    texts = [
+        "good film",
+        "great film",
+        "good good plot",
+        "great great plot",
+        "good great great",
+        "dull film",
+        "the plot",
+        "bad",
+    ]
+    pool = [{"text": t, "origin": f"pool:{i}"} for i, t in enumerate(texts)]
+    log_probs = teach([(teacher, tok)], texts, 32)
+    confidence = np.exp(log_probs).max(axis=1)
+    spec = PseudoLabelSpec(pool=["x"], threshold=0.0, per_class=None, balance=False, max_ratio=0.5)
+    rows, stats = label(log_probs, pool, LABELS, spec, "t", gold_rows=10)  # 0.5 × 10 gold rows: 5 of the 8
+    most_confident = {texts[i] for i in np.argsort(-confidence, kind="stable")[:5]}
+    assert len(rows) == 5 and {r["text"] for r in rows} == most_confident
+    assert most_confident == {"great great plot", "good great great", "good good plot", "dull film", "the plot"}
+    assert stats["pseudo_capped_by_ratio"] == 3 and stats["pseudo_kept"] == {"neg": 2, "pos": 3}
+
+    # balanced: the same share per label, each label's most confident
+    rows, stats = label(log_probs, pool, LABELS, spec.replace(balance=True), "t", gold_rows=10)
+    assert stats["pseudo_kept"] == {"neg": 2, "pos": 2} and {r["text"] for r in rows} == {
+        "dull film",
+        "the plot",
+        "great great plot",
+        "good great great",
+    }
+    # no cap: all 8 (balance off)
+    rows, _ = label(log_probs, pool, LABELS, spec.replace(max_ratio=None), "t", gold_rows=1)
+    assert len(rows) == 8
+
+
+def test_an_ensemble_labels_by_the_mean_of_its_teachers_probabilities(tmp_path):
+    tok = tokenizer(tmp_path)
+    a, b = keyword_teacher(tok, {"good": 3.0}), keyword_teacher(tok, {"great": 5.0})
+    texts = ["good film", "good good film", "great great film", "the dull plot"]
+    pool = [{"text": t, "origin": f"pool:{i}"} for i, t in enumerate(texts)]
+    alone = [probabilities(m, tok, texts).argmax(1).tolist() for m in (a, b)]
+    assert alone == [[1, 1, 0, 0], [0, 0, 1, 0]]  # the teachers disagree on the first three rows
+    mean = (probabilities(a, tok, texts) + probabilities(b, tok, texts)) / 2
+    # good film: (0.62 + 0.08) / 2 → neg; good good film: (0.97 + 0.08) / 2 → pos; great great film: (0.08 + 0.9994) / 2 → pos
+    assert mean.argmax(1).tolist() == [0, 1, 1, 0]
+    spec = PseudoLabelSpec(pool=["x"], threshold=0.0, per_class=None, balance=False, max_ratio=None)
+    rows, _ = label(teach([(a, tok), (b, tok)], texts, 32), pool, LABELS, spec, "a + b", gold_rows=1)
+    by_text = {r["text"]: r for r in rows}
+    assert [by_text[t]["label"] for t in texts] == ["neg", "pos", "pos", "neg"]
+    assert [by_text[t]["confidence"] for t in texts] == pytest.approx(mean.max(1).tolist(), abs=1e-6)
+    # the stored teacher logits are the log of the mean probabilities
+    stored = np.array([by_text[t]["teacher_logits"] for t in texts])
+    assert np.allclose(stored, np.log(mean), atol=1e-5)
