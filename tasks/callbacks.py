@@ -19,6 +19,10 @@ from tasks.tracking import log_metrics
 # Tests set this to SIGKILL the training process at a given step (a crash Prefect cannot retry).
 FAULT_ENV = "MULTISTEP_FAULT_KILL_AT_STEP"
 HOLD_ENV = "MULTISTEP_FAULT_HOLD_AT_STEP"
+# "<folder>:<n>": training starts only once n processes have come to that folder (or MEET_TIMEOUT_S passed), so a test
+# sees training runs overlap however late a loaded machine dispatched one of them.
+MEET_ENV = "MULTISTEP_FAULT_MEET"
+MEET_TIMEOUT_S = 180
 
 
 class MlflowMetrics(TrainerCallback):
@@ -118,10 +122,21 @@ class FaultInjection(TrainerCallback):
     interrupts the process itself, hold still after the checkpoint of step $MULTISTEP_FAULT_HOLD_AT_STEP has been published.
 
     Either waits for the checkpoint in flight first: a test knows which checkpoints a crash left (a real crash may
-    also lose the one being copied, and resumes from the one before)."""
+    also lose the one being copied, and resumes from the one before). $MULTISTEP_FAULT_MEET makes training processes
+    wait for each other before their first step."""
 
     def __init__(self, publisher: PublishCheckpoints):
         self.publisher = publisher
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if meet := os.environ.get(MEET_ENV):
+            folder, n = meet.rsplit(":", 1)
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            deadline = time.monotonic() + MEET_TIMEOUT_S
+            while len(os.listdir(folder)) < int(n) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            print(f"fault injection: {len(os.listdir(folder))} of {n} training processes met in {folder}")
 
     def on_step_end(self, args, state, control, **kwargs):
         if os.environ.get(FAULT_ENV) == str(state.global_step):

@@ -293,15 +293,23 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     path.write_text(yaml.safe_dump({"base": base, "seeds": [0, 1], "seed_fields": ["finetune.train.seed"]}))
     with stack.environ(team.env):
         deploy.ensure_pools(gpus=2)
-    team.start_worker("gpu", limit=1, name="worker-gpu-2")
-    # Both workers start stages forked (flows/forkserver.py): one started the slow way could miss the other's short run.
+    # Each fine-tune waits (up to 180 s) before its first step until both have started: on a loaded machine one cell's
+    # fine-tune may be dispatched late, and only a pool that lets two run at once lets the first one meet the second.
+    met = tmp_path / "met"
+    meet = {"MULTISTEP_FAULT_MEET": f"{met}:2"}
+    stack.kill(team, "worker-gpu")
+    team.start_worker("gpu", limit=1, env=meet)
+    team.start_worker("gpu", limit=1, name="worker-gpu-2", env=meet)
     team.wait_forkservers("worker-gpu", "worker-gpu-2")
     try:
         done = cli(team, ["sweep", str(path), "--json"], tmp_path / "client", run_cli)
     finally:
         stack.kill(team, "worker-gpu-2")
+        stack.kill(team, "worker-gpu")
+        team.start_worker("gpu", limit=1)
         with stack.environ(team.env):
             deploy.ensure_pools(gpus=1)
+        team.wait_forkservers("worker-gpu")
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert [(c["seed"], c["status"]) for c in report["cells"]] == [(0, "completed"), (1, "completed")]
@@ -313,8 +321,8 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
         finetunes += [run for flow, run in stage_runs(team, flow_run) if flow == "finetune"]
     first, second = sorted(finetunes, key=lambda r: r.start_time)
     assert first.work_pool_name == second.work_pool_name == "gpu"
-    # A worker took the second while the first still ran: the pool let both run at once. (Their engines' start times
-    # lag by whatever each process's start costs; a worker takes a run within its 0.5 s poll.)
+    # A worker took the second while the first still ran: the pool let both run at once.
+    assert len(list(met.iterdir())) == 2
     taken = _taken(team, second)
     assert taken < first.end_time, (
         f"the second cell's fine-tune was taken by a worker only after the first one ended: first "
