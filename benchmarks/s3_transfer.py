@@ -27,13 +27,11 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from boto3.s3.transfer import TransferConfig  # noqa: E402
-
 from flows import s3server, stack  # noqa: E402
 from tasks import s3, storage  # noqa: E402
 
 BUCKET = "bench"
-SETTINGS = {"old": (TransferConfig(), 1), "new": (s3.TRANSFER, s3.FILE_WORKERS)}  # (TransferConfig, files at once)
+SETTINGS = {"old": ({}, 1), "new": (s3.TRANSFER, s3.FILE_WORKERS)}  # (TransferConfig arguments, files at once)
 
 
 def checkpoint_folder(path: Path, mb: int) -> int:
@@ -139,8 +137,8 @@ def main() -> None:
         src = work / "checkpoint-100"
         mb = checkpoint_folder(src, args.mb) / (1 << 20)
         config = s3.TRANSFER
-        print(f"checkpoint {mb:.0f} MB in {len(list(src.iterdir()))} files; new: {config.multipart_chunksize >> 20} MB "
-              f"parts, {config.max_concurrency} per file, {s3.FILE_WORKERS} files at once; old: boto3's defaults "
+        print(f"checkpoint {mb:.0f} MB in {len(list(src.iterdir()))} files; new: {config['multipart_chunksize'] >> 20} MB "
+              f"parts, {config['max_concurrency']} per file, {s3.FILE_WORKERS} files at once; old: boto3's defaults "
               f"(8 MB parts, 10 per file), one file at a time; load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
         (work / "weed").mkdir()

@@ -10,18 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import (
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
-
+# boto3 and botocore are imported where S3 is used: ~0.2 s of every stage process's start that never touches S3, and a
+# GPU machine without boto3 (benchmarks/gpu.sh carries only what training needs) still trains.
 from tasks.errors import UserError
 
 _CREDENTIAL_CODES = {
@@ -39,9 +29,15 @@ MB = 1 << 20
 # and 0.14× (down) a local copy (issue 15). Several files in flight let the small files, the weights and the optimizer
 # state overlap, and keep enough requests open for a server with many cores. 16 MB parts halve the requests per byte
 # (SeaweedFS spends the same CPU per MB for 8-64 MB parts, so the size is chosen for remote S3) and reach 160 GB per
-# file under S3's 10,000-part limit.
-TRANSFER = TransferConfig(multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=8, use_threads=True)
-FILE_WORKERS = 4  # files of one folder in flight at once; each moves up to TRANSFER.max_concurrency parts at a time
+# file under S3's 10,000-part limit. (boto3's TransferConfig arguments.)
+TRANSFER = {"multipart_threshold": 16 * MB, "multipart_chunksize": 16 * MB, "max_concurrency": 8, "use_threads": True}
+FILE_WORKERS = 4  # files of one folder in flight at once; each moves up to max_concurrency parts at a time
+
+
+def _transfer():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(**TRANSFER)
 
 
 def s3_endpoint() -> str | None:
@@ -75,7 +71,10 @@ def _client(endpoint: str | None, keys: tuple, _environment: tuple):
     # botocore's defaults (60 s connect timeout, several retries) make a typo in the endpoint look like a hang.
     # One pooled connection per request that upload_files/download_files can have in flight; a smaller pool makes
     # urllib3 drop and reopen connections.
-    pool = FILE_WORKERS * TRANSFER.max_concurrency
+    import boto3
+    from botocore.config import Config
+
+    pool = FILE_WORKERS * TRANSFER.get("max_concurrency", 10)  # boto3's default
     config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2}, max_pool_connections=pool)
     access, secret, token = keys
     given = {"aws_access_key_id": access, "aws_secret_access_key": secret, "aws_session_token": token} if access else {}
@@ -135,6 +134,15 @@ def split_s3(uri: str) -> tuple[str, str]:
 @contextmanager
 def errors(uri: str):
     """Turn boto3 failures into one sentence naming the URI and the fix (never the secrets)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
     try:
         yield
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
@@ -198,13 +206,13 @@ def upload_files(files: Iterable[tuple[Path, str]]) -> None:
     client = s3_client()
     # The biggest first, so the longest transfer starts at once and the small ones fill in beside it.
     ordered = sorted(files, key=lambda pair: -pair[0].stat().st_size)
-    _each_in_parallel(lambda pair: client.upload_file(str(pair[0]), *split_s3(pair[1]), Config=TRANSFER), ordered)
+    _each_in_parallel(lambda pair: client.upload_file(str(pair[0]), *split_s3(pair[1]), Config=_transfer()), ordered)
 
 
 def download_files(objects: Iterable[tuple[str, Path]]) -> None:
     """Download (s3 URI, local file) pairs, several files at once and each in ranges; the first failure is raised."""
     client = s3_client()
-    _each_in_parallel(lambda pair: client.download_file(*split_s3(pair[0]), str(pair[1]), Config=TRANSFER), objects)
+    _each_in_parallel(lambda pair: client.download_file(*split_s3(pair[0]), str(pair[1]), Config=_transfer()), objects)
 
 
 def _each_in_parallel(transfer: Callable, items: Iterable) -> None:

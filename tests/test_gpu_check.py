@@ -89,3 +89,45 @@ def test_a_gpt2_part_that_fails_to_compile_is_measured_without(gpu_check, tmp_pa
     assert (bare["status"], bare["compile"], bare["compile_error"]) == ("ok", False, "RuntimeError: no C compiler")
     assert bare["tokens_per_second"] > 0
     assert code == 0
+
+
+def test_without_the_model_packages_the_fine_tunes_train_fresh_weights_of_the_shipped_shapes(
+    gpu_check, tmp_path, monkeypatch
+):
+    """An offline GPU machine gets the packages' shapes (`gpu.sh --pack`), not their weights: same model, other values."""
+    import importlib.util
+
+    import gpu_parts
+
+    from tasks.finetune import classify
+
+    shapes = tmp_path / "shapes"
+    gpu_parts.save_shapes(str(shapes))
+    monkeypatch.setenv(gpu_parts.SHAPES_ENV, str(shapes))
+    assert gpu_parts.shapes("minilm") is None  # the package is installed here: its weights are used
+    shipped, shipped_tok = classify.load_classifier("package:minilm", ["negative", "positive"])
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith(("gt_all", "llm_")) else find_spec(name, *a),
+    )
+    assert gpu_parts.shapes("minilm") == f"{shapes}/minilm"
+
+    fresh, fresh_tok = gpu_parts._from_shape(f"{shapes}/minilm", gpu_parts._auto("minilm"), num_labels=2)
+    assert type(fresh) is type(shipped) and fresh.num_parameters() == shipped.num_parameters()
+    assert not torch_equal(fresh.bert.embeddings.word_embeddings.weight, shipped.bert.embeddings.word_embeddings.weight)
+    assert fresh_tok("a quietly moving film")["input_ids"] == shipped_tok("a quietly moving film")["input_ids"]
+    llama, tok = gpu_parts._smollm2("package:smollm2-135m")
+    assert (llama.config.num_hidden_layers, llama.config.hidden_size, len(tok)) == (30, 576, 49152)
+
+    settings = replace(gpu_check.PRESETS["cpu"], steps=1, warmup=1)
+    with gpu_check._scratch_home():
+        result = gpu_parts.minilm_classify(settings)
+    assert result["weights"] == "random, shape of package:minilm (its package is not installed)"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tasks import s3, storage
@@ -19,7 +18,7 @@ SMALL = ("config.json", "scheduler.pt", "sub/rng_state.pth", "trainer_state.json
 @pytest.fixture
 def five_mb_parts(monkeypatch):
     """5 MB parts (S3's smallest) instead of boto3's 8 MB default, so an 11 MB file is 3 parts only if the setting is used."""
-    monkeypatch.setattr(s3, "TRANSFER", TransferConfig(multipart_threshold=5 * MB, multipart_chunksize=5 * MB))
+    monkeypatch.setattr(s3, "TRANSFER", {"multipart_threshold": 5 * MB, "multipart_chunksize": 5 * MB})
 
 
 @pytest.fixture
