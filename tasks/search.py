@@ -7,6 +7,7 @@ stage gets those bars (finetune.stop_behind) and stops where the pruner would pr
 logged is reported to the trial, and the pruner itself gives the verdict that the sampler and the loop go by.
 """
 
+import math
 import statistics
 from typing import Annotated, Literal
 
@@ -47,6 +48,8 @@ class SearchSpec(Spec):
     """[low, high] for finetune.reinit_layers (needs finetune.method full)."""
     startup_rounds: int = Field(2, ge=1, le=20)
     """Rounds proposed at random (seeded by finetune.train.seed) before TPE proposes from the scores so far."""
+    grace: float = Field(0.25, ge=0, lt=1)
+    """No round is pruned before this fraction of its steps (of the shortest the search may propose: the low end of max_steps, else finetune.train.max_steps): early scores, inside the warmup, say little of where a round ends, and a slow start at a low learning rate is not a bad round."""
     pruner: Literal["median", "halving", "none"] = "median"
     """Judges each round's validation curve: median prunes a round whose best score so far falls below the earlier rounds' median at the same step (its stage stops training there: finetune.stop_behind); halving is successive halving over the evaluation steps, judged once the round has finished; none never prunes. A pruned round counts against rounds.patience even when it ends better."""
 
@@ -143,22 +146,28 @@ def pruned_at(trial, points: list[tuple[int, float]]) -> int | None:
     return None
 
 
-def bars(found) -> dict[int, float]:
-    """The median pruner's bar at each evaluation step: the median of the completed rounds' scores at that step."""
+def bars(found, grace_steps: int) -> dict[int, float]:
+    """The median pruner's bar at each evaluation step from `grace_steps` on: the median of the completed rounds'
+    scores at that step."""
     from optuna.trial import TrialState
 
     done = found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    steps = sorted({step for t in done for step in t.intermediate_values})
+    steps = sorted({step for t in done for step in t.intermediate_values if step >= grace_steps})
     return {s: statistics.median(t.intermediate_values[s] for t in done if s in t.intermediate_values) for s in steps}
 
 
-def study(search: SearchSpec, seed: int, maximize: bool):
+def grace_steps(search: SearchSpec, max_steps: int) -> int:
+    """The step before which no round is pruned (Optuna's n_warmup_steps)."""
+    return math.ceil(search.grace * (search.max_steps[0] if search.max_steps else max_steps))
+
+
+def study(search: SearchSpec, seed: int, maximize: bool, grace: int = 0):
     """An in-memory study: its proposals depend only on the seed and the scores told to it."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=grace),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": optuna.pruners.NopPruner,
     }[search.pruner]()
@@ -171,14 +180,15 @@ def search_rounds(spec: BaseModel, tune, parent_run_id: str, metric: str, sign: 
     from optuna.trial import TrialState
 
     rounds = spec.rounds
-    found = study(rounds.search, spec.finetune.train.seed, sign > 0)
+    grace = grace_steps(rounds.search, spec.finetune.train.max_steps)
+    found = study(rounds.search, spec.finetune.train.seed, sign > 0, grace)
     best, best_score, stale = None, None, 0
     for r in range(1, rounds.max_rounds + 1):
         trial = found.ask()
         params = propose(trial, rounds.search)
         finetune = finetuned(spec, params)
         if rounds.search.pruner == "median" and spec.labeled.task in CURVES:  # it stops where the pruner would prune it
-            finetune = finetune.replace(stop_behind=bars(found))
+            finetune = finetune.replace(stop_behind=bars(found, grace))
         adjusted = spec.replace(finetune=finetune)
         model = tune(adjusted, adjusted.augment.teacher if adjusted.augment else None, r)
         score = registry.metric(model, metric)

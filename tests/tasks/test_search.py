@@ -96,6 +96,18 @@ def test_the_pruner_stops_the_search_on_a_round_that_falls_behind(monkeypatch):
     assert best == "models:/m/2" and len(tried) == 3  # round 3 is not better: patience 1 stops there
 
 
+def test_no_round_is_pruned_inside_the_grace(monkeypatch):
+    # The same rounds as above, but nothing is pruned before 60% of the 40 steps: round 2's slow start at step 20 is
+    # not judged, at step 40 it is ahead, so it is the best round and not pruned, and the search goes on past it.
+    def curves(r, finetune):
+        return {1: [(20, 0.5), (40, 0.6)], 2: [(20, 0.1), (40, 0.7)]}.get(r, [(20, 0.55), (40, 0.65)])
+
+    space = "rounds={max_rounds: 5, patience: 1, search: {lr: [1e-5, 1e-2], startup_rounds: 1, grace: 0.6}}"
+    best, tried = run(spec_with(space), curves, monkeypatch)
+    assert best == "models:/m/2" and len(tried) == 3 and not any("pruned" in said for _, said in tried)
+    assert [f.stop_behind for f in FINETUNES] == [{}, {40: 0.6}, {40: pytest.approx(0.65)}]  # no bar inside the grace
+
+
 def test_a_round_gets_every_searched_setting(monkeypatch):
     spec = spec_with(
         "rounds={max_rounds: 1, search: {lr: [1e-4, 1e-3], max_steps: [10, 30], batch_size: [8], "
