@@ -179,6 +179,19 @@ def sentiment(tmp_path) -> Path:
     return path
 
 
+def toy_labeled(data: Path) -> list[str]:
+    """Labeled-data overrides for a pipeline test on the `sentiment` set: 60 training rows, validation and test drawn
+    from it."""
+    return [
+        "name=mini",
+        f"labeled.train=[{data}]",
+        "labeled.test=[]",
+        "labeled.split.validation=0.2",
+        "labeled.split.test=0.2",
+        "labeled.max_train_rows=60",
+    ]
+
+
 @pytest.fixture
 def tiny_overrides():
     """`--set` items that shrink the default preset to a seconds-long CPU run on a corpus."""

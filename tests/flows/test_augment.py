@@ -16,7 +16,7 @@ from tasks import model as models
 from tasks import synonyms
 from tasks.errors import UserError
 from tasks.predict import probabilities
-from tests.conftest import REPO
+from tests.conftest import REPO, toy_labeled
 from tests.tasks.augment.keyword_model import save_keyword_classifier
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -43,12 +43,7 @@ def pool(tmp_path) -> Path:
 def overrides(data: Path, *extra: str) -> list[str]:
     """sst2-augment on the toy set, head-only on package:minilm so that each fine-tune takes seconds."""
     return [
-        "name=mini",
-        f"labeled.train=[{data}]",
-        "labeled.test=[]",
-        "labeled.split.validation=0.2",
-        "labeled.split.test=0.2",
-        "labeled.max_train_rows=60",
+        *toy_labeled(data),
         "finetune.method=head",
         "finetune.max_length=16",
         "finetune.patience=null",

@@ -18,6 +18,7 @@ from tasks.backend import configure
 from tasks.data.labeled.spec import LabeledSpec
 from tasks.errors import UserError
 from tasks.finetune.spec import SoupSpec
+from tests.conftest import toy_labeled
 from tests.tasks.tiny_folders import wordpiece
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -26,12 +27,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 def overrides(data: Path, *extra: str) -> list[str]:
     """sst2-minilm on the toy set, MiniLM's pooler and head only, so that each fine-tune takes seconds."""
     return [
-        "name=mini",
-        f"labeled.train=[{data}]",
-        "labeled.test=[]",
-        "labeled.split.validation=0.2",
-        "labeled.split.test=0.2",
-        "labeled.max_train_rows=60",
+        *toy_labeled(data),
         "finetune.method=full",
         "finetune.freeze_layers=6",
         "finetune.max_length=16",
