@@ -111,7 +111,6 @@ print("\n".join(f"{d}=={m.version(d)}" for d in sys.argv[1:]))' $CARRY_DISTS >"$
         fail "pip download of $CARRY/requirements.txt failed"
     HF_HUB_OFFLINE=1 .venv/bin/python -c 'import sys; sys.path[:0] = ["benchmarks", "."]
 import gpu_parts; gpu_parts.save_shapes(sys.argv[1])' "$CARRY/shapes" || fail "saving the shipped models' shapes failed"
-    grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >>.git/info/exclude
     log "packed $(du -sh "$CARRY" | cut -f1) into $CARRY: carry it (device run: carry=[\"$CARRY\"])"
     exit 0
 }
