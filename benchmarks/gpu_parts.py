@@ -254,14 +254,12 @@ def _from_shape(folder: str, auto, **config):
 
 def _smollm2(uri: str):
     """The model and tokenizer at `uri`; "tiny-llama": a fresh 2-layer Llama over SmolLM2's tokenizer (for CPU runs)."""
-    from transformers import AutoModelForCausalLM
-
     from tasks import model as models
     from tasks.spec import ModelSpec
 
     if uri != "tiny-llama":
         shape = shapes("smollm2-135m") if uri == "package:smollm2-135m" else None
-        return _from_shape(shape, AutoModelForCausalLM) if shape else models.load(uri)
+        return _from_shape(shape, _auto("smollm2-135m")) if shape else models.load(uri)
     tok = _smollm2_tokenizer()
     set_seed(42)
     return models.build(ModelSpec(arch="llama", n_layer=2, n_head=2, n_embd=64, n_positions=256), tok), tok
@@ -349,11 +347,7 @@ def minilm_classify(s: Settings) -> dict:
     spec = FinetuneSpec(max_length=s.cls_length, patience=None, train=train_spec(s, FinetuneSpec().train, s.cls_batch))
     set_seed(spec.train.seed)
     if shape := shapes("minilm"):
-        from transformers import AutoModelForSequenceClassification
-
-        model, tok = _from_shape(
-            shape, AutoModelForSequenceClassification, num_labels=2, id2label=dict(enumerate(labels))
-        )
+        model, tok = _from_shape(shape, _auto("minilm"), num_labels=2, id2label=dict(enumerate(labels)))
     else:
         model, tok = classify.load_classifier("package:minilm", labels)
     model = methods.prepare(model, spec, "classification")

@@ -98,6 +98,7 @@ def test_without_the_model_packages_the_fine_tunes_train_fresh_weights_of_the_sh
     import importlib.util
 
     import gpu_parts
+    import torch
 
     from tasks.finetune import classify
 
@@ -116,7 +117,7 @@ def test_without_the_model_packages_the_fine_tunes_train_fresh_weights_of_the_sh
 
     fresh, fresh_tok = gpu_parts._from_shape(f"{shapes}/minilm", gpu_parts._auto("minilm"), num_labels=2)
     assert type(fresh) is type(shipped) and fresh.num_parameters() == shipped.num_parameters()
-    assert not torch_equal(fresh.bert.embeddings.word_embeddings.weight, shipped.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight, shipped.bert.embeddings.word_embeddings.weight)
     assert fresh_tok("a quietly moving film")["input_ids"] == shipped_tok("a quietly moving film")["input_ids"]
     llama, tok = gpu_parts._smollm2("package:smollm2-135m")
     assert (llama.config.num_hidden_layers, llama.config.hidden_size, len(tok)) == (30, 576, 49152)
@@ -125,9 +126,3 @@ def test_without_the_model_packages_the_fine_tunes_train_fresh_weights_of_the_sh
     with gpu_check._scratch_home():
         result = gpu_parts.minilm_classify(settings)
     assert result["weights"] == "random, shape of package:minilm (its package is not installed)"
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
