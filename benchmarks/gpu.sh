@@ -120,6 +120,14 @@ unpack() {  # there: the carried wheels beside the system's CUDA torch, never ov
     "$SYSTEM_PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$CARRY/site" \
         "$CARRY"/wheels/*.whl >>"$OUT/setup.log" 2>&1 || fail "installing the wheels in $CARRY failed (see setup.log)"
     export PYTHONPATH="$PWD/$CARRY/site:$PWD" MULTISTEP_GPU_SHAPES="$PWD/$CARRY/shapes"
+    # The carried transformers may ask for newer helpers (regex, tokenizers) than the image has: then the image's own
+    # transformers stack, rather than a call that ends in import errors.
+    if ! "$SYSTEM_PY" -c 'import transformers, peft, mlflow, prefect, flows.pipeline, tasks.train' >>"$OUT/setup.log" 2>&1; then
+        log "the carried transformers stack does not import here: using the image's own"
+        rm -rf "$CARRY"/site/{transformers,huggingface_hub,accelerate,peft}{,-*.dist-info}
+        "$SYSTEM_PY" -c 'import transformers, peft, mlflow, prefect, flows.pipeline, tasks.train' >>"$OUT/setup.log" 2>&1 ||
+            fail "multistep does not import with the carried wheels (see setup.log)"
+    fi
 }
 
 if [[ " $* " == *" --pack "* ]]; then
