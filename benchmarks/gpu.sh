@@ -115,6 +115,10 @@ import gpu_parts; gpu_parts.save_shapes(sys.argv[1])' "$CARRY/shapes" || fail "s
     exit 0
 }
 
+# What the parts import (benchmarks/gpu_parts.py imports them inside each part): a Prefect flow is not among them.
+PARTS_IMPORT="import peft, mlflow.tracking, tasks.backend, tasks.tracking, tasks.model, tasks.pretrain, tasks.train; \
+import tasks.methods, tasks.finetune.sft, tasks.finetune.classify, tasks.finetune.trainer"
+
 unpack() {  # there: the carried wheels beside the system's CUDA torch, never over it
     rm -rf "$CARRY/site"
     "$SYSTEM_PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$CARRY/site" \
@@ -122,10 +126,10 @@ unpack() {  # there: the carried wheels beside the system's CUDA torch, never ov
     export PYTHONPATH="$PWD/$CARRY/site:$PWD" MULTISTEP_GPU_SHAPES="$PWD/$CARRY/shapes"
     # The carried transformers may ask for newer helpers (regex, tokenizers) than the image has: then the image's own
     # transformers stack, rather than a call that ends in import errors.
-    if ! "$SYSTEM_PY" -c 'import transformers, peft, mlflow, prefect, flows.pipeline, tasks.train' >>"$OUT/setup.log" 2>&1; then
+    if ! "$SYSTEM_PY" -c "$PARTS_IMPORT" >>"$OUT/setup.log" 2>&1; then
         log "the carried transformers stack does not import here: using the image's own"
         rm -rf "$CARRY"/site/{transformers,huggingface_hub,accelerate,peft}{,-*.dist-info}
-        "$SYSTEM_PY" -c 'import transformers, peft, mlflow, prefect, flows.pipeline, tasks.train' >>"$OUT/setup.log" 2>&1 ||
+        "$SYSTEM_PY" -c "$PARTS_IMPORT" >>"$OUT/setup.log" 2>&1 ||
             fail "multistep does not import with the carried wheels (see setup.log)"
     fi
 }
