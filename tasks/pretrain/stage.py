@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
 
-from tasks import distributed, objectives, registry
+from tasks import distributed, heads, objectives, registry
 from tasks import model as models
 from tasks import tokenizer as tokenizers
 from tasks.data import prepared
@@ -61,6 +61,8 @@ def setup(spec: PretrainSpec, dataset: str):
         # The dataset's tokenizer is the one trained with: the model folder need not hold one (data.tokenizer.kind bpe/char).
         auto = AutoModelForMaskedLM if mlm else AutoModelForCausalLM
         model, _ = models.load(spec.init, auto=auto, where=where, tokenizer=False)
+        if mlm:
+            heads.keep_pooler(model, where.model)
     else:
         if mlm and tokenizer.mask_token is None:  # tokenizers trained by prepare have only <|endoftext|>
             tokenizer.add_special_tokens({"mask_token": "[MASK]"})

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
 from tasks.data import prepared
 from tasks.errors import UserError
+from tasks.finetune.classify import load_classifier
 from tests.tasks.tiny_folders import bert_folder, llama_folder, wordpiece
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -59,6 +60,19 @@ def test_continued_masked_lm_from_a_bert_folder_with_its_own_tokenizer(home, cor
     assert changed(init, encoder)
     version = MlflowClient().get_model_version("dapt-base", "1")
     assert version.tags["multistep.objective"] == "mlm" and version.tags["multistep.parent_model"] == str(init)
+
+
+def test_masked_lm_from_an_encoder_keeps_its_pooler_for_the_classifier_fine_tuned_after(home, corpus, tmp_path):
+    """package:minilm ships a BertModel whose pooler BertForMaskedLM drops: the continuation must still register it, or
+    the classifier fine-tuned from the result starts with a random pooler (SST-2, 500 rows: -16.6 points)."""
+    init = bert_folder(tmp_path / "bert", corpus.read_text().split("\n\n"), encoder=True)
+    result = llm_pipeline(load("configs/default.yaml", continued(corpus, init, "mlm")))
+
+    source = AutoModel.from_pretrained(init).pooler.state_dict()
+    classifier, _ = load_classifier(result["base"], ["neg", "pos"])
+    assert all(torch.equal(v, source[k]) for k, v in classifier.bert.pooler.state_dict().items())
+    encoder, _ = models.load(result["base"], auto=AutoModelForMaskedLM)
+    assert changed(init, encoder)  # the body trained; the pooler, which the MLM loss never reaches, stayed
 
 
 def test_continued_causal_lm_from_a_llama_folder_with_its_own_tokenizer(home, corpus, tmp_path):

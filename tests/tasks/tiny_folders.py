@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertForMaskedLM, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -42,13 +42,15 @@ def llama_bpe(texts: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFas
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def bert_folder(folder: Path, texts: list[str], tok=None) -> Path:
-    """A randomly initialised one-layer BertForMaskedLM (64 positions) with a WordPiece tokenizer, saved as a model folder."""
+def bert_folder(folder: Path, texts: list[str], tok=None, encoder: bool = False) -> Path:
+    """A randomly initialised one-layer BertForMaskedLM (64 positions) with a WordPiece tokenizer, saved as a model folder.
+
+    `encoder`: a BertModel instead, with a pooler and no MLM head, as package:minilm ships."""
     tok = tok or wordpiece(texts)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    BertForMaskedLM(config).save_pretrained(folder)
+    (BertModel(config) if encoder else BertForMaskedLM(config)).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
