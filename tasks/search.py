@@ -161,7 +161,7 @@ def grace_steps(search: SearchSpec, max_steps: int) -> int:
     return math.ceil(search.grace * (search.max_steps[0] if search.max_steps else max_steps))
 
 
-def study(search: SearchSpec, seed: int, maximize: bool, grace: int = 0):
+def study(search: SearchSpec, seed: int, maximize: bool, grace: int):
     """An in-memory study: its proposals depend only on the seed and the scores told to it."""
     import optuna
 
