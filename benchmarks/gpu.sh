@@ -117,7 +117,7 @@ import gpu_parts; gpu_parts.save_shapes(sys.argv[1])' "$CARRY/shapes" || fail "s
 
 # What the parts import (benchmarks/gpu_parts.py imports them inside each part): a Prefect flow is not among them.
 PARTS_IMPORT="import peft, mlflow.tracking, tasks.backend, tasks.tracking, tasks.model, tasks.pretrain, tasks.train; \
-import tasks.methods, tasks.finetune.sft, tasks.finetune.classify, tasks.finetune.trainer"
+import tasks.methods, tasks.finetune.sft, tasks.finetune.classify, tasks.finetune.trainer, prefect.context, prefect.logging"
 
 unpack() {  # there: the carried wheels beside the system's CUDA torch, never over it
     rm -rf "$CARRY/site"

@@ -42,8 +42,9 @@ PRESETS = {
         device="cuda",
         precision="bf16",
         compile=True,
-        # On an H200 (2026-12-04) the pipeline's steps 11-20 took ~3 s more than steady ones, once: timed from step 10
-        # GPT-2 read 25.4 % MFU, from step 40 33.8 %. The window starts where both loops run steady.
+        # On an H200 (2026-12-04) the pipeline's steps 11-20 took ~3 s more than steady ones, once (the first progress
+        # line imported Prefect; gpu_parts.stage_run now does that first): timed from step 10 GPT-2 read 25.4 % MFU,
+        # from step 40 33.8 %. The window starts where both loops run steady.
         warmup=30,
         steps=100,
         vocab=50304,

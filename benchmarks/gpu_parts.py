@@ -79,6 +79,10 @@ class SyntheticVocab:
 @contextlib.contextmanager
 def stage_run(stage: str):
     """A StageRun of an MLflow run in the scratch store that gpu_check.py points MULTISTEP_HOME at."""
+    # A stage runs inside a Prefect flow, so Prefect is imported before training; here the first progress line would
+    # import it (tasks.progress.say) inside the timed steps: 0.7-0.9 s on this CPU, ~2 s on the H200.
+    import prefect.context  # noqa: F401
+    import prefect.logging  # noqa: F401
     from mlflow.tracking import MlflowClient
 
     from tasks.backend import configure
