@@ -70,7 +70,7 @@ def classification_head(model_or_dir: PreTrainedModel | str | Path, tokenizer, l
 
 
 def keep_pooler(model: PreTrainedModel, folder: str | Path) -> None:
-    """Give a BERT masked-LM the pooler that its checkpoint in `folder` holds, frozen, so that saving it keeps the pooler.
+    """Give a BERT masked-LM the pooler its checkpoint in `folder` holds, frozen, so that saving the model keeps it.
 
     BertForMaskedLM builds its encoder without a pooler and drops a checkpoint's: masked-LM continued from
     package:minilm then registered a model without MiniLM's trained pooler, and a classifier fine-tuned from it started
