@@ -10,7 +10,6 @@ from pathlib import Path
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
-from transformers.models.bert.modeling_bert import BertPooler
 
 from tasks.errors import UserError
 
@@ -87,6 +86,8 @@ def keep_pooler(model: PreTrainedModel, folder: str | Path) -> None:
                     weights[key.split("pooler.", 1)[1]] = f.get_tensor(key)
     if not weights:
         return
+    from transformers.models.bert.modeling_bert import BertPooler  # here: only a BERT masked-LM continuation needs it
+
     pooler = BertPooler(model.config)
     pooler.load_state_dict(weights)
     base.pooler = pooler.to(model.device, model.dtype).requires_grad_(False)
