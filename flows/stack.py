@@ -24,6 +24,10 @@ from tasks.tracking import PACKAGE_ROOT
 
 BUCKET = "multistep"
 BIN = Path(sys.executable).parent
+# A worker's poll for scheduled runs costs the Prefect server ~25 ms of CPU (it records the poll in its database): three
+# workers polling every 0.5 s took 0.15 of a core, on a one-machine stack taken from training. Every 2 s costs a
+# quarter of that and adds ~1 s on average to a stage's dispatch (Prefect's default, 10 s, adds ~5 s).
+WORKER_POLL_S = float(os.environ.get("MULTISTEP_WORKER_POLL_S", "2"))
 
 
 @dataclass
@@ -110,7 +114,7 @@ class Stack:
             "MULTISTEP_HOME": str(self.root / name),  # scratch; checkpoints live in S3, not here
             "MULTISTEP_ROOT": str(PACKAGE_ROOT),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
-            "PREFECT_WORKER_QUERY_SECONDS": "0.5",  # the default 10 s poll adds ~5 s to every dispatched stage
+            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S),
         }
         # Its flow runs fork from a server beside it (flows/forkserver.py); until that listens they start the slow way.
         cmd = [sys.executable, "-m", "flows.forkserver", "beside",

@@ -146,3 +146,23 @@ def test_in_pools_mode_the_run_graph_draws_the_arrow_from_a_stage_to_the_one_tha
     # (Prefect's graph query repeats an edge once per parameter of the upstream run; the UI draws one arrow)
     assert {edge["id"] for edge in nodes["pretrain"]["parents"]} == {nodes["prepare"]["id"]}
     assert nodes["prepare"]["parents"] == []
+
+
+def test_polling_slows_as_a_stage_ages_so_a_long_stage_costs_the_server_few_reads(monkeypatch):
+    """A 10-minute stage is read ~400 times, not 2,400 (a fixed 0.25 s poll); a young stage is still read every 0.25 s,
+    and the end of a long one is noticed within 2 s."""
+    now, reads = [0.0], []
+
+    class Clock:
+        @staticmethod
+        def read_flow_run(flow_run_id):
+            reads.append(now[0])
+            state = Completed() if now[0] >= 600 else Running()
+            return SimpleNamespace(id=flow_run_id, name="brave-otter", state=state)
+
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(dispatch.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    dispatch._wait(Clock(), SimpleNamespace(id="r1"), "gpu", start_timeout_s=60, timeout_s=3600)
+    assert reads[1] - reads[0] == pytest.approx(0.25)
+    assert len(reads) < 500
+    assert reads[-1] - 600 <= 2.0
