@@ -47,6 +47,9 @@ class MlflowMetrics(TrainerCallback):
             log_metrics(self.run_id, metrics, step=state.global_step)
 
 
+SPENT_AT_THE_END = ("optimizer*", "scheduler*", "scaler*")
+
+
 class PublishCheckpoints(TrainerCallback):
     """Copy each checkpoint the Trainer writes into the artifact store, where only complete ones are visible (rank 0 only).
 
@@ -70,7 +73,12 @@ class PublishCheckpoints(TrainerCallback):
         # Hard links: Trainer deletes this folder when it rotates checkpoints, maybe before the copy has read it.
         snapshot = os.path.join(args.output_dir, ".publishing", name)
         shutil.rmtree(snapshot, ignore_errors=True)
-        shutil.copytree(os.path.join(args.output_dir, name), snapshot, copy_function=_link_or_copy)
+        # At the last step the optimizer's and scheduler's state can never be used again (a resume from this checkpoint
+        # loads the weights and has no step left; Trainer loads those files only when present): with Adam that is two
+        # thirds of the checkpoint, so it does not travel to the store.
+        last = state.max_steps > 0 and state.global_step >= state.max_steps
+        spent = shutil.ignore_patterns(*SPENT_AT_THE_END) if last else None
+        shutil.copytree(os.path.join(args.output_dir, name), snapshot, copy_function=_link_or_copy, ignore=spent)
         said = f"{self.stage}: step {state.global_step}/{state.max_steps} saved {name} to {self.dest}/{name}"
         # In a copy of this context, so that the line reaches the Prefect run's log like the others.
         run = functools.partial(contextvars.copy_context().run, self._publish, snapshot, name, said)

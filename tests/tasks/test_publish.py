@@ -78,3 +78,18 @@ def test_a_failed_copy_is_raised_where_training_waits_for_it(tmp_path, monkeypat
     with pytest.raises(OSError, match="the store is full"):
         publisher.wait()
     publisher.wait()  # said once: a later wait has nothing left to raise
+
+
+def test_the_last_steps_checkpoint_goes_to_the_store_without_the_optimizer_state_nothing_can_use(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "work"
+    publisher = PublishCheckpoints(str(store), keep=2, stage="finetune")
+    for step in (3, 9):  # max_steps is 9
+        args, state = saved(out, step)
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+            (out / f"checkpoint-{step}" / name).write_bytes(b"state")
+        publisher.on_save(args, state, None)
+        publisher.wait()
+    middle, last = ({p.name for p in (store / f"checkpoint-{step}").iterdir()} for step in (3, 9))
+    assert {"optimizer.pt", "scheduler.pt"} <= middle  # a resume from step 3 needs them
+    assert "optimizer.pt" not in last and "scheduler.pt" not in last
+    assert {"model.safetensors", "rng_state.pth", "trainer_state.json"} <= last
