@@ -19,7 +19,7 @@ from pathlib import Path
 from flows import forkserver, s3server
 from flows.ui import in_use, wait_http
 from tasks import links
-from tasks.errors import UserError
+from tasks.errors import UserError, env_seconds
 from tasks.tracking import PACKAGE_ROOT
 
 BUCKET = "multistep"
@@ -28,7 +28,12 @@ BIN = Path(sys.executable).parent
 # workers polling every 0.5 s took 0.15 of a core, on a one-machine stack taken from training. Every 1 s costs half
 # that and adds ~0.5 s on average to a stage's dispatch (every 2 s: ~1 s, which lifted the tiny preset's pools/local
 # ratio past 1.3; Prefect's default, 10 s, adds ~5 s).
-WORKER_POLL_S = float(os.environ.get("MULTISTEP_WORKER_POLL_S", "1"))
+WORKER_POLL_S = 1.0
+
+
+def worker_poll_s() -> float:
+    """How often the stack's workers ask Prefect for runs: $MULTISTEP_WORKER_POLL_S, else WORKER_POLL_S."""
+    return env_seconds("MULTISTEP_WORKER_POLL_S", WORKER_POLL_S)
 
 
 @dataclass
@@ -115,7 +120,7 @@ class Stack:
             "MULTISTEP_HOME": str(self.root / name),  # scratch; checkpoints live in S3, not here
             "MULTISTEP_ROOT": str(PACKAGE_ROOT),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
-            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S),
+            "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_s()),
         }
         # Its flow runs fork from a server beside it (flows/forkserver.py); until that listens they start the slow way.
         cmd = [sys.executable, "-m", "flows.forkserver", "beside",
@@ -145,6 +150,7 @@ def up(
 ) -> Stack:
     """Start S3, MLflow and Prefect servers, make the pools and the crash automation, then the workers; returns the stack."""
     root = Path(root).resolve()
+    worker_poll_s()  # a setting that is no number is said before anything starts
     if any(_alive(pid) for pid in _read_pids(root).values()):
         raise UserError(f"a stack is already running from {root}: stop it with `make stack-down` first")
     ports = ports or Ports()

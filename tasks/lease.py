@@ -23,41 +23,32 @@ from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from tasks import interrupt
-from tasks.errors import UserError
+from tasks.errors import UserError, env_seconds
 
 CLAIM = "multistep.claim."
 OWNER = "multistep.owner"
 HEARTBEAT = "multistep.heartbeat"
 
 
-def _seconds(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise UserError(
-            f"{name}={os.environ[name]!r} is not a number of seconds: set it to e.g. {default:g}, or unset it"
-        ) from None
-
-
 def heartbeat_s() -> float:
-    return _seconds("MULTISTEP_LEASE_HEARTBEAT_S", 10)
+    return env_seconds("MULTISTEP_LEASE_HEARTBEAT_S", 10)
 
 
 def expiry_s() -> float:
     """A few missed beats (six by default): a stalled store call or a busy CPU delays a beat, it does not kill the owner."""
-    return _seconds("MULTISTEP_LEASE_EXPIRY_S", 6 * heartbeat_s())
+    return env_seconds("MULTISTEP_LEASE_EXPIRY_S", 6 * heartbeat_s())
 
 
 def settle_s() -> float:
-    return _seconds("MULTISTEP_LEASE_SETTLE_S", 0.25)
+    return env_seconds("MULTISTEP_LEASE_SETTLE_S", 0.25)
 
 
 def poll_s() -> float:
-    return _seconds("MULTISTEP_LEASE_POLL_S", 2)
+    return env_seconds("MULTISTEP_LEASE_POLL_S", 2)
 
 
 def wait_s() -> float:
-    return _seconds("MULTISTEP_LEASE_WAIT_S", 24 * 3600)
+    return env_seconds("MULTISTEP_LEASE_WAIT_S", 24 * 3600)
 
 
 @cache

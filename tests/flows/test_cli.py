@@ -183,3 +183,13 @@ def test_unknown_package(refused_finetune):
 def test_a_search_range_that_is_empty_names_its_key(refused_finetune):
     result = refused_finetune(GOOD_TSV, "`rounds.search.lr` is not a range", extra=["rounds.search.lr=[]"])
     assert result.returncode == 2
+
+
+def test_a_worker_poll_that_is_no_number_stops_the_stack_before_anything_starts(tmp_path, run_cli, processes_of):
+    home = tmp_path / "home"
+    result = run_cli(["stack", "up"], home, MULTISTEP_WORKER_POLL_S="soon")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: MULTISTEP_WORKER_POLL_S='soon' is not a number of seconds: set it to e.g. 1, or unset it"
+    )
+    assert not (home / "stack" / "pids.json").exists() and processes_of(home) == []
