@@ -24,16 +24,11 @@ from tasks.tracking import PACKAGE_ROOT
 
 BUCKET = "multistep"
 BIN = Path(sys.executable).parent
-# A worker's poll for scheduled runs costs the Prefect server ~25 ms of CPU (it records the poll in its database): three
-# workers polling every 0.5 s took 0.15 of a core, on a one-machine stack taken from training. Every 1 s costs half
-# that and adds ~0.5 s on average to a stage's dispatch (every 2 s: ~1 s, which lifted the tiny preset's pools/local
-# ratio past 1.3; Prefect's default, 10 s, adds ~5 s).
-WORKER_POLL_S = 1.0
 
 
 def worker_poll_s() -> float:
-    """How often the stack's workers ask Prefect for runs: $MULTISTEP_WORKER_POLL_S, else WORKER_POLL_S."""
-    return env_seconds("MULTISTEP_WORKER_POLL_S", WORKER_POLL_S)
+    """Seconds between a worker's asks for runs, each ~25 ms of Prefect's CPU (0.5 s starved training, benchmarks/README)."""
+    return env_seconds("MULTISTEP_WORKER_POLL_S", 1.0)
 
 
 @dataclass
