@@ -5,7 +5,10 @@ resumes from its checkpoint in the artifact store; an input error (UserError) is
 """
 
 import os
+import threading
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prefect import Flow
 from pydantic import BaseModel
@@ -20,6 +23,37 @@ from tasks.s3 import SECRET_ENV, check_store
 # server ~10-25 ms of CPU, which on a one-machine stack is taken from training: poll quickly while a stage is young
 # (short stages end soon) and then at 2 % of its age, so waiting adds at most 2 % (and 2 s) to a stage's time.
 POLL_S, POLL_SHARE, POLL_MAX_S = 0.25, 0.02, 2.0
+
+
+# Free slots per work pool, when a sweep runs more cells at once than its gpu pool has cards (flows/sweep.py): a stage is
+# dispatched when its pool has a slot, so it never waits in the pool's queue, where start_timeout_s would count its wait
+# as a missing worker; meanwhile its cell's other work (a cached preparation, the subflow's start) is done already.
+_slots: ContextVar[dict[str, threading.Semaphore] | None] = ContextVar("multistep_pool_slots", default=None)
+
+
+@contextmanager
+def pool_slots(limits: dict[str, int]):
+    """Within this block (and threads started with a copy of its context) at most `limits[pool]` stages are dispatched
+    to each named pool at once."""
+    token = _slots.set({pool: threading.BoundedSemaphore(n) for pool, n in limits.items()})
+    try:
+        yield
+    finally:
+        _slots.reset(token)
+
+
+@contextmanager
+def _slot(pool: str):
+    slots = (_slots.get() or {}).get(pool)
+    if slots is None:
+        yield
+        return
+    while not slots.acquire(timeout=0.5):
+        interrupt.check(f"waiting for a free slot of work pool {pool}")
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def poll_s(age_s: float) -> float:
@@ -81,19 +115,21 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
     # The Secret block's name travels as the flow run's environment, never its value and never a flow parameter.
     env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
     parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
-    run = run_deployment(
-        name, parameters=parameters, timeout=0, flow_run_name=run_name, job_variables={"env": env} if env else None
-    )
-    print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
-    with get_client(sync_client=True) as client:
-        run = _wait(client, run, pool, execution.start_timeout_s, timeout)
-        state = run.state
-        if state.is_completed():
+    with _slot(pool):  # held until the run is final
+        run = run_deployment(
+            name, parameters=parameters, timeout=0, flow_run_name=run_name, job_variables={"env": env} if env else None
+        )
+        print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
+        with get_client(sync_client=True) as client:
+            run = _wait(client, run, pool, execution.start_timeout_s, timeout)
+    state = run.state
+    if state.is_completed():
+        with get_client(sync_client=True) as client:
             return _linked(_output(client, run.id, stage.name), run)
-        message = state.message or state.name
-        if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
-            raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
-        raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
+    message = state.message or state.name
+    if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
+        raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
+    raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
 
 
 def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
@@ -115,7 +151,7 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
             _cancel(client, run.id, "timed out")
             raise UserError(
                 f"no worker of work pool {pool!r} took flow run {run.name} within {start_timeout_s:.0f} s: start one "
-                f"(`make stack`, or `python -m flows.forkserver beside prefect worker start --pool {pool}`), or raise "
+                f"(`make stack`, or `python -m flows.forkserver beside python -m flows.worker --pool {pool}`), or raise "
                 f"execution.start_timeout_s"
             )
         if started is not None and now - started > timeout_s:

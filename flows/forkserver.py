@@ -6,7 +6,7 @@ stage (issue 15). The server imports all of that once, then forks one child per 
 engine process with the flow run's own environment, working directory and stdout/stderr, so every run still has a
 process of its own that can die alone (a GPU stage's crash-safety).
 
-    python -m flows.forkserver beside prefect worker start --pool gpu ...   # how `make stack` and compose start workers
+    python -m flows.forkserver beside python -m flows.worker --pool gpu ...   # how `make stack` and compose start workers
     python -m flows.forkserver                # the flow run's command (deployments/prefect.yaml, job_variables)
 
 `beside` starts `serve` on a socket in the background, exports its path as $MULTISTEP_FORKSERVER and becomes the

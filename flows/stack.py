@@ -117,10 +117,10 @@ class Stack:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
             "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_s()),
         }
-        # Its flow runs fork from a server beside it (flows/forkserver.py); until that listens they start the slow way.
-        cmd = [sys.executable, "-m", "flows.forkserver", "beside",
-               str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
-               "--name", name, "--no-create-pool-if-not-found", "--install-policy", "never"]  # fmt: skip
+        # Flow runs fork from a server beside it (flows/forkserver.py); the worker skips polls while full (flows/worker.py)
+        cmd = [sys.executable, "-m", "flows.forkserver", "beside", sys.executable, "-m", "flows.worker",
+               "--pool", pool, "--limit", str(limit), "--name", name, "--no-create-pool-if-not-found",
+               "--install-policy", "never"]  # fmt: skip
         return self.start(name, cmd, env)
 
     def wait_forkservers(self, *workers: str, timeout_s: float = 300) -> None:

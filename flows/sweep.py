@@ -2,7 +2,8 @@
 
 Cells that share a stage key share the stage: the data preparation, or a pretraining that only fine-tune seeds differ
 on, runs once (locally the next cell finds the finished run in MLflow). In pools mode the cells run side by side, each a
-thread of this flow run that dispatches its own stages to the pools; no cell takes a worker slot while it waits.
+thread of this flow run that dispatches its own stages to the pools; no cell takes a worker slot while it waits, and
+no more gpu stages are dispatched at once than the gpu pool has cards (dispatch.pool_slots).
 """
 
 import contextvars
@@ -70,16 +71,21 @@ def sweep(spec: SweepSpec) -> dict:
         print(f"sweep: warning: {warning}")
     execution = found.cells[0].spec.execution
     dispatch.prepare(sorted({stage for cell in found.cells for stage in planned(cell.spec)}), execution)
-    parallel = (
-        1
-        if execution.mode == "local"
-        else min(spec.max_parallel, dispatch.pool_limit(execution.pools.gpu) or spec.max_parallel)
-    )
+    parallel, cards, how = 1, 1, "one after another"
+    if execution.mode == "pools":
+        # More cells in flight than cards, each gpu stage dispatched when a card is free: a cell's subflow start and its
+        # (cached) preparation then overlap another cell's training, and a card that comes free is taken at once.
+        cards = min(spec.max_parallel, dispatch.pool_limit(execution.pools.gpu) or spec.max_parallel)
+        parallel = min(spec.max_parallel, len(found.cells))
+        how = f"{parallel} in flight, {cards} gpu stage(s) at a time"
     print(
-        f"sweep {found.name}: {len(found.cells)} cells, {parallel} at a time; {found.metric} on {found.split}, baseline {found.baseline}"
+        f"sweep {found.name}: {len(found.cells)} cells, {how}; {found.metric} on {found.split}, baseline {found.baseline}"
     )
     started = time.perf_counter()
-    with results.sweep_run(found.name, spec, execution.experiment) as parent:
+    with (
+        results.sweep_run(found.name, spec, execution.experiment) as parent,
+        dispatch.pool_slots({execution.pools.gpu: cards}),
+    ):
         outcomes = run_cells(found.cells, parent, parallel)
         report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)
         results.record(report, parent)

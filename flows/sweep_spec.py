@@ -57,7 +57,7 @@ class SweepSpec(Spec):
     test: Literal["test", "validation"] = "test"
     """The split whose scores are reported; validation only for pipelines that do not fine-tune (fine-tuning picks its checkpoints, rounds and students on validation, so those scores are biased upwards)."""
     max_parallel: int = Field(4, ge=1, le=64)
-    """pools mode (execution.mode of the cells): cells running at once, at most the gpu pool's concurrency limit; local mode runs the cells one after another."""
+    """pools mode (execution.mode of the cells): cells in flight at once, and at most this many of their gpu stages at once (fewer if the gpu pool's concurrency limit says so); local mode runs the cells one after another."""
 
     @field_validator("seeds")
     @classmethod

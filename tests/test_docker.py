@@ -94,9 +94,8 @@ def test_workers_poll_the_cpu_and_gpu_process_pools(services):
         argv = _argv(services[name])
         assert argv[:4] == beside, f"{name}: {argv}"
         argv = argv[4:]
-        assert argv[:3] == ["prefect", "worker", "start"], f"{name}: {argv}"
+        assert argv[:3] == ["python", "-m", "flows.worker"], f"{name}: {argv}"  # a process worker (flows/worker.py)
         assert argv[argv.index("--pool") + 1] == pool
-        assert argv[argv.index("--type") + 1] == "process"
         assert argv[argv.index("--limit") + 1] == limit, f"{name} takes {limit} flow run(s) at a time"
     assert _argv(services["deploy"]) == ["multistep", "deploy"]
     assert services["deploy"].get("restart") in ("no", None)

@@ -1,6 +1,9 @@
 """How pools mode waits on a dispatched stage: timeouts, a pool nobody serves, and which failures are dispatched again."""
 
+import contextvars
+import threading
 from types import SimpleNamespace
+from uuid import uuid4
 
 import pytest
 from prefect.states import Completed, Crashed, Pending, Running
@@ -44,8 +47,7 @@ def test_a_stage_past_its_timeout_is_cancelled_as_a_crash(clock):
 def test_a_stage_no_worker_takes_is_an_error_naming_the_pool(clock):
     client = FakeClient(Pending())
     with pytest.raises(
-        UserError,
-        match=r"no worker of work pool 'gpu' took flow run brave-otter within 10 s.*prefect worker start --pool gpu",
+        UserError, match=r"no worker of work pool 'gpu' took flow run brave-otter within 10 s.*flows.worker --pool gpu"
     ):
         dispatch._wait(client, SimpleNamespace(id="r1"), "gpu", start_timeout_s=10, timeout_s=100)
     assert client.cancelled == ["r1"]
@@ -166,3 +168,45 @@ def test_polling_slows_as_a_stage_ages_so_a_long_stage_costs_the_server_few_read
     assert reads[1] - reads[0] == pytest.approx(0.25)
     assert len(reads) < 500
     assert reads[-1] - 600 <= 2.0
+
+
+def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and_other_pools_are_not_held(monkeypatch):
+    """A sweep of four cells on two cards: two fine-tunes are dispatched at a time and the other two wait here, not in
+    the pool's queue (where start_timeout_s would count the wait); the cpu pool, which has no slots set, takes all four."""
+    lock, running, most, ended = threading.Lock(), {"gpu": 0, "cpu": 0}, {"gpu": 0, "cpu": 0}, []
+    together = {"gpu": threading.Barrier(2, timeout=20), "cpu": threading.Barrier(4, timeout=20)}
+
+    def run_deployment(name, **kwargs):
+        pool = name.rsplit("-on-", 1)[1]
+        with lock:
+            running[pool] += 1
+            most[pool] = max(most[pool], running[pool])
+        return SimpleNamespace(id=uuid4(), name=name, pool=pool)
+
+    def runs(client, run, pool, start_timeout_s, timeout_s):
+        together[run.pool].wait()  # as many as the pool lets in at once are running now (else: BrokenBarrierError)
+        with lock:
+            running[run.pool] -= 1
+        return SimpleNamespace(id=run.id, name=run.name, state=Crashed(message="ended"))
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", run_deployment)
+    monkeypatch.setattr(dispatch, "_wait", runs)
+    execution = ExecutionSpec(mode="pools")
+
+    def cell(stage: str) -> None:
+        try:
+            dispatch._remote(SimpleNamespace(name=stage), execution, {}, "a cell")
+        except Exception as exc:  # noqa: BLE001 — the test reads what ended each thread
+            ended.append(type(exc).__name__)
+
+    with dispatch.pool_slots({"gpu": 2}):
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(cell, stage))
+            for stage in ["finetune"] * 4 + ["prepare-labeled"] * 4
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert ended == ["StageCrashed"] * 8  # every stage was dispatched and ran to its end
+    assert most == {"gpu": 2, "cpu": 4}

@@ -329,6 +329,11 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
         f"{first.start_time}–{first.end_time}, second taken {taken}"
     )
     assert first.infrastructure_pid != second.infrastructure_pid
+    # The workers are flows/worker.py's, built by Prefect's CLI for --type process: quiet while full
+    assert (
+        "worker: worker-gpu-2 polls every 10 s while every slot is busy"
+        in (team.root / "logs" / "worker-gpu-2.log").read_text()
+    )
 
 
 def _taken(team, run):
