@@ -43,8 +43,10 @@ def settle_s() -> float:
     return env_seconds("MULTISTEP_LEASE_SETTLE_S", 0.25)
 
 
-def poll_s() -> float:
-    return env_seconds("MULTISTEP_LEASE_POLL_S", 2)
+def poll_s(waited_s: float) -> float:
+    """The pause before the next look at a rival's run: 0.25 s at first (a sweep's cells that race for a short stage, such
+    as the data preparation, go on as soon as it is done), then 2 % of the wait, at most MULTISTEP_LEASE_POLL_S."""
+    return min(env_seconds("MULTISTEP_LEASE_POLL_S", 2), max(0.25, 0.02 * waited_s))
 
 
 def wait_s() -> float:
@@ -262,7 +264,7 @@ class Wait:
                 f"{self.stage}: the same stage is still running in {other.describe()} after {waited:.0f} s of waiting "
                 "(MULTISTEP_LEASE_WAIT_S): run again once it has finished, or stop that process and run again to resume its checkpoint."
             )
-        time.sleep(poll_s())  # polling a run in another process: there is no event to wait on
+        time.sleep(poll_s(waited))  # polling a run in another process: there is no event to wait on
 
     @property
     def waited(self) -> bool:

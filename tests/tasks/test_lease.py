@@ -273,3 +273,12 @@ def test_a_lease_setting_that_is_no_number_is_named(monkeypatch):
         match=r"^MULTISTEP_LEASE_WAIT_S='a day' is not a number of seconds: set it to e.g. 86400, or unset it$",
     ):
         lease.wait_s()
+
+
+def test_a_waiter_looks_again_soon_at_first_and_seldom_after_a_long_wait(monkeypatch):
+    """Sweep cells that race for a 5 s data preparation go on within 0.25 s of its end; a rival that trains for an hour
+    is read every MULTISTEP_LEASE_POLL_S (2 s), not four times a second."""
+    monkeypatch.setenv("MULTISTEP_LEASE_POLL_S", "2")
+    assert lease.poll_s(0) == lease.poll_s(5) == 0.25
+    assert lease.poll_s(50) == pytest.approx(1.0)
+    assert lease.poll_s(3600) == 2
