@@ -33,6 +33,9 @@ def configure(experiment: str) -> str:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+        from tasks.storage import serve_artifacts_directly
+
+        serve_artifacts_directly()
     elif uri.startswith("sqlite:///"):
         _create_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)

@@ -156,6 +156,31 @@ def test_s3_publish_list_fetch_remove(s3_bucket, tmp_path):
     assert s3.list_s3(f"{parent}/checkpoint-10") == []
 
 
+def test_a_proxied_artifact_is_written_and_read_in_the_servers_store_without_the_server(
+    s3_bucket, monkeypatch, tmp_path
+):
+    """With MLFLOW_ARTIFACTS_DESTINATION, `mlflow-artifacts:` URIs go to S3 where the server would store them (no MLflow
+    server runs here: through the proxy this would fail); without it, MLflow's proxy client is used."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    storage.serve_artifacts_directly()
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", f"{s3_bucket}/mlflow")
+    repo = get_artifact_repository("mlflow-artifacts:/7/models/m-1/artifacts", tracking_uri="http://127.0.0.1:9")
+    repo.log_artifacts(str(_tree(tmp_path / "model", {"model.safetensors": "weights", "config.json": "{}"})))
+    assert storage.read_bytes(f"{s3_bucket}/mlflow/7/models/m-1/artifacts/model.safetensors") == b"weights"
+    assert sorted(f.path for f in repo.list_artifacts()) == ["config.json", "model.safetensors"]
+    (tmp_path / "back").mkdir()
+    assert _contents(Path(repo.download_artifacts("", str(tmp_path / "back")))) == {
+        "model.safetensors": "weights",
+        "config.json": "{}",
+    }
+
+    monkeypatch.delenv("MLFLOW_ARTIFACTS_DESTINATION")
+    proxied = get_artifact_repository("mlflow-artifacts:/7/models/m-1/artifacts", tracking_uri="http://127.0.0.1:9")
+    assert isinstance(proxied, MlflowArtifactsRepository)
+
+
 def test_s3_not_found(s3_bucket):
     with pytest.raises(UserError, match=f"{s3_bucket}/nope.txt not found"):
         storage.read_bytes(f"{s3_bucket}/nope.txt")
