@@ -1,6 +1,7 @@
 """Local paths, `file://` and `s3://` URIs (tasks/s3.py), atomic checkpoint publishing, path safety, and where the
 artifact store of a run is read and written."""
 
+import functools
 import os
 import re
 import secrets
@@ -48,16 +49,24 @@ def serve_artifacts_directly() -> None:
 def _artifact_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
     """MLflow's repository for an `mlflow-artifacts:` URI: the S3 store itself, or the server's proxy (see above)."""
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    # `mlflow-artifacts://host:port/...` names a server of its own, whose store may be another: through it, then
+    if urlparse(artifact_uri).netloc or not s3.is_s3(os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")):
+        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return _direct_class()(direct(artifact_uri), tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+@functools.cache
+def _direct_class() -> type:
     from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
-    if not s3.is_s3(os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")):
-        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    class DirectArtifactRepository(S3ArtifactRepository):
+        """MLflow's S3 repository with the project's client: a Secret block's credentials, fast failure, a pool."""
 
-    class Direct(S3ArtifactRepository):
-        def _get_s3_client(self):  # the project's client: a Secret block's credentials, fast failure, a pool
+        def _get_s3_client(self):
             return s3.s3_client()
 
-    return Direct(direct(artifact_uri), tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return DirectArtifactRepository
 
 
 def check_artifact_store(experiment_id: str) -> None:

@@ -176,6 +176,8 @@ def test_a_proxied_artifact_is_written_and_read_in_the_servers_store_without_the
         "config.json": "{}",
     }
 
+    elsewhere = get_artifact_repository("mlflow-artifacts://other:5000/7/a", tracking_uri="http://127.0.0.1:9")
+    assert isinstance(elsewhere, MlflowArtifactsRepository)  # another server's artifacts: its store may be another
     monkeypatch.delenv("MLFLOW_ARTIFACTS_DESTINATION")
     proxied = get_artifact_repository("mlflow-artifacts:/7/models/m-1/artifacts", tracking_uri="http://127.0.0.1:9")
     assert isinstance(proxied, MlflowArtifactsRepository)
