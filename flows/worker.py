@@ -3,10 +3,10 @@
 A Prefect worker polls its pool every PREFECT_WORKER_QUERY_SECONDS, busy or not, and each poll costs the Prefect server
 ~25 ms of CPU (it records the poll on the pool's queues and deployments). A gpu worker (limit 1) is full for the whole
 of a fine-tune, when a poll can only find runs it would leave for another worker; on a one-machine stack those polls
-are taken from training (issue 10: ~15 CPU s of the server in a four-cell sweep on two gpu workers). Full, this worker
-polls every BUSY_POLL_S instead: often enough that Prefect keeps its deployments Ready (it marks them Not Ready after
-60 s unpolled) and that the worker's own health check (no poll in 30 polls' time) stays green. With a free slot it
-polls as Prefect's does.
+are taken from training (issue 10: ~12 of the server's 40 CPU s in a four-cell sweep on two gpu workers). Full, this
+worker polls every BUSY_POLL_S instead: often enough that Prefect keeps its deployments Ready (it marks them Not Ready
+after 60 s unpolled) and, at the stack's 1 s poll, that the worker's opt-in health check (no poll in 30 polls' time)
+stays green. With a free slot it polls as Prefect's does, from its first turn after the slot came free.
 
     python -m flows.worker --pool gpu --limit 1 ...   # the arguments of `prefect worker start`; `--type process` implied
 
