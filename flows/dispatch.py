@@ -20,9 +20,8 @@ from tasks.errors import UserError
 from tasks.s3 import SECRET_ENV, check_store
 
 # run_deployment's own wait polls every 5 s, which would add 2.5 s to every stage on average. Each poll costs the Prefect
-# server ~10-25 ms of CPU, which on a one-machine stack is taken from training: poll quickly while a stage is young
-# (short stages end soon) and then at 2 % of its age, so waiting adds at most 2 % (and 2 s) to a stage's time.
-POLL_S, POLL_SHARE, POLL_MAX_S = 0.25, 0.02, 2.0
+# server CPU, which on a one-machine stack is taken from training: interrupt.poll_s's pace, at most every 2 s.
+POLL_MAX_S = 2.0
 
 
 # Free slots per work pool, when a sweep runs more cells at once than its gpu pool has cards (flows/sweep.py): a stage is
@@ -54,11 +53,6 @@ def _slot(pool: str):
         yield
     finally:
         slots.release()
-
-
-def poll_s(age_s: float) -> float:
-    """Seconds until the next look at a stage run that was dispatched `age_s` seconds ago."""
-    return min(POLL_MAX_S, max(POLL_S, POLL_SHARE * age_s))
 
 
 def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
@@ -115,21 +109,24 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
     # The Secret block's name travels as the flow run's environment, never its value and never a flow parameter.
     env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
     parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
-    with _slot(pool):  # held until the run is final
-        run = run_deployment(
-            name, parameters=parameters, timeout=0, flow_run_name=run_name, job_variables={"env": env} if env else None
-        )
-        print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
-        with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
+        with _slot(pool):  # held until the run is final
+            run = run_deployment(
+                name,
+                parameters=parameters,
+                timeout=0,
+                flow_run_name=run_name,
+                job_variables={"env": env} if env else None,
+            )
+            print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
             run = _wait(client, run, pool, execution.start_timeout_s, timeout)
-    state = run.state
-    if state.is_completed():
-        with get_client(sync_client=True) as client:
+        state = run.state
+        if state.is_completed():
             return _linked(_output(client, run.id, stage.name), run)
-    message = state.message or state.name
-    if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
-        raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
-    raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
+        message = state.message or state.name
+        if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
+            raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")
+        raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
 
 
 def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
@@ -159,7 +156,7 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
             raise StageCrashed(
                 f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled"
             )
-        time.sleep(poll_s(now - created))
+        time.sleep(interrupt.poll_s(now - created, POLL_MAX_S))
 
 
 def _cancel(client, flow_run_id, why: str) -> None:

@@ -41,6 +41,13 @@ def check(where: str) -> None:
         raise Interrupted(where)
 
 
+def poll_s(age_s: float, cap_s: float) -> float:
+    """The pause before the next look at work another process does (a dispatched stage, a rival's run of a stage), which
+    began `age_s` seconds ago: 0.25 s while it is young (short work ends soon), then 2 % of its age, at most `cap_s`.
+    Waiting then adds at most 2 % (and `cap_s`) to the work, and a long wait costs the server it reads few requests."""
+    return min(cap_s, max(0.25, 0.02 * age_s))
+
+
 def signal_name() -> str:
     return signal.Signals(_signal[0]).name if _signal else "an interrupt"
 

@@ -44,9 +44,9 @@ def settle_s() -> float:
 
 
 def poll_s(waited_s: float) -> float:
-    """The pause before the next look at a rival's run: 0.25 s at first (a sweep's cells that race for a short stage, such
-    as the data preparation, go on as soon as it is done), then 2 % of the wait, at most MULTISTEP_LEASE_POLL_S."""
-    return min(env_seconds("MULTISTEP_LEASE_POLL_S", 2), max(0.25, 0.02 * waited_s))
+    """The pause before the next look at a rival's run (interrupt.poll_s, at most MULTISTEP_LEASE_POLL_S): a sweep's cells
+    that race for a short stage, such as the data preparation, go on as soon as it is done."""
+    return interrupt.poll_s(waited_s, env_seconds("MULTISTEP_LEASE_POLL_S", 2))
 
 
 def wait_s() -> float:
