@@ -51,15 +51,21 @@ HEADER = struct.Struct("!I")
 
 def main(argv: list[str]) -> None:
     """Run the flow run in a child of the server; without a usable server, exec the engine like a stock worker."""
+    # Cancellation reaches the engine as the worker sent it; one sent before the server said the child's pid is held.
+    child, held = [], []
+    for sig in RELAYED:
+        signal.signal(sig, lambda signum, _frame: _kill(child[0], signum) if child else held.append(signum))
     path = os.environ.get(ENV)
     conn = _connect(path) if path else None
     reader = conn.makefile("r") if conn else None
     reply = _request(conn, reader, argv) if conn else None
     if not reply or "pid" not in reply:
-        os.execv(sys.executable, [sys.executable, "-m", ENGINE, *argv])
-    pid = reply["pid"]
-    for sig in RELAYED:  # cancellation reaches the engine as the worker sent it
-        signal.signal(sig, lambda signum, _frame: _kill(pid, signum))
+        if held:  # stopped before any engine ran: end as that signal would have ended the engine
+            sys.exit(128 + held[0])
+        os.execv(sys.executable, [sys.executable, "-m", ENGINE, *argv])  # (exec resets the handlers)
+    child.append(pid := reply["pid"])
+    for sig in held:
+        _kill(pid, sig)
     line = reader.readline()
     if not line:  # the server died; the child lives on without it: wait for it, its exit status is lost
         while _alive(pid):

@@ -99,6 +99,39 @@ def test_a_signal_to_the_command_reaches_the_child_and_its_exit_status_comes_bac
     assert run.wait(timeout=60) == 7
 
 
+def test_a_signal_that_comes_before_the_server_names_the_child_is_relayed_once_it_does(tmp_path):
+    """The child may run, and the worker cancel it, before the server's reply with its pid reaches the command: the
+    command holds the signal until then (CI saw it die of SIGTERM instead, exit -15). A hand-made server replies only
+    after the signal was sent."""
+    import socket
+
+    from flows.forkserver import HEADER
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "slow.sock"))
+    listener.listen(1)
+    run = command(tmp_path / "slow.sock", tmp_path)
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for the forked child
+    try:
+        conn, _ = listener.accept()
+        header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+        for fd in fds:
+            os.close(fd)
+        payload = b""
+        while len(payload) < HEADER.unpack(header)[0]:
+            payload += conn.recv(65536)
+        run.send_signal(signal.SIGTERM)  # the command has asked; the server has not answered
+        time.sleep(0.5)
+        conn.sendall(json.dumps({"pid": engine.pid}).encode() + b"\n")
+        assert engine.wait(timeout=30) == -signal.SIGTERM  # relayed once the pid was known
+        conn.sendall(json.dumps({"status": 7}).encode() + b"\n")
+        assert run.wait(timeout=30) == 7
+    finally:
+        engine.kill()
+        run.kill()
+        listener.close()
+
+
 def test_a_killed_command_takes_its_child_with_it(server, tmp_path):
     sock, _, _ = server
     run = command(sock, tmp_path, FORKEE_DO="wait")
