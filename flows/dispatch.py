@@ -27,7 +27,9 @@ POLL_MAX_S = 2.0
 # Free slots per work pool, when a sweep runs more cells at once than its gpu pool has cards (flows/sweep.py): a stage is
 # dispatched when its pool has a slot, so it never waits in the pool's queue, where start_timeout_s would count its wait
 # as a missing worker; meanwhile its cell's other work (a cached preparation, the subflow's start) is done already.
-_slots: ContextVar[dict[str, threading.Semaphore] | None] = ContextVar("multistep_pool_slots", default=None)
+_slots: ContextVar[dict[str, threading.Semaphore]] = ContextVar(
+    "multistep_pool_slots", default={}
+)  # read, never changed
 
 
 @contextmanager
@@ -43,7 +45,7 @@ def pool_slots(limits: dict[str, int]):
 
 @contextmanager
 def _slot(pool: str):
-    slots = (_slots.get() or {}).get(pool)
+    slots = _slots.get().get(pool)
     if slots is None:
         yield
         return

@@ -79,6 +79,22 @@ def gone(pid: int, within_s: float = 20) -> bool:
     return False
 
 
+def delivered(pid: int, sig: int, within_s: float = 20) -> bool:
+    """Whether process `pid` has taken signal `sig` (no longer pending for it, /proc/<pid>/status), or is gone."""
+    bit = 1 << (sig - 1)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+        pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+        if not any(mask & bit for mask in pending):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def test_the_child_is_forked_from_the_server_with_the_commands_env_cwd_args_fds_and_exit_status(server, tmp_path):
     sock, proc, _ = server
     run = command(sock, tmp_path, "some-flow-run-id")
@@ -121,7 +137,7 @@ def test_a_signal_that_comes_before_the_server_names_the_child_is_relayed_once_i
         while len(payload) < HEADER.unpack(header)[0]:
             payload += conn.recv(65536)
         run.send_signal(signal.SIGTERM)  # the command has asked; the server has not answered
-        time.sleep(0.5)
+        assert delivered(run.pid, signal.SIGTERM), "the command never took the SIGTERM"
         conn.sendall(json.dumps({"pid": engine.pid}).encode() + b"\n")
         assert engine.wait(timeout=30) == -signal.SIGTERM  # relayed once the pid was known
         conn.sendall(json.dumps({"status": 7}).encode() + b"\n")

@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows import deploy, s3server, stack
+from flows.worker import BUSY_POLL_S
 
 CRASH_AFTER_S = 45  # heartbeats come every 30 s (Prefect's minimum); silence this long marks a run Crashed
 
@@ -331,7 +332,7 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     assert first.infrastructure_pid != second.infrastructure_pid
     # The workers are flows/worker.py's, built by Prefect's CLI for --type process: quiet while full
     assert (
-        "worker: worker-gpu-2 polls every 10 s while every slot is busy"
+        f"worker: worker-gpu-2 polls every {BUSY_POLL_S:.0f} s while every slot is busy"
         in (team.root / "logs" / "worker-gpu-2.log").read_text()
     )
 
