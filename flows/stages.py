@@ -172,8 +172,8 @@ def augment_stage(
     if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
         for i, src in enumerate(spec.pseudo.pool):
             inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
-        for i, uri in enumerate(spec.teachers):  # an alias that moves to another version labels anew
-            inputs[f"teachers{i}"], digests[f"teachers{i}"] = uri, digest(uri)
+        for name, uri in spec.labelers().items():  # an alias that moves to another version labels anew
+            inputs[name], digests[name] = uri, digest(uri)
     with stage_run(
         "augment",
         spec,

@@ -40,13 +40,15 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
     return kept, counts
 
 
-def teach(teachers: list[tuple], texts: list[str], max_length: int) -> np.ndarray:
-    """Log of the teachers' mean class probabilities [len(texts), num_labels], from (model, tokenizer) pairs.
+def teach(teachers: list[tuple], texts: list[str], max_length: int, also: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+    """Log of the teachers' mean class probabilities [len(texts), num_labels], from (model, tokenizer) pairs and the
+    log probabilities of teachers scored elsewhere (`also`: a prompt teacher's).
 
     Stored as the teacher logits of soft labels: for one teacher this is its log-softmax, which any temperature softens
     exactly as it would the raw logits (softmax is blind to a constant per row), so T can change without relabelling.
     """
     logs = [probabilities(m, tok, texts, max_length=max_length, desc="pseudo-label", log=True) for m, tok in teachers]
+    logs += list(also)
     return np.logaddexp.reduce(np.stack(logs), axis=0) - np.log(len(logs))
 
 

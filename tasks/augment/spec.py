@@ -3,7 +3,7 @@ tasks/spec.py)."""
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasks.spec import AttackSpec, Spec
 
@@ -79,6 +79,43 @@ class PseudoLabelSpec(Spec):
         return "augment.pseudo.pool" if field == "sources" else f"augment.pseudo.{field}"
 
 
+class PromptTeacherSpec(Spec):
+    model: str = "package:smollm2-135m"
+    """An instruction-tuned causal LM (package:, a folder, a registry version, an hf: id) asked `prompt` about each pool row; the score of each label word right after `answer` is its vote."""
+    prompt: str = Field(min_length=1)
+    """The question, as the user's turn of the model's chat template, with {text} where the row goes, e.g. "Is the sentiment of this movie review positive or negative?\n\n{text}"."""
+    answer: str = ""
+    """How the model's reply begins before the label word, e.g. "The sentiment is"; empty scores the reply's first token."""
+    label_words: dict[str, str] = Field(min_length=2)
+    """The word that answers for each label of the data, e.g. {"0": negative, "1": positive}: every label needs one, and no two may start with the same token."""
+    calibrate: bool = True
+    """Fit a logistic regression from the label words' scores to the gold training rows' labels, which corrects the model's bias toward a word and its scale (SST-2, SmolLM2-135M: 61% on dev uncalibrated, 84% calibrated on 500 rows); off uses the softmax over the label words."""
+    alone: bool = True
+    """Label the pool with this model alone (the fine-tuned teacher then only compares with the student, and is attacked); off averages its probabilities with the fine-tuned teacher's and augment.teachers'."""
+    batch_size: int = Field(32, ge=1, le=4096)
+    """Prompts per forward pass."""
+
+    @field_validator("label_words", mode="before")
+    @classmethod
+    def _label_names(cls, value):
+        # YAML reads {0: negative} with int keys; labels are names, so 0 means "0"
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _text_slot(self):
+        if "{text}" not in self.prompt:
+            raise ValueError(
+                "augment.prompt_teacher.prompt has no {text}: put {text} where each row's text goes, e.g. 'Is this review positive or negative?\n\n{text}'"
+            )
+        try:
+            self.prompt.replace("{text}", "").format()
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(
+                "augment.prompt_teacher.prompt has braces other than {text}: double them ({{ and }}) to keep them as text"
+            ) from None
+        return self
+
+
 class AugmentSpec(Spec):
     eda: EdaSpec | None = None
     """Easy Data Augmentation: synonym replacement, random insertion, swap and deletion, `copies` new rows per training row; needs no model when WordNet is installed."""
@@ -90,6 +127,8 @@ class AugmentSpec(Spec):
     """Classifier that labels the pool and is attacked (models:/name@alias, a folder); empty fine-tunes one on the labeled (and EDA) data first."""
     teachers: list[str] = []
     """More classifiers that label the pool with the teacher (each round's teacher, augment.teacher or the student that took over): pseudo-labels and soft labels come from the mean of their probabilities, e.g. models from other seeds, or a soup; the attack asks the teacher alone."""
+    prompt_teacher: PromptTeacherSpec | None = None
+    """An instruction-tuned language model that labels the pseudo-label pool zero-shot from a prompt, calibrated on the gold training rows: a teacher that knows more than the few labels taught the fine-tuned one (SST-2, 500 rows: see README "Which recipe when")."""
     synonym_model: str | None = None
     """Model whose input embeddings give EDA's synonyms when WordNet is missing; empty takes the model fine-tuning starts from."""
     rounds: int = Field(1, ge=1, le=20)
@@ -109,7 +148,21 @@ class AugmentSpec(Spec):
             raise ValueError(
                 "augment.teachers label the pseudo-label pool, and augment.pseudo is not set: set augment.pseudo (its pool), or drop augment.teachers"
             )
+        if self.prompt_teacher and not self.pseudo:
+            raise ValueError(
+                "augment.prompt_teacher labels the pseudo-label pool, and augment.pseudo is not set: set augment.pseudo (its pool), or drop augment.prompt_teacher"
+            )
+        if self.prompt_teacher and self.prompt_teacher.alone and self.teachers:
+            raise ValueError(
+                "augment.teachers would label the pool beside augment.prompt_teacher, which labels it alone: "
+                "set augment.prompt_teacher.alone false to average them, or drop augment.teachers"
+            )
         return self
+
+    def labelers(self) -> dict[str, str]:
+        """The models besides the round's teacher that label the pool, by the name their stage input takes."""
+        found = {f"teachers{i}": uri for i, uri in enumerate(self.teachers)}
+        return found | ({"prompt_teacher": self.prompt_teacher.model} if self.prompt_teacher else {})
 
     @property
     def model_driven(self) -> bool:

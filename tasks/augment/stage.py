@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import AutoModel
@@ -71,11 +72,16 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
             labeled_texts = {r["text"] for split in splits.values() for r in split}
             pool, counts = pseudo.read_pool(spec.pseudo, exclude=labeled_texts)
             # the round's teacher and the extra teachers, each refused unless it predicts exactly the data's labels
-            teachers = [(model, tok)] + [
-                predict.load(uri, labels, f"augment.teachers[{i}]") for i, uri in enumerate(spec.teachers)
-            ]
-            named = " + ".join([teacher_uri, *spec.teachers])
-            log_probs = pseudo.teach(teachers, [r["text"] for r in pool], spec.max_length)
+            alone = spec.prompt_teacher and spec.prompt_teacher.alone
+            teachers = [] if alone else [(model, tok)]
+            teachers += [predict.load(uri, labels, f"augment.teachers[{i}]") for i, uri in enumerate(spec.teachers)]
+            named = [] if alone else [teacher_uri, *spec.teachers]
+            texts, prompted = [r["text"] for r in pool], ()
+            if spec.prompt_teacher:
+                prompted = (_prompt_teacher(spec, labels, splits, texts, ctx),)
+                named.append(f"prompt:{spec.prompt_teacher.model}")
+            named = " + ".join(named)
+            log_probs = pseudo.teach(teachers, texts, spec.max_length, also=prompted)
             rows, stats = pseudo.label(log_probs, pool, labels, spec.pseudo, named, len(splits["train"]))
             added += rows
             report["operations"]["pseudo"] = {"rows": len(rows), "teacher": named, **counts, **stats}
@@ -119,6 +125,34 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     uri = _write(ctx, card, splits, report)
     print(f"augment: {len(original):,} training rows + {len(added):,} new ({_by_operation(added)}) → {uri}")
     return uri
+
+
+def _prompt_teacher(spec: AugmentSpec, labels: list[str], splits: dict, texts: list[str], ctx: StageRun):
+    """The prompt teacher's log probabilities for `texts`, calibrated on the gold training rows; its validation accuracy
+    (calibrated and not) is logged, so a model that does not know the task shows before its labels are trusted."""
+    from tasks.augment import prompt  # here: sklearn and a language model only when a prompt teacher is set
+
+    teacher = prompt.PromptTeacher(spec.prompt_teacher, labels)
+    calibrate = spec.prompt_teacher.calibrate
+    gold = splits["train"]
+    gold_scores = teacher.scores([r["text"] for r in gold], spec.max_length, desc="prompt teacher: gold rows")
+    gold_labels = [labels.index(r["label"]) for r in gold]
+    if splits["validation"]:
+        rows = splits["validation"]
+        scores = teacher.scores([r["text"] for r in rows], spec.max_length, desc="prompt teacher: validation")
+        truth = np.array([labels.index(r["label"]) for r in rows])
+        measured = {
+            "prompt_teacher_val_accuracy": prompt.calibrated(scores, gold_scores, gold_labels, calibrate),
+            "prompt_teacher_val_accuracy_uncalibrated": prompt.calibrated(scores, gold_scores, gold_labels, False),
+        }
+        measured = {k: float((v.argmax(axis=1) == truth).mean()) for k, v in measured.items()}
+        log_metrics(ctx.run_id, measured)
+        print(
+            f"augment: {spec.prompt_teacher.model} answers {measured['prompt_teacher_val_accuracy']:.1%} of the validation rows "
+            f"right ({measured['prompt_teacher_val_accuracy_uncalibrated']:.1%} uncalibrated)"
+        )
+    scores = teacher.scores(texts, spec.max_length, desc="prompt teacher: pool")
+    return prompt.calibrated(scores, gold_scores, gold_labels, calibrate)
 
 
 def _loader(uri: str | None):

@@ -14,10 +14,12 @@ from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
 from tasks import synonyms
+from tasks.augment.prompt import PromptTeacher, calibrated
 from tasks.errors import UserError
 from tasks.predict import probabilities
 from tests.conftest import REPO, toy_labeled
 from tests.tasks.augment.keyword_model import save_keyword_classifier
+from tests.tasks.tiny_folders import llama_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -315,6 +317,47 @@ def test_soft_labels_from_two_teachers_train_a_distilled_student(home, keyword_r
     finetune = runs["finetune-round1"]
     assert finetune.data.params["distill.temperature"] == "3.0" and finetune.data.params["distill.alpha"] == "0.7"
     assert "clean_loss" in finetune.data.metrics and "adv_loss" in finetune.data.metrics  # FGM wrapped the KD loss
+
+
+def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home, keyword_reviews, pool, tmp_path):
+    # A tiny random Llama answers the prompt; what it says is arbitrary, so the test recomputes its calibrated
+    # probabilities from the gold rows of the run and checks that the pool was labeled by exactly those, and by it alone.
+    texts = [line.split("\t")[0] for line in keyword_reviews.read_text().splitlines()[1:]]
+    llama = llama_folder(tmp_path / "llama", texts + ["It is great", "It is awful"] * 8)
+    given = tmp_path / "great-detector"  # a given fine-tuned teacher, so no round 0 trains; alone, it labels nothing
+    save_keyword_classifier(given, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            f"augment.teacher={given}",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.threshold=0.0",
+            "augment.pseudo.balance=false",
+            "augment.pseudo.per_class=null",
+            "augment.pseudo.max_ratio=null",
+            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', answer: It is, label_words: {{0: awful, 1: great}}}}",
+        ),
+    )
+    result = llm_pipeline(spec)
+    runs = stage_runs(result["pipeline_run"])
+    augment = runs["augment-round1"]
+    assert augment.data.tags["multistep.input.prompt_teacher"] == str(llama)
+    gold = dataset_rows(result["labeled"], "train")
+    validation = dataset_rows(result["labeled"], "validation")
+    pseudo = [r for r in dataset_rows(augment.data.tags["multistep.output"], "train") if r["operation"] == "pseudo"]
+    assert len(pseudo) == 60 and {r["teacher"] for r in pseudo} == {f"prompt:{llama}"}
+    teacher = PromptTeacher(spec.augment.prompt_teacher, ["0", "1"])
+    gold_scores = teacher.scores([r["text"] for r in gold], 128)
+    gold_labels = [int(r["label"]) for r in gold]
+    expected = calibrated(teacher.scores([r["text"] for r in pseudo], 128), gold_scores, gold_labels, True)
+    for row, log_probs in zip(pseudo, expected):
+        assert row["teacher_logits"] == pytest.approx(log_probs.tolist(), abs=1e-4)
+        assert row["label"] == str(int(log_probs.argmax()))
+    val = calibrated(teacher.scores([r["text"] for r in validation], 128), gold_scores, gold_labels, True)
+    accuracy = (val.argmax(1) == [int(r["label"]) for r in validation]).mean()
+    assert augment.data.metrics["prompt_teacher_val_accuracy"] == pytest.approx(accuracy)
 
 
 def test_an_extra_teacher_with_other_labels_stops_the_run(home, keyword_reviews, pool, tmp_path):

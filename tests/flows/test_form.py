@@ -53,7 +53,12 @@ def test_a_default_made_by_a_factory_is_prefilled_like_any_other():
     assert DEFS["EvaluateSpec"]["properties"]["splits"]["default"] == ["validation", "test"]
     assert DEFS["PrepareSpec"]["properties"]["sources"]["default"] == ["package:pydoc-topics"]
     assert [s["lr_factor"] for s in DEFS["RoundsSpec"]["properties"]["strategies"]["default"]] == [0.5, 2.0]
-    assert required(SCHEMA) == {"LabeledSpec.train", "PseudoLabelSpec.pool"}
+    assert required(SCHEMA) == {
+        "LabeledSpec.train",
+        "PseudoLabelSpec.pool",
+        "PromptTeacherSpec.prompt",
+        "PromptTeacherSpec.label_words",
+    }
     found = parameter_schema(sweep).model_dump_for_openapi()["definitions"]["SweepSpec"]["properties"]
     assert found["seeds"]["default"] == [0, 1, 2] and found["conditions"]["default"] == {"baseline": {}}
 

@@ -155,3 +155,14 @@ def test_an_ensemble_labels_by_the_mean_of_its_teachers_probabilities(tmp_path):
     # the stored teacher logits are the log of the mean probabilities
     stored = np.array([by_text[t]["teacher_logits"] for t in texts])
     assert np.allclose(stored, np.log(mean), atol=1e-5)
+
+
+def test_a_prompt_teachers_probabilities_join_the_mean(tmp_path):
+    tok = tokenizer(tmp_path)
+    model = KeywordModel(tok)
+    texts = ["good movie", "the dull plot"]
+    own = probabilities(model, tok, texts, log=True)
+    prompted = np.log(np.array([[0.9, 0.1], [0.5, 0.5]]))
+    got = teach([(model, tok)], texts, 32, also=(prompted,))
+    np.testing.assert_allclose(np.exp(got), (np.exp(own) + np.exp(prompted)) / 2, rtol=1e-5)
+    np.testing.assert_allclose(teach([], texts, 32, also=(prompted,)), prompted)  # alone: its own, unchanged
