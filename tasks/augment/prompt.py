@@ -86,8 +86,9 @@ class PromptTeacher:
         """The label words' logits [len(texts), labels] after each row's prompt; rows cut to `max_length` tokens.
 
         The prefix's keys and values are computed once and reused (cropped back after each batch): on SST-2 the chat
-        template and question are longer than most rows. Rows are right-padded after the prefix, so every real token
-        keeps its position and the last real token's logits are read per row.
+        template and question are longer than most rows. Rows are left-padded after the prefix, the pads masked and
+        every real token given its own position, so each row ends at the last position and only that position's
+        logits are computed (the vocabulary projection of every other token would cost as much as a layer or more).
         """
         rows = [self._row_ids(t, max_length) for t in texts]
         order = np.argsort([len(r) for r in rows], kind="stable")
@@ -95,28 +96,34 @@ class PromptTeacher:
         n_prefix, size = len(self.before), self.spec.batch_size
         cache, cached_for = None, 0
         device = self.model.device
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        accepted = inspect.signature(self.model.forward).parameters
         # transformers 5.25 renamed the argument (past_key_values warns until 5.40 removes it); older ones only know the old name
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        name = "cache" if "cache" in accepted else "past_key_values"
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
         starts = range(0, len(texts), size)
         for start in tqdm(starts, desc=desc, disable=desc is None or len(texts) < 2 * size, unit="batch"):
             idx = order[start : start + size]
             if cached_for != len(idx):  # the first batch, and the last when it is smaller
                 prefix = torch.tensor([self.before] * len(idx), device=device)
                 cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=prefix, use_cache=True, **{name: cache})
+                self.model(input_ids=prefix, use_cache=True, **{name: cache}, **last_only)
                 cached_for = len(idx)
-            lengths = [len(rows[i]) for i in idx]
-            longest = max(lengths)
-            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-            ids = torch.tensor([rows[i] + [pad] * (longest - len(rows[i])) for i in idx], device=device)
-            mask = torch.tensor([[1] * (n_prefix + n) + [0] * (longest - n) for n in lengths], device=device)
-            positions = torch.arange(n_prefix, n_prefix + longest, device=device).expand(len(idx), -1)
+            longest = max(len(rows[i]) for i in idx)
+            gaps = [longest - len(rows[i]) for i in idx]
+            ids = torch.tensor([[pad] * g + rows[i] for g, i in zip(gaps, idx)], device=device)
+            mask = torch.tensor([[1] * n_prefix + [0] * g + [1] * (longest - g) for g in gaps], device=device)
+            positions = torch.tensor([[n_prefix] * g + list(range(n_prefix, n_prefix + longest - g)) for g in gaps])
             logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions.to(device),
+                use_cache=True,
+                **{name: cache},
+                **last_only,
             ).logits
             cache.crop(-longest)  # back to the prefix (a negative count removes that many tokens)
-            last = logits[torch.arange(len(idx)), torch.tensor(lengths, device=device) - 1]
-            out[idx] = last[:, self.words].float().cpu().numpy()
+            out[idx] = logits[:, -1, self.words].float().cpu().numpy()
         return out
 
     def _row_ids(self, text: str, max_length: int) -> list[int]:

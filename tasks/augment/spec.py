@@ -91,7 +91,7 @@ class PromptTeacherSpec(Spec):
     calibrate: bool = True
     """Fit a logistic regression from the label words' scores to the gold training rows' labels, which corrects the model's bias toward a word and its scale (SST-2, SmolLM2-135M: 61% on dev uncalibrated, 84% calibrated on 500 rows); off uses the softmax over the label words."""
     alone: bool = True
-    """Label the pool with this model alone (the fine-tuned teacher then only compares with the student, and is attacked); off averages its probabilities with the fine-tuned teacher's and augment.teachers'."""
+    """Label the pool with this model alone (the round-0 teacher then only stands against the student on validation, and is attacked); off averages its probabilities with that teacher's and augment.teachers'."""
     batch_size: int = Field(32, ge=1, le=4096)
     """Prompts per forward pass."""
 
