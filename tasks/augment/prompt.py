@@ -23,9 +23,13 @@ SLOT = "\x00text\x00"  # stands for a row's text while the chat template is rend
 
 
 class PromptTeacher:
-    """The model, its tokenizer, the prompt's ids before the row and the token id that stands for each label."""
+    """The model, its tokenizer, the prompt's ids before the row and the token id that stands for each label.
 
-    def __init__(self, spec: PromptTeacherSpec, labels: list[str]):
+    `weights=False` checks everything the spec says (labels, model kind, label words) with the tokenizer alone: the
+    augment stage does so before round 0 trains, so a bad prompt teacher stops the run before anything is registered.
+    """
+
+    def __init__(self, spec: PromptTeacherSpec, labels: list[str], weights: bool = True):
         missing = [x for x in labels if x not in spec.label_words]
         extra = [x for x in spec.label_words if x not in labels]
         if missing or extra:
@@ -41,11 +45,12 @@ class PromptTeacher:
                 f"{SETTING}.model {spec.model} is not a causal language model ({architectures}): "
                 "give an instruction-tuned decoder such as package:smollm2-135m"
             )
-        self.model, self.tok = models.load(spec.model, where=where, auto=AutoModelForCausalLM)
-        self.model.eval()
+        self.tok = models.load_tokenizer(where.tokenizer, gguf_file=where.gguf_file)
         self.spec, self.labels = spec, labels
         self.before, after = self._template()
         self.after, self.words = self._label_tokens(after, [spec.label_words[x] for x in labels])
+        if weights:
+            self.model = models.load(spec.model, where=where, auto=AutoModelForCausalLM, tokenizer=False)[0].eval()
 
     def _template(self) -> tuple[list[int], str]:
         """The prompt's ids before the row's text (one cached prefix for every row), and the text that follows it."""

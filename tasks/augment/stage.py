@@ -64,6 +64,10 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
     if spec.model_driven and teacher_uri is None:
         if spec.pseudo:  # fail now, before a teacher is trained, if the pool is unusable
             pseudo.read_pool(spec.pseudo, exclude={r["text"] for split in splits.values() for r in split})
+        if spec.prompt_teacher:  # and if the prompt teacher's words or model do not fit
+            from tasks.augment import prompt
+
+            prompt.PromptTeacher(spec.prompt_teacher, labels, weights=False)
         print("augment: no teacher yet, so pseudo-labels and adversarial examples wait for a fine-tuned model")
     elif spec.model_driven:
         model, tok = predict.load(teacher_uri, labels, "augment.teacher")

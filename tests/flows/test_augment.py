@@ -360,6 +360,24 @@ def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home
     assert augment.data.metrics["prompt_teacher_val_accuracy"] == pytest.approx(accuracy)
 
 
+def test_a_prompt_teacher_with_words_for_other_labels_stops_the_run_before_round_0_trains(
+    home, keyword_reviews, pool, tmp_path
+):
+    llama = llama_folder(tmp_path / "llama", [line for line in keyword_reviews.read_text().splitlines()])
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            f"augment.pseudo.pool=[{pool}]",
+            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', label_words: {{0: awful, 1: great, 2: fine}}}}",
+        ),
+    )
+    with pytest.raises(UserError, match=r"augment\.prompt_teacher\.label_words names \['0', '1', '2'\] .* and drop 2"):
+        llm_pipeline(spec)
+    assert MlflowClient().search_registered_models() == []  # round 0 never trained
+
+
 def test_an_extra_teacher_with_other_labels_stops_the_run(home, keyword_reviews, pool, tmp_path):
     good = tmp_path / "great-detector"
     save_keyword_classifier(good, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
