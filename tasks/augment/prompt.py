@@ -140,13 +140,11 @@ def _common(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def calibrated(scores: np.ndarray, gold_scores: np.ndarray, gold: list[int], calibrate: bool) -> np.ndarray:
-    """Log class probabilities from label-word scores: a logistic regression fitted on the gold rows' scores, or (off,
-    or when the gold rows lack a label) the softmax over the label words."""
-    n_labels = scores.shape[1]
-    if calibrate and len(set(gold)) == n_labels:
-        fitted = LogisticRegression(max_iter=1000).fit(gold_scores, gold)
-        return fitted.predict_log_proba(scores)
+def calibrator(gold_scores: np.ndarray, gold: list[int], calibrate: bool):
+    """A function from label-word scores to log class probabilities: a logistic regression fitted once on the gold rows'
+    scores, or (off, or when the gold rows lack a label) the softmax over the label words."""
+    if calibrate and len(set(gold)) == gold_scores.shape[1]:
+        return LogisticRegression(max_iter=1000).fit(gold_scores, gold).predict_log_proba
     if calibrate:
         print(f"augment: the gold rows lack a label, so {SETTING} is not calibrated (softmax over the label words)")
-    return torch.log_softmax(torch.from_numpy(scores).double(), dim=1).numpy()
+    return lambda scores: torch.log_softmax(torch.from_numpy(scores).double(), dim=1).numpy()

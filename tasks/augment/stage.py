@@ -137,17 +137,16 @@ def _prompt_teacher(spec: AugmentSpec, labels: list[str], splits: dict, texts: l
     from tasks.augment import prompt  # here: sklearn and a language model only when a prompt teacher is set
 
     teacher = prompt.PromptTeacher(spec.prompt_teacher, labels)
-    calibrate = spec.prompt_teacher.calibrate
     gold = splits["train"]
     gold_scores = teacher.scores([r["text"] for r in gold], spec.max_length, desc="prompt teacher: gold rows")
-    gold_labels = [labels.index(r["label"]) for r in gold]
+    fitted = prompt.calibrator(gold_scores, [labels.index(r["label"]) for r in gold], spec.prompt_teacher.calibrate)
     if splits["validation"]:
         rows = splits["validation"]
         scores = teacher.scores([r["text"] for r in rows], spec.max_length, desc="prompt teacher: validation")
         truth = np.array([labels.index(r["label"]) for r in rows])
         measured = {
-            "prompt_teacher_val_accuracy": prompt.calibrated(scores, gold_scores, gold_labels, calibrate),
-            "prompt_teacher_val_accuracy_uncalibrated": prompt.calibrated(scores, gold_scores, gold_labels, False),
+            "prompt_teacher_val_accuracy": fitted(scores),
+            "prompt_teacher_val_accuracy_uncalibrated": prompt.calibrator(gold_scores, [], False)(scores),
         }
         measured = {k: float((v.argmax(axis=1) == truth).mean()) for k, v in measured.items()}
         log_metrics(ctx.run_id, measured)
@@ -156,7 +155,7 @@ def _prompt_teacher(spec: AugmentSpec, labels: list[str], splits: dict, texts: l
             f"right ({measured['prompt_teacher_val_accuracy_uncalibrated']:.1%} uncalibrated)"
         )
     scores = teacher.scores(texts, spec.max_length, desc="prompt teacher: pool")
-    return prompt.calibrated(scores, gold_scores, gold_labels, calibrate)
+    return fitted(scores)
 
 
 def _loader(uri: str | None):

@@ -14,7 +14,7 @@ from flows.pipeline import llm_pipeline
 from flows.spec import load
 from tasks import model as models
 from tasks import synonyms
-from tasks.augment.prompt import PromptTeacher, calibrated
+from tasks.augment.prompt import PromptTeacher, calibrator
 from tasks.errors import UserError
 from tasks.predict import probabilities
 from tests.conftest import REPO, toy_labeled
@@ -351,11 +351,12 @@ def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home
     teacher = PromptTeacher(spec.augment.prompt_teacher, ["0", "1"])
     gold_scores = teacher.scores([r["text"] for r in gold], 128)
     gold_labels = [int(r["label"]) for r in gold]
-    expected = calibrated(teacher.scores([r["text"] for r in pseudo], 128), gold_scores, gold_labels, True)
+    fitted = calibrator(gold_scores, gold_labels, True)
+    expected = fitted(teacher.scores([r["text"] for r in pseudo], 128))
     for row, log_probs in zip(pseudo, expected):
         assert row["teacher_logits"] == pytest.approx(log_probs.tolist(), abs=1e-4)
         assert row["label"] == str(int(log_probs.argmax()))
-    val = calibrated(teacher.scores([r["text"] for r in validation], 128), gold_scores, gold_labels, True)
+    val = fitted(teacher.scores([r["text"] for r in validation], 128))
     accuracy = (val.argmax(1) == [int(r["label"]) for r in validation]).mean()
     assert augment.data.metrics["prompt_teacher_val_accuracy"] == pytest.approx(accuracy)
 

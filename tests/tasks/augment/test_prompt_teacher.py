@@ -6,7 +6,7 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.augment.prompt import PromptTeacher, calibrated
+from tasks.augment.prompt import PromptTeacher, calibrator
 from tasks.augment.spec import AugmentSpec, PromptTeacherSpec
 from tasks.errors import UserError
 from tests.tasks.tiny_folders import bert_folder, llama_folder
@@ -74,8 +74,8 @@ def test_calibration_removes_a_bias_toward_one_word():
     gold_scores = np.stack([np.zeros(40), 1 + 2 * gold + rng.normal(0, 0.2, 40)], axis=1)
     truth = np.array([1, 0, 1, 0])
     scores = np.stack([np.zeros(4), 1 + 2 * truth], axis=1).astype(float)
-    assert (calibrated(scores, gold_scores, list(gold), calibrate=False).argmax(1) == 1).all()
-    log_probs = calibrated(scores, gold_scores, list(gold), calibrate=True)
+    assert (calibrator(gold_scores, list(gold), calibrate=False)(scores).argmax(1) == 1).all()
+    log_probs = calibrator(gold_scores, list(gold), calibrate=True)(scores)
     assert (log_probs.argmax(1) == truth).all()
     np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, rtol=1e-6)
 
