@@ -169,7 +169,7 @@ def augment_stage(
         **({"synonym_model": synonym_model} if synonym_model else {}),
     }
     digests = {name: digest(uri) for name, uri in inputs.items()}
-    if spec.pseudo and teacher:  # the pool is read only when there is a teacher to label it
+    if spec.pseudo and (teacher or spec.unguarded):  # the pool is read only when a teacher labels it
         for i, src in enumerate(spec.pseudo.pool):
             inputs[f"pool{i}"], digests[f"pool{i}"] = src, sources.digest(src, spec.pseudo)
         for name, uri in spec.labelers().items():  # an alias that moves to another version labels anew

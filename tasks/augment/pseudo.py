@@ -35,6 +35,15 @@ def read_pool(spec: PseudoLabelSpec, exclude: set[str]) -> tuple[list[dict], dic
             f"augment.pseudo.pool: all {len(rows)} rows are empty or already in the labeled data (training, validation or test): "
             "give unlabeled texts that are not in the labeled dataset"
         )
+    if spec.min_words:
+        long = [r for r in kept if len(r["text"].split()) >= spec.min_words]
+        counts["pool_rows_too_short"] = len(kept) - len(long)
+        if not long:
+            raise UserError(
+                f"augment.pseudo.min_words {spec.min_words}: none of the {len(kept)} unlabeled pool rows has that many words: "
+                "lower augment.pseudo.min_words, or drop it"
+            )
+        kept = long
     kept = subset(kept, spec.max_pool_rows, f"pool:{spec.seed}" if spec.seed else "pool", lambda r: r["text"])
     counts["pool_rows_scored"] = len(kept)
     return kept, counts

@@ -61,6 +61,8 @@ class PseudoLabelSpec(Spec):
     """Text encoding of the pool files; empty means strict UTF-8."""
     max_pool_rows: int | None = Field(20000, ge=1)
     """Pool rows the teacher labels, chosen by content hash; empty labels them all."""
+    min_words: int | None = Field(None, ge=1)
+    """Leave out pool rows of fewer words than this (before max_pool_rows picks): a pool of fragments (SST-2's training rows are phrases of parse trees) teaches a student little about the whole sentences it will be tested on; empty keeps every row."""
     threshold: float = Field(0.9, ge=0, le=1)
     """Keep a row only when the teacher's probability for its predicted label is at least this."""
     per_class: int | None = Field(1000, ge=1)
@@ -92,6 +94,8 @@ class PromptTeacherSpec(Spec):
     """Fit a logistic regression from the label words' scores to the gold training rows' labels, which corrects the model's bias toward a word and its scale (SST-2, SmolLM2-135M: 61% on dev uncalibrated, 84% calibrated on 500 rows); off uses the softmax over the label words."""
     alone: bool = True
     """Label the pool with this model alone (the round-0 teacher then only stands against the student on validation, and is attacked); off averages its probabilities with that teacher's and augment.teachers'."""
+    guard: bool = True
+    """Fine-tune the plain model first (round 0) and keep the prompt teacher's student only if it beats it on validation; off labels the pool before anything trains and the student is the result: a plain fine-tune's time less (about a third of the recipe), with nothing to fall back on if the model does not know the task (check the stage's prompt_teacher_val_accuracy)."""
     batch_size: int = Field(32, ge=1, le=4096)
     """Prompts per forward pass."""
 
@@ -157,7 +161,27 @@ class AugmentSpec(Spec):
                 "augment.teachers would label the pool beside augment.prompt_teacher, which labels it alone: "
                 "set augment.prompt_teacher.alone false to average them, or drop augment.teachers"
             )
+        if self.unguarded and not self.prompt_teacher.alone:
+            raise ValueError(
+                "augment.prompt_teacher.guard is off, so no model is trained before the pool is labeled, and alone is off, which averages in that model: "
+                "set augment.prompt_teacher.alone true, or guard true"
+            )
+        if self.unguarded and self.adversarial and not self.teacher:
+            raise ValueError(
+                "augment.adversarial attacks a fine-tuned teacher, and augment.prompt_teacher.guard off trains none before the student: "
+                "set augment.prompt_teacher.guard true, give augment.teacher, or drop augment.adversarial"
+            )
+        if self.unguarded and self.rounds > 1:
+            raise ValueError(
+                f"augment.rounds is {self.rounds}, but with augment.prompt_teacher.guard off the prompt teacher labels the pool alone once "
+                "and its student is the result: set augment.rounds 1, or guard true"
+            )
         return self
+
+    @property
+    def unguarded(self) -> bool:
+        """The prompt teacher labels the pool before any model trains, and its first student is the result."""
+        return self.prompt_teacher is not None and not self.prompt_teacher.guard
 
     def labelers(self) -> dict[str, str]:
         """The models besides the round's teacher that label the pool, by the name their stage input takes."""

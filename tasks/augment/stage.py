@@ -61,7 +61,7 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
         added += rows
         report["operations"]["eda"] = {"rows": len(rows), "synonyms": source.name}
         log_metrics(ctx.run_id, {"eda_rows": len(rows)})
-    if spec.model_driven and teacher_uri is None:
+    if spec.model_driven and teacher_uri is None and not spec.unguarded:
         if spec.pseudo:  # fail now, before a teacher is trained, if the pool is unusable
             pseudo.read_pool(spec.pseudo, exclude={r["text"] for split in splits.values() for r in split})
         if spec.prompt_teacher:  # and if the prompt teacher's words or model do not fit
@@ -70,7 +70,8 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
             prompt.PromptTeacher(spec.prompt_teacher, labels, weights=False)
         print("augment: no teacher yet, so pseudo-labels and adversarial examples wait for a fine-tuned model")
     elif spec.model_driven:
-        model, tok = predict.load(teacher_uri, labels, "augment.teacher")
+        # with the prompt teacher's guard off, round 0 has no teacher: the prompt teacher labels alone, and nothing is attacked
+        model, tok = predict.load(teacher_uri, labels, "augment.teacher") if teacher_uri else (None, None)
         if spec.pseudo:
             # never pseudo-label an evaluation row
             labeled_texts = {r["text"] for split in splits.values() for r in split}

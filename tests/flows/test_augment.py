@@ -361,6 +361,40 @@ def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home
     assert augment.data.metrics["prompt_teacher_val_accuracy"] == pytest.approx(accuracy)
 
 
+def test_a_prompt_teacher_without_its_guard_labels_the_pool_before_anything_trains(
+    home, keyword_reviews, pool, tmp_path
+):
+    texts = [line.split("\t")[0] for line in keyword_reviews.read_text().splitlines()[1:]]
+    llama = llama_folder(tmp_path / "llama", texts + ["It is great", "It is awful"] * 8)
+    spec = load(
+        "configs/sst2-augment.yaml",
+        overrides(
+            keyword_reviews,
+            "augment.eda=null",
+            f"augment.pseudo.pool=[{pool}]",
+            "augment.pseudo.threshold=0.0",
+            "augment.pseudo.balance=false",  # a random model may favour one word: balance would keep no row
+            "augment.pseudo.max_ratio=null",
+            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', answer: It is, label_words: {{0: awful, 1: great}}, guard: false}}",
+        ),
+    )
+    result = llm_pipeline(spec)
+    runs = stage_runs(result["pipeline_run"])
+    # One fine-tune, no plain round before it: round 0's rows already hold the prompt teacher's labels.
+    assert {name for name in runs if name.startswith(("augment", "finetune"))} == {"augment-round0", "finetune-round0"}
+    augment = runs["augment-round0"]
+    assert "multistep.input.teacher" not in augment.data.tags
+    assert augment.data.tags["multistep.input.prompt_teacher"] == str(llama)
+    out = augment.data.tags["multistep.output"]
+    pseudo = [r for r in dataset_rows(out, "train") if r["operation"] == "pseudo"]
+    assert pseudo and {r["teacher"] for r in pseudo} == {f"prompt:{llama}"}
+    assert "prompt_teacher_val_accuracy" in augment.data.metrics
+    finetune = runs["finetune-round0"]
+    assert finetune.data.tags["multistep.input.dataset"] == out
+    assert result["model"] == "models:/mini/1" == result["finetuned"]
+    assert MlflowClient().get_model_version("mini", "1").run_id == finetune.info.run_id
+
+
 def test_a_prompt_teacher_with_words_for_other_labels_stops_the_run_before_round_0_trains(
     home, keyword_reviews, pool, tmp_path
 ):

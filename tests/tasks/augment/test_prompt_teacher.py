@@ -89,6 +89,16 @@ def test_bad_prompt_teachers_name_the_setting(llama, tmp_path):
         AugmentSpec(eda={}, prompt_teacher=spec())
     with pytest.raises(ValidationError, match="set augment.prompt_teacher.alone false to average them"):
         AugmentSpec(pseudo={"pool": ["pool.tsv"]}, teachers=["models:/other/1"], prompt_teacher=spec())
+    pool = {"pool": ["pool.tsv"]}
+    with pytest.raises(ValidationError, match="guard is off, .* set augment.prompt_teacher.alone true, or guard true"):
+        AugmentSpec(pseudo=pool, prompt_teacher=spec(guard=False, alone=False))
+    with pytest.raises(
+        ValidationError, match="augment.adversarial attacks a fine-tuned teacher, .* give augment.teacher"
+    ):
+        AugmentSpec(pseudo=pool, adversarial={}, prompt_teacher=spec(guard=False))
+    with pytest.raises(ValidationError, match="augment.rounds is 2, .* set augment.rounds 1, or guard true"):
+        AugmentSpec(pseudo=pool, rounds=2, prompt_teacher=spec(guard=False))
+    assert AugmentSpec(pseudo=pool, adversarial={}, teacher="models:/t/1", prompt_teacher=spec(guard=False)).unguarded
     assert spec(label_words={0: "no", 1: "yes"}).label_words == {"0": "no", "1": "yes"}  # YAML's int keys are labels
     with pytest.raises(UserError, match=r"label_words .* \(missing: 2\)"):
         PromptTeacher(spec(model=str(llama)), ["0", "1", "2"])

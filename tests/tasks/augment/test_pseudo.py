@@ -29,7 +29,23 @@ def test_the_pool_drops_labeled_and_empty_rows_and_ignores_its_labels(tmp_path):
     assert counts == {"pool_rows_read": 4, "pool_rows_labeled_already": 1, "pool_rows_scored": 2}
 
 
+def test_min_words_leaves_fragments_out_before_the_pool_is_capped(tmp_path):
+    short = [f"phrase {i}" for i in range(50)]
+    path = pool_file(tmp_path, [*short[:25], "a whole sentence of six words", *short[25:], "another long row of words"])
+    spec = PseudoLabelSpec(pool=[str(path)], text_column="sentence", min_words=5, max_pool_rows=2)
+    rows, counts = read_pool(spec, exclude=set())
+    # Without the filter the cap of 2 would draw from 52 rows, almost surely fragments.
+    assert [r["text"] for r in rows] == ["a whole sentence of six words", "another long row of words"]
+    assert counts["pool_rows_too_short"] == 50 and counts["pool_rows_scored"] == 2
+    rows, counts = read_pool(spec.model_copy(update={"min_words": None}), exclude=set())
+    assert "pool_rows_too_short" not in counts and len(rows) == 2
+
+
 def test_bad_pools_name_the_setting_and_the_fix(tmp_path):
+    with pytest.raises(
+        UserError, match=r"augment\.pseudo\.min_words 4: none of the 1 .* lower augment\.pseudo\.min_words"
+    ):
+        read_pool(PseudoLabelSpec(pool=[str(pool_file(tmp_path, ["x y"]))], text_column="sentence", min_words=4), set())
     with pytest.raises(UserError, match=r"augment\.pseudo\.pool .* holds no rows"):
         read_pool(PseudoLabelSpec(pool=[str(pool_file(tmp_path, []))], text_column="sentence"), exclude=set())
     with pytest.raises(UserError, match="already in the labeled data"):
