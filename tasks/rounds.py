@@ -136,7 +136,7 @@ def self_train(spec: BaseModel, tune: Tune) -> str:
     augment = spec.augment
     first = 1 if augment.teacher else 0
     teacher = tune(spec, augment.teacher, first)
-    if not augment.model_driven or augment.unguarded:  # unguarded: the prompt teacher labelled the first student's rows
+    if not augment.model_driven or augment.unguarded:  # unguarded: the prompt teacher labeled the first student's rows
         return teacher
     for round in range(first + 1, augment.rounds + 1):
         student = tune(spec, teacher, round)
