@@ -128,7 +128,7 @@ class AugmentSpec(Spec):
     adversarial: AttackSpec | None = None
     """Adversarial examples: training rows that a word-substitution attack makes the teacher misclassify, added with their true labels."""
     teacher: str | None = None
-    """Classifier that labels the pool and is attacked (models:/name@alias, a folder); empty fine-tunes one on the labeled (and EDA) data first."""
+    """Classifier that labels the pool and is attacked (models:/name@alias, a folder); empty fine-tunes one on the labeled (and EDA) data first (not with augment.prompt_teacher.guard off)."""
     teachers: list[str] = []
     """More classifiers that label the pool with the teacher (each round's teacher, augment.teacher or the student that took over): pseudo-labels and soft labels come from the mean of their probabilities, e.g. models from other seeds, or a soup; the attack asks the teacher alone."""
     prompt_teacher: PromptTeacherSpec | None = None
