@@ -319,26 +319,35 @@ def test_soft_labels_from_two_teachers_train_a_distilled_student(home, keyword_r
     assert "clean_loss" in finetune.data.metrics and "adv_loss" in finetune.data.metrics  # FGM wrapped the KD loss
 
 
-def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home, keyword_reviews, pool, tmp_path):
-    # A tiny random Llama answers the prompt; what it says is arbitrary, so the test recomputes its calibrated
-    # probabilities from the gold rows of the run and checks that the pool was labeled by exactly those, and by it alone.
+def prompt_teacher_spec(keyword_reviews: Path, pool: Path, tmp_path: Path, teacher: str, *extra: str):
+    """The sst2-augment preset on the keyword reviews, without EDA, with a tiny random Llama as prompt teacher (`teacher`:
+    its YAML fields besides model and prompt) and every pool row it labels kept; returns the spec and the Llama's folder."""
     texts = [line.split("\t")[0] for line in keyword_reviews.read_text().splitlines()[1:]]
     llama = llama_folder(tmp_path / "llama", texts + ["It is great", "It is awful"] * 8)
-    given = tmp_path / "great-detector"  # a given fine-tuned teacher, so no round 0 trains; alone, it labels nothing
-    save_keyword_classifier(given, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
     spec = load(
         "configs/sst2-augment.yaml",
         overrides(
             keyword_reviews,
             "augment.eda=null",
-            f"augment.teacher={given}",
             f"augment.pseudo.pool=[{pool}]",
             "augment.pseudo.threshold=0.0",
-            "augment.pseudo.balance=false",
+            "augment.pseudo.balance=false",  # a random model may favour one word: balance would keep no row
             "augment.pseudo.per_class=null",
             "augment.pseudo.max_ratio=null",
-            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', answer: It is, label_words: {{0: awful, 1: great}}}}",
+            *extra,
+            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', {teacher}}}",
         ),
+    )
+    return spec, llama
+
+
+def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home, keyword_reviews, pool, tmp_path):
+    # A tiny random Llama answers the prompt; what it says is arbitrary, so the test recomputes its calibrated
+    # probabilities from the gold rows of the run and checks that the pool was labeled by exactly those, and by it alone.
+    given = tmp_path / "great-detector"  # a given fine-tuned teacher, so no round 0 trains; alone, it labels nothing
+    save_keyword_classifier(given, [*COMPLAINTS, *NOUNS, "great", "the", "was"], keyword="great")
+    spec, llama = prompt_teacher_spec(
+        keyword_reviews, pool, tmp_path, "answer: It is, label_words: {0: awful, 1: great}", f"augment.teacher={given}"
     )
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
@@ -364,19 +373,8 @@ def test_a_prompt_teacher_alone_labels_the_pool_calibrated_on_the_gold_rows(home
 def test_a_prompt_teacher_without_its_guard_labels_the_pool_before_anything_trains(
     home, keyword_reviews, pool, tmp_path
 ):
-    texts = [line.split("\t")[0] for line in keyword_reviews.read_text().splitlines()[1:]]
-    llama = llama_folder(tmp_path / "llama", texts + ["It is great", "It is awful"] * 8)
-    spec = load(
-        "configs/sst2-augment.yaml",
-        overrides(
-            keyword_reviews,
-            "augment.eda=null",
-            f"augment.pseudo.pool=[{pool}]",
-            "augment.pseudo.threshold=0.0",
-            "augment.pseudo.balance=false",  # a random model may favour one word: balance would keep no row
-            "augment.pseudo.max_ratio=null",
-            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', answer: It is, label_words: {{0: awful, 1: great}}, guard: false}}",
-        ),
+    spec, llama = prompt_teacher_spec(
+        keyword_reviews, pool, tmp_path, "answer: It is, label_words: {0: awful, 1: great}, guard: false"
     )
     result = llm_pipeline(spec)
     runs = stage_runs(result["pipeline_run"])
@@ -398,16 +396,7 @@ def test_a_prompt_teacher_without_its_guard_labels_the_pool_before_anything_trai
 def test_a_prompt_teacher_with_words_for_other_labels_stops_the_run_before_round_0_trains(
     home, keyword_reviews, pool, tmp_path
 ):
-    llama = llama_folder(tmp_path / "llama", [line for line in keyword_reviews.read_text().splitlines()])
-    spec = load(
-        "configs/sst2-augment.yaml",
-        overrides(
-            keyword_reviews,
-            "augment.eda=null",
-            f"augment.pseudo.pool=[{pool}]",
-            f"augment.prompt_teacher={{model: {llama}, prompt: 'Review: {{text}}', label_words: {{0: awful, 1: great, 2: fine}}}}",
-        ),
-    )
+    spec, _ = prompt_teacher_spec(keyword_reviews, pool, tmp_path, "label_words: {0: awful, 1: great, 2: fine}")
     with pytest.raises(UserError, match=r"augment\.prompt_teacher\.label_words names \['0', '1', '2'\] .* and drop 2"):
         llm_pipeline(spec)
     assert MlflowClient().search_registered_models() == []  # round 0 never trained

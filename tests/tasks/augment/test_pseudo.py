@@ -38,7 +38,9 @@ def test_min_words_leaves_fragments_out_before_the_pool_is_capped(tmp_path):
     assert [r["text"] for r in rows] == ["a whole sentence of six words", "another long row of words"]
     assert counts["pool_rows_too_short"] == 50 and counts["pool_rows_scored"] == 2
     rows, counts = read_pool(spec.model_copy(update={"min_words": None}), exclude=set())
-    assert "pool_rows_too_short" not in counts and len(rows) == 2
+    assert "pool_rows_too_short" not in counts and any(
+        r["text"] in short for r in rows
+    )  # the cap alone keeps fragments
 
 
 def test_bad_pools_name_the_setting_and_the_fix(tmp_path):
