@@ -261,6 +261,17 @@ def test_the_augmentation_preset_seeds_every_seed_and_never_promotes():
     assert eda.augment.pseudo is None and eda.augment.eda.copies == 8
 
 
+SWEEPS = sorted(Path("configs/sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_sweep_preset_plans_report_only_cells_on_the_test_split(path):
+    assert path.read_text().splitlines()[0] == f"# multistep sweep {path}"
+    found = plan(load(path))
+    assert found.split == "test" and len(found.cells) == len(load(path).conditions) * len(load(path).seeds)
+    assert all(cell.spec.gate.report_only for cell in found.cells)
+
+
 def test_the_sweep_form_shows_help_for_every_field():
     from prefect.utilities.callables import parameter_schema
 
