@@ -158,7 +158,7 @@ def robustness(model, tok, rows: list[dict], labels: list[str], spec: AttackSpec
 def setup(spec, init: str, data: str):
     """The model to train (seeded, so every torchrun rank starts alike), its tokenizer, the encoded splits and the labels."""
     labels = labeled.card(data)["labels"]
-    set_seed(spec.train.seed)
+    set_seed(spec.seed_of_new_weights)
     model, tok = load_classifier(init, labels)
     model = methods.prepare(model, spec, "classification")
     rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}

@@ -104,7 +104,7 @@ def setup(spec, init: str, data: str):
         raise UserError(
             "finetune.method lora is not wired up for extractive QA's span head: set finetune.method to full or head"
         )
-    set_seed(spec.train.seed)
+    set_seed(spec.seed_of_new_weights)
     model, tok = models.load(init, auto=AutoModelForQuestionAnswering)
     model = methods.prepare(model, spec, "classification")  # a task head beside the body, like a classifier's
     how = settings(spec)

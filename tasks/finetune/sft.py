@@ -83,7 +83,7 @@ def judge_generations(model, tok, rows: list[dict], spec) -> tuple[dict[str, flo
 
 def setup(spec, init: str, data: str):
     """The model as loaded (seeded, so every torchrun rank starts alike), its tokenizer, the rows and their encodings by split."""
-    set_seed(spec.train.seed)
+    set_seed(spec.seed_of_new_weights)
     model, tok = models.load(init)
     rows = {s: labeled.load_rows(data, s) for s in ("train", "validation", "test")}
     encoded = {s: [e for e in (encode(tok, r, spec.max_length) for r in rows[s]) if e] for s in rows}

@@ -66,8 +66,15 @@ class FinetuneSpec(MethodSpec):
     """Stop training at an evaluation step listed here when the best validation score so far is worse than the value given (rounds.search sets it to the earlier rounds' median at each step, its pruner's bar); empty never stops for this."""
     register_suffix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     """The model is registered as `<name><suffix>`."""
+    init_seed: int | None = None
+    """Seeds the weights fine-tuning adds (a new classification or span head, LoRA's adapters); empty follows train.seed. The rounds of a soup keep their first round's, so their heads start alike and average well (train.seed still varies their data order and dropout)."""
     average_last: int | None = Field(None, ge=2, le=20)
     """Checkpoint averaging: register the element-wise mean of the last this many checkpoints (every train.checkpoint_every steps) instead of the best one; early stopping still decides when training ends, and the scores are the mean's; empty registers the best checkpoint."""
+
+    @property
+    def seed_of_new_weights(self) -> int:
+        """The seed a new head or adapter is drawn with."""
+        return self.train.seed if self.init_seed is None else self.init_seed
 
     @model_validator(mode="after")
     def _stride_leaves_context(self):

@@ -43,7 +43,7 @@ def weights(uri: str) -> dict[str, torch.Tensor]:
 
 
 def test_a_uniform_soup_of_the_rounds_is_registered_and_judged_by_the_gate(home, sentiment):
-    # Two rounds from package:minilm, the second with another seed (another head initialisation and data order), each
+    # Two rounds from package:minilm, the second with another seed (another data order, the same head draw), each
     # registering the mean of its last two checkpoints; the soup of both is version 3 and is what the gate judges.
     spec = load(
         "configs/sst2-minilm.yaml",

@@ -194,3 +194,9 @@ def test_derived_specs_are_validated_again():
         spec.finetune.train.seed + 3,
     )
     assert spec.finetune.train.lr == 0.01  # the original is untouched
+    assert adjusted.finetune.seed_of_new_weights == spec.finetune.train.seed + 3  # best-of-k: another head too
+    # A soup's rounds draw their heads alike (averaged heads of different draws shrink every logit), data order apart
+    soup = spec.replace(rounds={"max_rounds": 2, "strategies": [{"seed_offset": 3}]}, soup={"method": "uniform"})
+    souped = rounds.apply(soup, soup.rounds.strategy(2))
+    assert souped.finetune.train.seed == spec.finetune.train.seed + 3
+    assert souped.finetune.seed_of_new_weights == spec.finetune.train.seed
