@@ -87,6 +87,19 @@ def test_a_uniform_soup_of_the_rounds_is_registered_and_judged_by_the_gate(home,
     assert [r.data.tags["multistep.averaged_checkpoints"] for r in rounds] == ["checkpoint-2,checkpoint-4"] * 2
 
 
+def test_the_rounds_of_a_soup_draw_their_heads_alike_and_best_of_k_rounds_do_not(home, sentiment):
+    # Rounds at a learning rate of 1e-9 register their heads as drawn. Averaged heads of different draws shrink every logit (a TREC soup's
+    # test loss rose from 0.15 to 0.62), so a soup's rounds share the draw; best-of-k wants the variety.
+    rounds = "rounds={max_rounds: 2, patience: 5, strategies: [{seed_offset: 1}]}"
+    for soup in ("soup={method: uniform}", "soup=null"):
+        llm_pipeline(load("configs/sst2-minilm.yaml", overrides(sentiment, "finetune.train.lr=1e-9", rounds, soup)))
+    # round 1 is version 1 in both runs (the second run's is a cache hit); round 2 is version 2 with the soup (3 is the
+    # soup), version 4 without
+    head = {v: weights(f"models:/mini/{v}")["classifier.weight"] for v in (1, 2, 4)}
+    assert torch.allclose(head[1], head[2], atol=1e-6)  # the same draw; training moved it by ~1e-9
+    assert not torch.allclose(head[1], head[4], atol=1e-3)
+
+
 def register(name: str, hidden: int, parent: str, tok) -> str:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
