@@ -88,8 +88,8 @@ def test_a_uniform_soup_of_the_rounds_is_registered_and_judged_by_the_gate(home,
 
 
 def test_the_rounds_of_a_soup_draw_their_heads_alike_and_best_of_k_rounds_do_not(home, sentiment):
-    # Rounds at a learning rate of 1e-9 register their heads as drawn. Averaged heads of different draws shrink every logit (a TREC soup's
-    # test loss rose from 0.15 to 0.62), so a soup's rounds share the draw; best-of-k wants the variety.
+    # Rounds at a learning rate of 1e-9 register their heads as drawn. Averaged heads of different draws shrink every
+    # logit (a TREC soup's test loss rose from 0.15 to 0.62), so a soup's rounds share the draw; best-of-k wants variety.
     rounds = "rounds={max_rounds: 2, patience: 5, strategies: [{seed_offset: 1}]}"
     for soup in ("soup={method: uniform}", "soup=null"):
         llm_pipeline(load("configs/sst2-minilm.yaml", overrides(sentiment, "finetune.train.lr=1e-9", rounds, soup)))

@@ -267,8 +267,9 @@ SWEEPS = sorted(Path("configs/sweeps").glob("*.yaml"))
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_every_sweep_preset_plans_report_only_cells_on_the_test_split(path):
     assert path.read_text().splitlines()[0] == f"# multistep sweep {path}"
-    found = plan(load(path))
-    assert found.split == "test" and len(found.cells) == len(load(path).conditions) * len(load(path).seeds)
+    spec = load(path)
+    found = plan(spec)
+    assert found.split == "test" and len(found.cells) == len(spec.conditions) * len(spec.seeds)
     assert all(cell.spec.gate.report_only for cell in found.cells)
 
 
