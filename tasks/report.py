@@ -12,7 +12,7 @@ from tasks import links
 from tasks.backend import tracking_uri
 from tasks.descriptions import load_command
 from tasks.errors import UserError
-from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, STAGE, flatten, public, resolve_version
+from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, REUSED, STAGE, flatten, public, resolve_version
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
@@ -38,10 +38,8 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
                 f"  {run.info.run_name.rpartition('/')[2]:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}"
             )
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
-        if stage not in ran and f"multistep.reused.{stage}" in parent.data.tags:
-            lines.append(
-                f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[f'multistep.reused.{stage}']}"
-            )
+        if stage not in ran and REUSED + stage in parent.data.tags:
+            lines.append(f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[REUSED + stage]}")
     lines.append(
         f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}"
     )

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from tasks import answers, links
 from tasks.backend import configure
 from tasks.gate.spec import AUTO
-from tasks.tracking import git_commit, public, resolve_version
+from tasks.tracking import REUSED, git_commit, public, resolve_version
 
 # What each task's versions carry as `metric.<split>_<name>` (SFT's and math's generation scores as `metric.<name>`).
 METRICS = {
@@ -79,6 +79,7 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
             "error": o.error,
         }
         if o.outputs:
+            cell["alone_s"] = round(o.wall_s + _reused_seconds(o.outputs["pipeline_run"]), 1)
             version = resolve_version(o.outputs["model"])
             value = _value(version.tags, plan.task, plan.metric, plan.split)
             cell.update(model=o.outputs["model"], pipeline_run=o.outputs["pipeline_run"], value=value)
@@ -106,6 +107,7 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
             "mean": statistics.fmean(values) if values else None, "std": statistics.stdev(values) if len(values) > 1 else None,
             "min": min(values, default=None), "max": max(values, default=None),
             "wall_s": round(statistics.fmean(c["wall_s"] for c in mine), 1), "reference": plan.reference[row],
+            "alone_s": round(statistics.fmean(alone), 1) if (alone := [c["alone_s"] for c in mine if "alone_s" in c]) else None,
         }  # fmt: skip
         if plan.reference[row] != row:
             entry.update(paired(row, plan.reference[row], per_row, seeds, plan.metric, mine))
@@ -114,6 +116,19 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
         "name": plan.name, "sweep_run": parent, "task": plan.task, "metric": plan.metric, "split": plan.split,
         "baseline": plan.baseline, "seeds": seeds, "wall_s": round(wall_s, 1), "rows": rows, "cells": cells, "warnings": plan.warnings,
     }  # fmt: skip
+
+
+def _reused_seconds(pipeline_run: str) -> float:
+    """Seconds the stage runs that a cell took from the cache (run by another cell or an earlier run) took to run: a
+    cell's wall time plus these is what it costs alone. A sweep's later conditions often reuse the baseline's stages
+    (the data, a first round), so their wall time alone understates what they cost a user who runs only them."""
+    client = MlflowClient()
+    runs = [
+        client.get_run(run_id)
+        for key, run_id in client.get_run(pipeline_run).data.tags.items()
+        if key.startswith(REUSED)
+    ]
+    return sum((r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time)
 
 
 def _value(tags: dict, task: str, metric: str, split: str) -> float | None:
@@ -210,8 +225,8 @@ def render(r: dict) -> str:
         f"# Sweep {r['name']}: {r['split']} {r['metric']} ({better} is better), seeds {', '.join(map(str, r['seeds']))}", "",
         f"Baseline `{r['baseline']}`; Δ is a row minus its baseline on the same test rows, pooled over seeds, with a paired-bootstrap "
         f"{CONFIDENCE:.0%} interval. MLflow run `{r['sweep_run']}`, {r['wall_s']:.1f} s in all.", "",
-        f"| condition | n | {r['metric']} mean ± std | min | max | Δ vs baseline [{CONFIDENCE:.0%} CI] | McNemar p | wall s/cell |",
-        "|---|---:|---|---:|---:|---|---:|---:|",
+        f"| condition | n | {r['metric']} mean ± std | min | max | Δ vs baseline [{CONFIDENCE:.0%} CI] | McNemar p | wall s/cell | alone s/cell |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]  # fmt: skip
     for row in r["rows"]:
         n = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
@@ -222,13 +237,18 @@ def render(r: dict) -> str:
         else:
             delta = f"{row['delta']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
         lines.append(f"| {row['row']} | {n} | {f(row['mean'])} ± {f(row['std'])} | {f(row['min'])} | {f(row['max'])} | {delta} "
-                     f"| {f(row.get('mcnemar_p'), '.3g')} | {row['wall_s']:.1f} |")  # fmt: skip
-    lines += ["", "| cell | seed | status | model | value | wall s |", "|---|---:|---|---|---:|---:|"]
+                     f"| {f(row.get('mcnemar_p'), '.3g')} | {row['wall_s']:.1f} | {f(row.get('alone_s'), '.1f')} |")  # fmt: skip
+    lines += ["", "| cell | seed | status | model | value | wall s | alone s |", "|---|---:|---|---|---:|---:|---:|"]
     for c in r["cells"]:
         # one table row, however long the error
         what = c.get("model") or " ".join(c["error"].split())[:300].replace("|", "\\|")
-        lines.append(f"| {c['row']} | {c['seed']} | {c['status']} | {what} | {f(c.get('value'))} | {c['wall_s']:.1f} |")
-    notes = [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [
+        lines.append(
+            f"| {c['row']} | {c['seed']} | {c['status']} | {what} | {f(c.get('value'))} | {c['wall_s']:.1f} | {f(c.get('alone_s'), '.1f')} |"
+        )
+    notes = [
+        "alone: a cell's wall time plus that of the stages it reused from other cells or earlier runs (cache hits)"
+    ]
+    notes += [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [
         f"warning: {w}" for w in r["warnings"]
     ]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"

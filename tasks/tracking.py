@@ -26,6 +26,7 @@ DIGEST = "multistep.digest"
 PIPELINE = "multistep.pipeline"
 PREFECT_FLOW_RUN = "prefect.flow_run_id"
 ROUND = "multistep.round"
+REUSED = "multistep.reused."  # + stage: on a pipeline run, the run id of a stage it took from the cache
 
 
 @functools.cache
@@ -194,7 +195,7 @@ def stage_run(
         output = taken.data.tags[OUTPUT]
         print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
         if parent_run_id:
-            MlflowClient().set_tag(parent_run_id, f"multistep.reused.{stage}", taken.info.run_id)
+            MlflowClient().set_tag(parent_run_id, REUSED + stage, taken.info.run_id)
         yield StageRun(
             stage,
             taken.info.run_id,

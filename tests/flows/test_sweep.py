@@ -69,6 +69,18 @@ def test_two_conditions_by_two_seeds_share_the_data_and_pretraining_and_report_t
         stage: len(stage_runs(stage)) for stage in ("prepare", "pretrain", "prepare-labeled", "finetune", "gate")
     } == {"prepare": 1, "pretrain": 1, "prepare-labeled": 1, "finetune": 4, "gate": 4}
 
+    # What a cell costs alone: the first cell ran the shared stages, so its alone is its wall; every other cell's alone
+    # adds the time those stages took in the first cell.
+    shared = sum(
+        (r.info.end_time - r.info.start_time) / 1000
+        for s in ("prepare", "pretrain", "prepare-labeled")
+        for r in stage_runs(s)
+    )
+    assert shared > 1
+    assert [round(c["alone_s"] - c["wall_s"], 1) for c in report["cells"]] == pytest.approx(
+        [0, shared, shared, shared], abs=0.11
+    )
+
     # The table's numbers are the registered versions' metrics.
     value = {
         (c["row"], c["seed"]): float(
