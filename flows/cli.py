@@ -202,7 +202,7 @@ def _sweep(args, local_prefect: str | None) -> int:
     from flows import sweep
     from flows.sweep_spec import load
     from tasks import backend
-    from tasks.sweep import render
+    from tasks.sweep_report import render
 
     spec = load(args.config, args.overrides, args.seeds)
     found = sweep.plan(spec, source=args.config)  # every input mistake before anything runs

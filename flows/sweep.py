@@ -23,6 +23,7 @@ from flows.spec import PipelineSpec, check_key, explain, set_key
 from flows.spec import load as load_pipeline
 from flows.sweep_spec import SweepSpec
 from tasks import sweep as results
+from tasks import sweep_report
 from tasks.errors import UserError
 
 
@@ -88,7 +89,7 @@ def sweep(spec: SweepSpec) -> dict:
     ):
         outcomes = run_cells(found.cells, parent, parallel)
         report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)
-        results.record(report, parent)
+        sweep_report.record(report, parent)
     print(
         f"sweep {found.name}: done in {report['wall_s']:.1f} s; the table is on MLflow run {parent} and in the Prefect artifact"
     )

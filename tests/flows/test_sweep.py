@@ -13,7 +13,7 @@ from flows.sweep import plan, sweep
 from flows.sweep_spec import SweepSpec, load
 from tasks import metrics, tracking
 from tasks.errors import UserError
-from tasks.sweep import render
+from tasks.sweep_report import render
 
 
 def base(corpus: Path, sentiment: Path, tiny_overrides) -> dict:
