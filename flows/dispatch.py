@@ -4,6 +4,7 @@ Either way a stage that failed for an unexpected reason, or whose process died, 
 resumes from its checkpoint in the artifact store; an input error (UserError) is final.
 """
 
+import itertools
 import os
 import threading
 import time
@@ -24,19 +25,52 @@ from tasks.s3 import SECRET_ENV, check_store
 POLL_MAX_S = 2.0
 
 
-# Free slots per work pool, when a sweep runs more cells at once than its gpu pool has cards (flows/sweep.py): a stage is
-# dispatched when its pool has a slot, so it never waits in the pool's queue, where start_timeout_s would count its wait
-# as a missing worker; meanwhile its cell's other work (a cached preparation, the subflow's start) is done already.
-_slots: ContextVar[dict[str, threading.Semaphore]] = ContextVar(
-    "multistep_pool_slots", default={}
-)  # read, never changed
+class Slots:
+    """At most `n` stages of a work pool dispatched at once, for a sweep that runs more cells at once than its gpu pool
+    has cards (flows/sweep.py). A stage is dispatched when its pool has a slot, so it never waits in the pool's queue,
+    where start_timeout_s would count its wait as a missing worker; meanwhile its cell's other work (a cached
+    preparation, the subflow's start) is done already. A freed slot goes to the waiting stage of the cell that started
+    first (the lowest `rank`): a cell that has begun finishes before the next one starts. With a semaphore's any-order
+    wake-up, a 4-cell sweep on 2 cards ran the first cells' gates only after the later cells' fine-tunes, ~2 minutes
+    after their own fine-tunes had ended, and the sweep waited on them at the end."""
+
+    def __init__(self, n: int):
+        self._free = n
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # (rank, arrival) of the stages waiting for a slot
+        self._arrivals = itertools.count()
+
+    @contextmanager
+    def held(self, rank: int, check=lambda: None):
+        """One slot, for the waiter first in (rank, arrival) order; `check()` runs every 0.5 s while waiting (it may raise)."""
+        ticket = (rank, next(self._arrivals))
+        with self._cond:
+            self._waiting.append(ticket)
+            try:
+                while not (self._free and min(self._waiting) == ticket):
+                    self._cond.wait(0.5)
+                    check()
+            finally:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()  # whoever is first now may take a free slot
+            self._free -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
+_slots: ContextVar[dict[str, Slots]] = ContextVar("multistep_pool_slots", default={})  # read, never changed
+cell_rank: ContextVar[int] = ContextVar("multistep_cell_rank", default=0)  # set per cell by flows/sweep.py
 
 
 @contextmanager
 def pool_slots(limits: dict[str, int]):
     """Within this block (and threads started with a copy of its context) at most `limits[pool]` stages are dispatched
     to each named pool at once."""
-    token = _slots.set({pool: threading.BoundedSemaphore(n) for pool, n in limits.items()})
+    token = _slots.set({pool: Slots(n) for pool, n in limits.items()})
     try:
         yield
     finally:
@@ -49,12 +83,8 @@ def _slot(pool: str):
     if slots is None:
         yield
         return
-    while not slots.acquire(timeout=0.5):
-        interrupt.check(f"waiting for a free slot of work pool {pool}")
-    try:
+    with slots.held(cell_rank.get(), lambda: interrupt.check(f"waiting for a free slot of work pool {pool}")):
         yield
-    finally:
-        slots.release()
 
 
 def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:

@@ -101,8 +101,16 @@ def run_cells(cells: list[Cell], parent: str, parallel: int) -> list[results.Out
     if parallel == 1:
         return [run_cell(cell, parent) for cell in cells]
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep-cell") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, run_cell, cell, parent) for cell in cells]
+        futures = [
+            pool.submit(contextvars.copy_context().run, _ranked, i, cell, parent) for i, cell in enumerate(cells)
+        ]
         return [f.result() for f in futures]
+
+
+def _ranked(rank: int, cell: Cell, parent: str) -> results.Outcome:
+    """run_cell in its own context, where the cell's place in the plan decides who takes a free card first."""
+    dispatch.cell_rank.set(rank)
+    return run_cell(cell, parent)
 
 
 def run_cell(cell: Cell, parent: str) -> results.Outcome:

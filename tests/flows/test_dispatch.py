@@ -2,6 +2,7 @@
 
 import contextvars
 import threading
+import time
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -210,3 +211,43 @@ def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and
             t.join(timeout=60)
     assert ended == ["StageCrashed"] * 8  # every stage was dispatched and ran to its end
     assert most == {"gpu": 2, "cpu": 4}
+
+
+def test_a_freed_slot_goes_to_the_waiting_stage_of_the_cell_that_started_first():
+    """One card; the stages of cells 3, 1 and 2 wait for it in that order: when it frees, cell 1's stage (say the gate
+    of a cell whose fine-tune just ended) goes first, then 2, then 3, not in the order they came."""
+    slots, taken, free = dispatch.Slots(1), [], threading.Event()
+
+    def stage(rank: int) -> None:
+        with slots.held(rank):
+            taken.append(rank)
+
+    def holder() -> None:
+        with slots.held(0):
+            free.wait(timeout=20)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while slots._free and time.monotonic() < deadline:  # the card is busy before anyone queues
+        time.sleep(0.01)
+    for i, rank in enumerate([3, 1, 2]):
+        threads.append(threading.Thread(target=stage, args=(rank,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(slots._waiting) < i + 1 and time.monotonic() < deadline:  # this one waits before the next comes
+            time.sleep(0.01)
+    assert len(slots._waiting) == 3
+    free.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert taken == [1, 2, 3]
+
+
+def test_each_cell_of_a_parallel_sweep_dispatches_with_its_place_in_the_plan_as_its_rank(monkeypatch):
+    from flows import sweep as sweep_flow
+
+    seen = {}
+    monkeypatch.setattr(sweep_flow, "run_cell", lambda cell, parent: seen.setdefault(cell, dispatch.cell_rank.get()))
+    sweep_flow.run_cells(["a", "b", "c"], "parent", parallel=3)
+    assert seen == {"a": 0, "b": 1, "c": 2}
