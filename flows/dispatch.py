@@ -29,22 +29,24 @@ class Slots:
     """At most `n` stages of a work pool dispatched at once, for a sweep that runs more cells at once than its gpu pool
     has cards (flows/sweep.py). A stage is dispatched when its pool has a slot, so it never waits in the pool's queue,
     where start_timeout_s would count its wait as a missing worker; meanwhile its cell's other work (a cached
-    preparation, the subflow's start) is done already. A freed slot goes to the waiting stage of the cell that started
-    first (the lowest `rank`): a cell that has begun finishes before the next one starts. With a semaphore's any-order
-    wake-up, a 4-cell sweep on 2 cards ran the first cells' gates only after the later cells' fine-tunes, ~2 minutes
-    after their own fine-tunes had ended, and the sweep waited on them at the end."""
+    preparation, the subflow's start) is done already. A freed slot goes first to a cell that has held one before (the
+    earliest such), then to the cell earliest in the plan (`cell`): a cell that has begun finishes before another
+    begins. With a semaphore's any-order wake-up, a 4-cell sweep on 2 cards ran the first cells' gates only after the
+    later cells' fine-tunes, ~100 s after their own fine-tunes had ended, and the sweep waited on them at the end."""
 
     def __init__(self, n: int):
         self._free = n
         self._cond = threading.Condition()
-        self._waiting: list[tuple[int, int]] = []  # (rank, arrival) of the stages waiting for a slot
+        self._waiting: list[tuple] = []  # the tickets of the stages waiting for a slot, least first
         self._arrivals = itertools.count()
+        self._began: dict[int, int] = {}  # cell → the order in which cells first held a slot
 
     @contextmanager
-    def held(self, rank: int, check=lambda: None):
-        """One slot, for the waiter first in (rank, arrival) order; `check()` runs every 0.5 s while waiting (it may raise)."""
-        ticket = (rank, next(self._arrivals))
+    def held(self, cell: int, check=lambda: None):
+        """One slot, for the least waiting ticket; `check()` runs every 0.5 s while waiting (it may raise)."""
         with self._cond:
+            began = self._began.get(cell)
+            ticket = ((0, began) if began is not None else (1, cell), next(self._arrivals), cell)
             self._waiting.append(ticket)
             try:
                 while not (self._free and min(self._waiting) == ticket):
@@ -54,6 +56,7 @@ class Slots:
                 self._waiting.remove(ticket)
                 self._cond.notify_all()  # whoever is first now may take a free slot
             self._free -= 1
+            self._began.setdefault(cell, len(self._began))
         try:
             yield
         finally:
@@ -63,7 +66,7 @@ class Slots:
 
 
 _slots: ContextVar[dict[str, Slots]] = ContextVar("multistep_pool_slots", default={})  # read, never changed
-cell_rank: ContextVar[int] = ContextVar("multistep_cell_rank", default=0)  # set per cell by flows/sweep.py
+cell_rank: ContextVar[int] = ContextVar("multistep_cell_rank", default=0)  # the cell's place in its sweep's plan
 
 
 @contextmanager

@@ -213,17 +213,17 @@ def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and
     assert most == {"gpu": 2, "cpu": 4}
 
 
-def test_a_freed_slot_goes_to_the_waiting_stage_of_the_cell_that_started_first():
-    """One card; the stages of cells 3, 1 and 2 wait for it in that order: when it frees, cell 1's stage (say the gate
-    of a cell whose fine-tune just ended) goes first, then 2, then 3, not in the order they came."""
+def test_a_freed_slot_goes_to_a_cell_that_began_then_to_the_earliest_cell_in_the_plan():
+    """One card, held by cell 5's fine-tune; stages of cells 3, 1, 5 (its gate) and 2 queue in that order. When the card
+    frees, cell 5's gate goes first (its cell began), then cells 1, 2, 3 by their place in the plan, not as they came."""
     slots, taken, free = dispatch.Slots(1), [], threading.Event()
 
-    def stage(rank: int) -> None:
-        with slots.held(rank):
-            taken.append(rank)
+    def stage(cell: int) -> None:
+        with slots.held(cell):
+            taken.append(cell)
 
     def holder() -> None:
-        with slots.held(0):
+        with slots.held(5):
             free.wait(timeout=20)
 
     threads = [threading.Thread(target=holder)]
@@ -231,17 +231,17 @@ def test_a_freed_slot_goes_to_the_waiting_stage_of_the_cell_that_started_first()
     deadline = time.monotonic() + 10
     while slots._free and time.monotonic() < deadline:  # the card is busy before anyone queues
         time.sleep(0.01)
-    for i, rank in enumerate([3, 1, 2]):
-        threads.append(threading.Thread(target=stage, args=(rank,)))
+    for i, cell in enumerate([3, 1, 5, 2]):
+        threads.append(threading.Thread(target=stage, args=(cell,)))
         threads[-1].start()
         deadline = time.monotonic() + 10
         while len(slots._waiting) < i + 1 and time.monotonic() < deadline:  # this one waits before the next comes
             time.sleep(0.01)
-    assert len(slots._waiting) == 3
+    assert len(slots._waiting) == 4
     free.set()
     for t in threads:
         t.join(timeout=20)
-    assert taken == [1, 2, 3]
+    assert taken == [5, 1, 2, 3]
 
 
 def test_each_cell_of_a_parallel_sweep_dispatches_with_its_place_in_the_plan_as_its_rank(monkeypatch):
