@@ -79,7 +79,10 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
             "error": o.error,
         }
         if o.outputs:
-            cell["alone_s"] = round(o.wall_s + _reused_seconds(o.outputs["pipeline_run"]), 1)
+            try:
+                cell["alone_s"] = round(o.wall_s + _reused_seconds(o.outputs["pipeline_run"]), 1)
+            except mlflow.exceptions.MlflowException:  # a reused run deleted since: the table goes on without it
+                pass
             version = resolve_version(o.outputs["model"])
             value = _value(version.tags, plan.task, plan.metric, plan.split)
             cell.update(model=o.outputs["model"], pipeline_run=o.outputs["pipeline_run"], value=value)
@@ -121,7 +124,8 @@ def report(plan, outcomes: list[Outcome], parent: str, wall_s: float) -> dict:
 def _reused_seconds(pipeline_run: str) -> float:
     """Seconds the stage runs that a cell took from the cache (run by another cell or an earlier run) took to run: a
     cell's wall time plus these is what it costs alone. A sweep's later conditions often reuse the baseline's stages
-    (the data, a first round), so their wall time alone understates what they cost a user who runs only them."""
+    (the data, a first round), so their wall time alone understates what they cost a user who runs only them. A
+    reused run that was resumed counts from its first attempt's start."""
     client = MlflowClient()
     runs = [
         client.get_run(run_id)

@@ -41,7 +41,7 @@ def render(r: dict) -> str:
     notes += [f"{row['row']}: {row['note']}" for row in r["rows"] if row.get("note")] + [
         f"warning: {w}" for w in r["warnings"]
     ]
-    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
 def record(r: dict, parent: str) -> None:
