@@ -4,16 +4,13 @@ Either way a stage that failed for an unexpected reason, or whose process died, 
 resumes from its checkpoint in the artifact store; an input error (UserError) is final.
 """
 
-import itertools
 import os
-import threading
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 from prefect import Flow
 from pydantic import BaseModel
 
+from flows import run_ends, slots
 from flows.embedded import LOCAL_ENV
 from flows.stages import OUTPUT_KEY, STAGES
 from tasks import interrupt
@@ -23,71 +20,6 @@ from tasks.s3 import SECRET_ENV, check_store
 # run_deployment's own wait polls every 5 s, which would add 2.5 s to every stage on average. Each poll costs the Prefect
 # server CPU, which on a one-machine stack is taken from training: interrupt.poll_s's pace, at most every 2 s.
 POLL_MAX_S = 2.0
-
-
-class Slots:
-    """At most `n` stages of a work pool dispatched at once, for a sweep that runs more cells at once than its gpu pool
-    has cards (flows/sweep.py). A stage is dispatched when its pool has a slot, so it never waits in the pool's queue,
-    where start_timeout_s would count its wait as a missing worker; meanwhile its cell's other work (a cached
-    preparation, the subflow's start) is done already. A freed slot goes first to a cell that has held one before (the
-    earliest such), then to the cell earliest in the plan (`cell`): a cell that has begun finishes before another
-    begins. With a semaphore's any-order wake-up, a 4-cell sweep on 2 cards ran the first cells' gates only after the
-    later cells' fine-tunes, ~100 s after their own fine-tunes had ended, and the sweep waited on them at the end."""
-
-    def __init__(self, n: int):
-        self._free = n
-        self._cond = threading.Condition()
-        self._waiting: list[tuple] = []  # the tickets of the stages waiting for a slot, least first
-        self._arrivals = itertools.count()
-        self._began: dict[int, int] = {}  # cell → the order in which cells first held a slot
-
-    @contextmanager
-    def held(self, cell: int, check=lambda: None):
-        """One slot, for the least waiting ticket; `check()` runs every 0.5 s while waiting (it may raise)."""
-        with self._cond:
-            began = self._began.get(cell)
-            ticket = ((0, began) if began is not None else (1, cell), next(self._arrivals), cell)
-            self._waiting.append(ticket)
-            try:
-                while not (self._free and min(self._waiting) == ticket):
-                    self._cond.wait(0.5)
-                    check()
-            finally:
-                self._waiting.remove(ticket)
-                self._cond.notify_all()  # whoever is first now may take a free slot
-            self._free -= 1
-            self._began.setdefault(cell, len(self._began))
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._free += 1
-                self._cond.notify_all()
-
-
-_slots: ContextVar[dict[str, Slots]] = ContextVar("multistep_pool_slots", default={})  # read, never changed
-cell_rank: ContextVar[int] = ContextVar("multistep_cell_rank", default=0)  # the cell's place in its sweep's plan
-
-
-@contextmanager
-def pool_slots(limits: dict[str, int]):
-    """Within this block (and threads started with a copy of its context) at most `limits[pool]` stages are dispatched
-    to each named pool at once."""
-    token = _slots.set({pool: Slots(n) for pool, n in limits.items()})
-    try:
-        yield
-    finally:
-        _slots.reset(token)
-
-
-@contextmanager
-def _slot(pool: str):
-    slots = _slots.get().get(pool)
-    if slots is None:
-        yield
-        return
-    with slots.held(cell_rank.get(), lambda: interrupt.check(f"waiting for a free slot of work pool {pool}")):
-        yield
 
 
 def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
@@ -145,7 +77,7 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
     env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
     parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
     with get_client(sync_client=True) as client:
-        with _slot(pool):  # held until the run is final
+        with slots.slot(pool):  # held until the run is final
             run = run_deployment(
                 name,
                 parameters=parameters,
@@ -154,7 +86,7 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
                 job_variables={"env": env} if env else None,
             )
             print(f"{stage.name}: dispatched flow run {run.name} ({run.id}) to work pool {pool}")
-            run = _wait(client, run, pool, execution.start_timeout_s, timeout)
+            run = _wait(client, run, pool, execution.start_timeout_s, timeout, run_ends.watcher())
         state = run.state
         if state.is_completed():
             return _linked(_output(client, run.id, stage.name), run)
@@ -164,8 +96,9 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
         raise StageCrashed(f"flow run {run.name} ended {state.name}: {message}")
 
 
-def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
-    """Poll the flow run until it is final; cancel it when no worker took it or it ran past its timeout."""
+def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float, ends: run_ends.Ends | None = None):
+    """Read the flow run until it is final (when `ends` hears it ended, else at the poll's pace); cancel it when no
+    worker took it or it ran past its timeout."""
     created = time.monotonic()
     started = None
     while True:
@@ -191,7 +124,11 @@ def _wait(client, run, pool: str, start_timeout_s: float, timeout_s: float):
             raise StageCrashed(
                 f"flow run {run.name} ran past its {timeout_s:.0f} s timeout (execution.stage_timeouts) and was cancelled"
             )
-        time.sleep(interrupt.poll_s(now - created, POLL_MAX_S))
+        pause = interrupt.poll_s(now - created, POLL_MAX_S)
+        if ends is not None and ends.live():  # woken by the run's end; read anyway now and then, in case it was missed
+            ends.wait(run.id, max(pause, run_ends.CONFIRM_S), interrupt.requested)
+        else:
+            time.sleep(pause)
 
 
 def _cancel(client, flow_run_id, why: str) -> None:

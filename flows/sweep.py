@@ -3,7 +3,7 @@
 Cells that share a stage key share the stage: the data preparation, or a pretraining that only fine-tune seeds differ
 on, runs once (locally the next cell finds the finished run in MLflow). In pools mode the cells run side by side, each a
 thread of this flow run that dispatches its own stages to the pools; no cell takes a worker slot while it waits, and
-no more gpu stages are dispatched at once than the gpu pool has cards (dispatch.pool_slots).
+no more gpu stages are dispatched at once than the gpu pool has cards (slots.pool_slots).
 """
 
 import contextvars
@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from pydantic import ValidationError
 
-from flows import dispatch
+from flows import dispatch, slots
 from flows.pipeline import llm_pipeline, planned
 from flows.spec import PipelineSpec, check_key, explain, set_key
 from flows.spec import load as load_pipeline
@@ -85,7 +85,7 @@ def sweep(spec: SweepSpec) -> dict:
     started = time.perf_counter()
     with (
         results.sweep_run(found.name, spec, execution.experiment) as parent,
-        dispatch.pool_slots({execution.pools.gpu: cards}),
+        slots.pool_slots({execution.pools.gpu: cards}),
     ):
         outcomes = run_cells(found.cells, parent, parallel)
         report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)
@@ -109,8 +109,11 @@ def run_cells(cells: list[Cell], parent: str, parallel: int) -> list[results.Out
 
 def _ranked(rank: int, cell: Cell, parent: str) -> results.Outcome:
     """run_cell in its own context, where the cell's place in the plan decides who takes a free card first."""
-    dispatch.cell_rank.set(rank)
-    return run_cell(cell, parent)
+    slots.cell_rank.set(rank)
+    try:
+        return run_cell(cell, parent)
+    finally:
+        slots.leave_slots(rank)
 
 
 def run_cell(cell: Cell, parent: str) -> results.Outcome:

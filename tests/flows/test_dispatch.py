@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from prefect.states import Completed, Crashed, Pending, Running
 
-from flows import dispatch
+from flows import dispatch, slots
 from flows.spec import ExecutionSpec
 from tasks import interrupt
 from tasks.errors import UserError
@@ -119,7 +119,7 @@ def test_in_pools_mode_the_run_graph_draws_the_arrow_from_a_stage_to_the_one_tha
     from tasks.data.spec import PrepareSpec
     from tasks.pretrain.spec import PretrainSpec
 
-    def worker(client, run, pool, start_timeout_s, timeout_s):
+    def worker(client, run, pool, start_timeout_s, timeout_s, ends):
         """What a worker does with the flow run: the stage runs, leaves its URI, completes."""
         artifact = ArtifactCreate(key=OUTPUT_KEY, type="markdown", data=f"`runs:/{run.id}/out`", flow_run_id=run.id)
         client.create_artifact(artifact)
@@ -184,7 +184,7 @@ def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and
             most[pool] = max(most[pool], running[pool])
         return SimpleNamespace(id=uuid4(), name=name, pool=pool)
 
-    def runs(client, run, pool, start_timeout_s, timeout_s):
+    def runs(client, run, pool, start_timeout_s, timeout_s, ends):
         together[run.pool].wait()  # as many as the pool lets in at once are running now (else: BrokenBarrierError)
         with lock:
             running[run.pool] -= 1
@@ -200,7 +200,7 @@ def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and
         except Exception as exc:  # noqa: BLE001 — the test reads what ended each thread
             ended.append(type(exc).__name__)
 
-    with dispatch.pool_slots({"gpu": 2}):
+    with slots.pool_slots({"gpu": 2}):
         threads = [
             threading.Thread(target=contextvars.copy_context().run, args=(cell, stage))
             for stage in ["finetune"] * 4 + ["prepare-labeled"] * 4
@@ -213,41 +213,131 @@ def test_within_pool_slots_a_pool_gets_no_more_stages_at_once_than_its_slots_and
     assert most == {"gpu": 2, "cpu": 4}
 
 
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_card_a_stage_frees_stays_its_cells_for_the_next_stage_until_the_cell_leaves():
+    """Cell 1's fine-tune frees the only card while cell 2's fine-tune waits: the card stays cell 1's, whose gate asks
+    for it a moment later and takes it first; once cell 1 leaves (its pipeline ended), cell 2 takes it."""
+    cards, taken, free = slots.Slots(1, keep_s=60), [], threading.Event()
+
+    def finetune(cell: int, wait: bool) -> None:
+        with cards.held(cell):
+            taken.append(cell)
+            if wait:
+                free.wait(timeout=20)
+
+    first = threading.Thread(target=finetune, args=(1, True))
+    first.start()
+    _wait_for(lambda: taken == [1], "cell 1 holds the card")
+    second = threading.Thread(target=finetune, args=(2, False))
+    second.start()
+    _wait_for(lambda: len(cards._waiting) == 1, "cell 2 waits")
+    free.set()
+    first.join(timeout=20)
+    time.sleep(0.3)  # without the keep, cell 2 would have the card by now
+    assert taken == [1] and cards._free == 1
+    finetune(1, False)  # cell 1's gate: the card is its own, cell 2 still waits
+    assert taken == [1, 1]
+    cards.leave(1)
+    second.join(timeout=20)
+    assert taken == [1, 1, 2]
+
+
+def test_a_kept_card_goes_to_the_others_when_the_keep_runs_out():
+    cards, taken = slots.Slots(1, keep_s=0.2), []
+
+    def gate() -> None:
+        with cards.held(2):
+            taken.append(2)
+
+    with cards.held(1):
+        waiter = threading.Thread(target=gate)
+        waiter.start()
+        _wait_for(lambda: len(cards._waiting) == 1, "cell 2 waits")
+    waiter.join(timeout=10)  # cell 1 never asks again nor leaves: the keep ends by itself
+    assert taken == [2]
+
+
 def test_a_freed_slot_goes_to_a_cell_that_began_then_to_the_earliest_cell_in_the_plan():
     """One card, held by cell 5's fine-tune; stages of cells 3, 1, 5 (its gate) and 2 queue in that order. When the card
     frees, cell 5's gate goes first (its cell began), then cells 1, 2, 3 by their place in the plan, not as they came."""
-    slots, taken, free = dispatch.Slots(1), [], threading.Event()
+    cards, taken, free = slots.Slots(1, keep_s=0), [], threading.Event()
 
     def stage(cell: int) -> None:
-        with slots.held(cell):
+        with cards.held(cell):
             taken.append(cell)
 
     def holder() -> None:
-        with slots.held(5):
+        with cards.held(5):
             free.wait(timeout=20)
 
     threads = [threading.Thread(target=holder)]
     threads[0].start()
     deadline = time.monotonic() + 10
-    while slots._free and time.monotonic() < deadline:  # the card is busy before anyone queues
+    while cards._free and time.monotonic() < deadline:  # the card is busy before anyone queues
         time.sleep(0.01)
     for i, cell in enumerate([3, 1, 5, 2]):
         threads.append(threading.Thread(target=stage, args=(cell,)))
         threads[-1].start()
         deadline = time.monotonic() + 10
-        while len(slots._waiting) < i + 1 and time.monotonic() < deadline:  # this one waits before the next comes
+        while len(cards._waiting) < i + 1 and time.monotonic() < deadline:  # this one waits before the next comes
             time.sleep(0.01)
-    assert len(slots._waiting) == 4
+    assert len(cards._waiting) == 4
     free.set()
     for t in threads:
         t.join(timeout=20)
     assert taken == [5, 1, 2, 3]
 
 
-def test_each_cell_of_a_parallel_sweep_dispatches_with_its_place_in_the_plan_as_its_rank(monkeypatch):
+def test_each_cell_of_a_parallel_sweep_dispatches_with_its_place_in_the_plan_as_its_rank_and_leaves_when_done(
+    monkeypatch,
+):
     from flows import sweep as sweep_flow
 
     seen = {}
-    monkeypatch.setattr(sweep_flow, "run_cell", lambda cell, parent: seen.setdefault(cell, dispatch.cell_rank.get()))
+    left = []
+    monkeypatch.setattr(sweep_flow, "run_cell", lambda cell, parent: seen.setdefault(cell, slots.cell_rank.get()))
+    monkeypatch.setattr(slots, "leave_slots", left.append)
     sweep_flow.run_cells(["a", "b", "c"], "parent", parallel=3)
     assert seen == {"a": 0, "b": 1, "c": 2}
+    assert sorted(left) == [0, 1, 2]  # each cell, once ended, gives back the card it kept
+
+
+def test_a_dispatched_runs_end_is_heard_from_the_servers_events_not_found_by_polling(prefect_api):
+    """A stage that ends after 3 s is read at its start and once its end is heard (a 0.25 s poll would read it ~12
+    times), and a run that ended before its wait began is known to have ended at once."""
+    from prefect import flow, get_client
+
+    from flows import run_ends
+
+    @flow
+    def stage():
+        pass
+
+    ends = run_ends.watcher()
+    _wait_for(ends.live, "the subscription opens")
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(stage)
+        client.set_flow_run_state(run.id, Running(), force=True)
+        reads = []
+
+        class Counted:
+            @staticmethod
+            def read_flow_run(flow_run_id):
+                reads.append(time.monotonic())
+                return client.read_flow_run(flow_run_id)
+
+        def finish():
+            with get_client(sync_client=True) as other:
+                other.set_flow_run_state(run.id, Completed(), force=True)
+
+        threading.Timer(3.0, contextvars.copy_context().run, args=(finish,)).start()
+        ended = dispatch._wait(Counted, run, "gpu", start_timeout_s=60, timeout_s=60, ends=ends)
+        assert ended.state.is_completed()
+        assert len(reads) <= 3
+        assert ends.wait(run.id, 0)  # heard before anyone waited: no wait at all
