@@ -78,11 +78,14 @@ _watchers: dict[str, Ends] = {}
 _lock = threading.Lock()
 
 
-def watcher() -> Ends:
-    """This process's subscription to the Prefect server it talks to now, started on first use."""
+def watcher() -> Ends | None:
+    """This process's subscription to the Prefect server it talks to now, started on first use; None without a server
+    URL (pools mode always has one; without it Prefect's subscriber would start a server of its own)."""
     from prefect.settings import PREFECT_API_URL
 
-    url = str(PREFECT_API_URL.value())
+    url = PREFECT_API_URL.value()
+    if not url:
+        return None
     with _lock:
         if url not in _watchers:
             _watchers[url] = Ends()

@@ -341,3 +341,13 @@ def test_a_dispatched_runs_end_is_heard_from_the_servers_events_not_found_by_pol
         assert ended.state.is_completed()
         assert len(reads) <= 3
         assert ends.wait(run.id, 0)  # heard before anyone waited: no wait at all
+
+
+def test_without_a_prefect_server_url_no_subscription_is_made():
+    """Prefect's subscriber would start a server of its own; the wait polls instead (pools mode always has a URL)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import run_ends
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert run_ends.watcher() is None
