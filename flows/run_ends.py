@@ -1,10 +1,10 @@
 """Dispatched flow runs' ends as the Prefect server pushes them (its events websocket), for the dispatcher's wait.
 
-Polling a stage's flow run costs the server a read each time (~860 by the poll's pace in a 4-cell sweep on 2 cards, a good part of
-the server's CPU, which on a one-machine stack is taken from training) and notices its end up to a poll late (2 s for
-a long stage). One subscription per process and server hears every flow run's final state as it happens; the wait
-then reads the run once it has ended, and otherwise only every CONFIRM_S, in case an event was lost. Without the
-subscription (it failed to connect, or dropped) the wait polls as before.
+Polling a stage's flow run costs the server a read each time (~860 by the poll's pace in a 4-cell sweep on 2 cards,
+a good part of the server's CPU, which on a one-machine stack is taken from training) and notices its end up to a poll
+late (2 s for a long stage). One subscription per process and server hears every flow run's final state as it
+happens; the wait then reads the run once it has ended, and otherwise only every CONFIRM_S, in case an event was
+lost. Without the subscription (it failed to connect, or dropped) the wait polls as before.
 """
 
 import asyncio
