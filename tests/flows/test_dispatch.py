@@ -239,8 +239,9 @@ def test_a_card_a_stage_frees_stays_its_cells_for_the_next_stage_until_the_cell_
     _wait_for(lambda: len(cards._waiting) == 1, "cell 2 waits")
     free.set()
     first.join(timeout=20)
-    time.sleep(0.3)  # without the keep, cell 2 would have the card by now
-    assert taken == [1] and cards._free == 1
+    with cards._cond:  # the card is free, cell 2 still waits, and the rule says it is not cell 2's (no sleep needed)
+        assert taken == [1] and cards._free == 1
+        assert [t[2] for t in cards._waiting] == [2] and not cards._mine(cards._waiting[0])
     finetune(1, False)  # cell 1's gate: the card is its own, cell 2 still waits
     assert taken == [1, 1]
     cards.leave(1)
