@@ -4,13 +4,14 @@ Either way a stage that failed for an unexpected reason, or whose process died, 
 resumes from its checkpoint in the artifact store; an input error (UserError) is final.
 """
 
+import json
 import os
 import time
 
 from prefect import Flow
 from pydantic import BaseModel
 
-from flows import run_ends, slots
+from flows import run_ends, shared, slots
 from flows.embedded import LOCAL_ENV
 from flows.stages import OUTPUT_KEY, STAGES
 from tasks import interrupt
@@ -24,21 +25,66 @@ POLL_MAX_S = 2.0
 
 def call(stage: Flow, execution, parent_run_id: str | None, **params) -> str:
     """Run a stage flow where `execution` (the spec's ExecutionSpec) says, its MLflow run under the pipeline's `parent_run_id`;
-    again after an unexpected failure, never after an input error."""
+    again after an unexpected failure, never after an input error. In a sweep, cells that dispatch the same stage with
+    the same settings and inputs share one flow run (flows/shared.py)."""
     params |= {"experiment": execution.experiment, "parent_run_id": parent_run_id}
     name = run_name(stage.name, params.get("round"))
-    for attempt in range(execution.stage_retries + 1):
+    if execution.mode == "local":
+        return _again(stage.name, execution, lambda: stage.with_options(flow_run_name=lambda: name)(**params))
+    dispatched = lambda: _again(stage.name, execution, lambda: _remote(stage, execution, params, name))  # noqa: E731
+    sharing = shared.current()
+    if sharing is None:
+        uri, run = dispatched()
+    else:
+        (uri, run), mine = sharing.once(_identity(stage.name, execution, params), dispatched)
+        if not mine and not _reused(stage.name, uri, run, params):
+            uri, run = dispatched()
+    return _linked(uri, run)
+
+
+def _again(stage: str, execution, attempt):
+    """`attempt()`, and again (execution.stage_retries times) after an unexpected failure; an input error is final."""
+    for tried in range(execution.stage_retries + 1):
         try:
-            if execution.mode == "local":
-                return stage.with_options(flow_run_name=lambda: name)(**params)
-            return _remote(stage, execution, params, name)
+            return attempt()
         except UserError:
             raise
         except Exception as exc:
-            if attempt == execution.stage_retries:
+            if tried == execution.stage_retries:
                 raise
-            print(f"{stage.name}: attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); running it again")
+            print(f"{stage}: attempt {tried + 1} failed ({type(exc).__name__}: {exc}); running it again")
     raise AssertionError("unreachable")
+
+
+def _identity(stage: str, execution, params: dict) -> str:
+    """What makes two dispatches the same stage run: the deployment and every parameter but the pipeline run's id."""
+    pool = getattr(execution.pools, pool_of(stage, params))
+    same = {k: v for k, v in _parameters(params).items() if k != "parent_run_id"}
+    return json.dumps([deployment_name(stage, pool), same], sort_keys=True, default=str)
+
+
+def _reused(stage: str, uri: str, run, params: dict) -> bool:
+    """Record the stage run that made `uri` (the flow run `run` of another cell) as a cache hit of this pipeline run;
+    False when it is gone from MLflow (deleted meanwhile), and this cell must dispatch the stage itself."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import OUTPUT, REUSED
+
+    if "'" in uri:  # not a URI a stage writes; the search could not quote it
+        return False
+    experiment = mlflow.get_experiment_by_name(params["experiment"])
+    found = experiment and MlflowClient().search_runs(
+        [experiment.experiment_id], f"tags.`{OUTPUT}` = '{uri}' and attributes.status = 'FINISHED'", max_results=1
+    )
+    if not found:
+        return False
+    print(
+        f"{stage}: cache hit, reusing run {found[0].info.run_id} of flow run {run.name}, dispatched by another cell → {uri}"
+    )
+    if params["parent_run_id"]:
+        MlflowClient().set_tag(params["parent_run_id"], REUSED + stage, found[0].info.run_id)
+    return True
 
 
 def run_name(stage: str, round: int | None) -> str:
@@ -65,7 +111,13 @@ def deployment_name(stage: str, pool: str) -> str:
     return f"{stage}/{stage}-on-{pool}"
 
 
-def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
+def _parameters(params: dict) -> dict:
+    """The flow run's parameters, as JSON: specs as their dumps."""
+    return {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
+
+
+def _remote(stage: Flow, execution, params: dict, run_name: str):
+    """Dispatch the stage to its pool and wait for it: `(its output URI, its final flow run)`."""
     from prefect import get_client
     from prefect.deployments import run_deployment
 
@@ -75,7 +127,7 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
     timeout = execution.stage_timeouts.get(stage.name, execution.stage_timeout_s)
     # The Secret block's name travels as the flow run's environment, never its value and never a flow parameter.
     env = {SECRET_ENV: execution.s3_secret} if execution.s3_secret else {}
-    parameters = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in params.items()}
+    parameters = _parameters(params)
     with get_client(sync_client=True) as client:
         with slots.slot(pool):  # held until the run is final
             run = run_deployment(
@@ -89,7 +141,7 @@ def _remote(stage: Flow, execution, params: dict, run_name: str) -> str:
             run = _wait(client, run, pool, execution.start_timeout_s, timeout, run_ends.watcher())
         state = run.state
         if state.is_completed():
-            return _linked(_output(client, run.id, stage.name), run)
+            return _output(client, run.id, stage.name), run
         message = state.message or state.name
         if state.is_failed() and "UserError" in message:  # an input error on the worker: the same one would recur
             raise UserError(f"{stage.name} (flow run {run.name}): {message.split('UserError:', 1)[-1].strip()}")

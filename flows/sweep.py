@@ -1,9 +1,10 @@
 """sweep: conditions × grid points × seeds, one llm_pipeline per cell, then a significance table against the baseline.
 
 Cells that share a stage key share the stage: the data preparation, or a pretraining that only fine-tune seeds differ
-on, runs once (locally the next cell finds the finished run in MLflow). In pools mode the cells run side by side, each a
-thread of this flow run that dispatches its own stages to the pools; no cell takes a worker slot while it waits, and
-no more gpu stages are dispatched at once than the gpu pool has cards (slots.pool_slots).
+on, runs once (locally the next cell finds the finished run in MLflow; in pools mode one cell dispatches it and the
+others wait for that flow run, flows/shared.py). In pools mode the cells run side by side, each a thread of this flow
+run that dispatches its own stages to the pools; no cell takes a worker slot while it waits, and no more gpu stages
+are dispatched at once than the gpu pool has cards (slots.pool_slots).
 """
 
 import contextvars
@@ -17,7 +18,7 @@ from typing import Any
 from prefect import flow
 from pydantic import ValidationError
 
-from flows import dispatch, slots
+from flows import dispatch, shared, slots
 from flows.pipeline import llm_pipeline, planned
 from flows.spec import PipelineSpec, check_key, explain, set_key
 from flows.spec import load as load_pipeline
@@ -86,6 +87,7 @@ def sweep(spec: SweepSpec) -> dict:
     with (
         results.sweep_run(found.name, spec, execution.experiment) as parent,
         slots.pool_slots({execution.pools.gpu: cards}),
+        shared.scope(),
     ):
         outcomes = run_cells(found.cells, parent, parallel)
         report = results.report(found, outcomes, parent, wall_s=time.perf_counter() - started)

@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from prefect.states import Completed, Crashed, Pending, Running
 
-from flows import dispatch, slots
+from flows import dispatch, shared, slots
 from flows.spec import ExecutionSpec
 from tasks import interrupt
 from tasks.errors import UserError
@@ -70,9 +70,10 @@ def test_crashes_are_dispatched_again_and_input_errors_are_not(monkeypatch):
         state = outcomes.pop(0)
         if not state.is_completed():
             raise dispatch.StageCrashed(f"ended {state.name}")
-        return "runs:/abc/dataset"
+        return "runs:/abc/dataset", SimpleNamespace(name="brave-otter")
 
     monkeypatch.setattr(dispatch, "_remote", remote)
+    monkeypatch.setattr(dispatch, "_linked", lambda uri, run: uri)
     stage = SimpleNamespace(name="prepare")
     assert dispatch.call(stage, execution, None, spec=None) == "runs:/abc/dataset"
     assert len(calls) == 2
@@ -352,3 +353,103 @@ def test_without_a_prefect_server_url_no_subscription_is_made():
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert run_ends.watcher() is None
+
+
+def _in_thread(target) -> tuple[threading.Thread, list]:
+    out = []
+    thread = threading.Thread(target=lambda: out.append(target()))
+    thread.start()
+    return thread, out
+
+
+def test_in_a_sweep_the_same_dispatch_goes_out_once_and_a_failed_one_is_taken_over_by_a_waiting_cell():
+    sharing, release, calls = shared.Shared(), threading.Event(), []
+
+    def dispatching(cell, fails=False):
+        def go():
+            calls.append(cell)
+            release.wait(10)
+            if fails:
+                raise dispatch.StageCrashed("worker died")
+            return f"uri of {cell}"
+
+        return go
+
+    first, got_first = _in_thread(lambda: sharing.once("prepare-labeled", dispatching("cell 0")))
+    while calls != ["cell 0"]:
+        time.sleep(0.01)
+    # The second cell comes while the first's flow run is out, or after it finished: either way it dispatches nothing
+    second, got_second = _in_thread(lambda: sharing.once("prepare-labeled", dispatching("cell 1")))
+    release.set()
+    first.join(10), second.join(10)
+    assert got_first == [("uri of cell 0", True)] and got_second == [("uri of cell 0", False)]
+    assert calls == ["cell 0"]
+    assert sharing.once("finetune", dispatching("cell 1")) == ("uri of cell 1", True)  # another stage goes out
+
+    calls.clear()
+    release.clear()
+
+    def fails():
+        try:
+            sharing.once("gate", dispatching("cell 0", fails=True))
+        except dispatch.StageCrashed as exc:
+            return exc
+
+    first, got_first = _in_thread(fails)
+    while calls != ["cell 0"]:
+        time.sleep(0.01)
+    second, got_second = _in_thread(lambda: sharing.once("gate", dispatching("cell 1")))
+    release.set()
+    first.join(10), second.join(10)
+    assert isinstance(got_first[0], dispatch.StageCrashed)
+    assert got_second == [("uri of cell 1", True)] and calls == ["cell 0", "cell 1"]
+
+
+def test_a_shared_dispatch_is_a_cache_hit_of_the_other_cells_pipeline_runs_and_a_deleted_run_is_dispatched_again(
+    home, monkeypatch
+):
+    """Two cells of a pools sweep call the same stage with the same settings: one flow run, and the second cell's
+    pipeline run names the stage run it reused (the report's `reused` line and the sweep's `alone` column read it)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.backend import configure
+    from tasks.tracking import OUTPUT, REUSED
+
+    experiment = configure("shared")
+    client = MlflowClient()
+    made = client.create_run(experiment, tags={OUTPUT: "runs:/made/dataset"}).info.run_id
+    client.set_terminated(made)
+    cells = [client.create_run(experiment).info.run_id for _ in range(2)]
+    dispatched, linked = [], []
+
+    def remote(stage, execution, params, run_name):
+        dispatched.append(params["parent_run_id"])
+        time.sleep(0.2)  # a flow run takes a while: the other cell comes meanwhile (or after; the result is the same)
+        return "runs:/made/dataset", SimpleNamespace(name="brave-otter")
+
+    monkeypatch.setattr(dispatch, "_remote", remote)
+    monkeypatch.setattr(dispatch, "_linked", lambda uri, run: linked.append(run.name) or uri)
+    execution = ExecutionSpec(mode="pools", experiment="shared", stage_retries=0)
+    stage = SimpleNamespace(name="prepare-labeled")
+    with shared.scope():
+        threads = [
+            _in_thread(
+                lambda c=c, ctx=contextvars.copy_context(): ctx.run(dispatch.call, stage, execution, c, spec=None)
+            )
+            for c in cells
+        ]
+        for thread, _ in threads:
+            thread.join(10)
+    assert [out for _, out in threads] == [["runs:/made/dataset"]] * 2
+    assert len(dispatched) == 1 and linked == ["brave-otter"] * 2
+    follower = next(c for c in cells if c not in dispatched)
+    assert client.get_run(follower).data.tags[REUSED + "prepare-labeled"] == made
+
+    client.delete_run(made)  # gone meanwhile: the next cell dispatches the stage itself
+    with shared.scope():
+        dispatch.call(stage, execution, cells[0], spec=None)
+        dispatch.call(stage, execution, cells[1], spec=None)
+    assert len(dispatched) == 3
+    # Outside a sweep every call dispatches
+    dispatch.call(stage, execution, cells[0], spec=None)
+    assert len(dispatched) == 4

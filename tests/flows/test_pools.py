@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from flows import deploy, s3server, stack
 from flows.worker import BUSY_POLL_S
+from tasks.tracking import REUSED, STAGE
 
 CRASH_AFTER_S = 45  # heartbeats come every 30 s (Prefect's minimum); silence this long marks a run Crashed
 
@@ -316,10 +317,17 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     assert [(c["seed"], c["status"]) for c in report["cells"]] == [(0, "completed"), (1, "completed")]
 
     mlflow = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
-    finetunes = []
+    finetunes, prepared, reused = [], [], []
     for cell in report["cells"]:
         flow_run = mlflow.get_run(cell["pipeline_run"]).data.tags["prefect.flow_run_id"]
         finetunes += [run for flow, run in stage_runs(team, flow_run) if flow == "finetune"]
+        prepared += [run for flow, run in stage_runs(team, flow_run) if flow == "prepare-labeled"]
+        reused += [mlflow.get_run(cell["pipeline_run"]).data.tags.get(f"{REUSED}prepare-labeled")]
+    # The cells' shared data preparation went to a worker once; the other cell names that stage run as a cache hit
+    assert len(prepared) == 1, [r.name for r in prepared]
+    experiment = mlflow.get_run(cell["pipeline_run"]).info.experiment_id
+    made = mlflow.search_runs([experiment], f"tags.`{STAGE}` = 'prepare-labeled'")
+    assert len(made) == 1 and len(reused) == 2 and set(reused) == {None, made[0].info.run_id}
     first, second = sorted(finetunes, key=lambda r: r.start_time)
     assert first.work_pool_name == second.work_pool_name == "gpu"
     # A worker took the second while the first still ran: the pool let both run at once.

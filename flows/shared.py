@@ -1,0 +1,74 @@
+"""Within a sweep, a stage that several cells dispatch with the same settings and inputs goes to a worker once.
+
+A sweep's cells start together, and those that share a stage (the data preparation; a pretraining that only the
+fine-tune seeds differ on) would each dispatch it at the same moment: one flow run would do the work and the others,
+each a process on a worker, would wait on the stage's lease (tasks/lease.py) to take its result from the cache. On a
+one-machine stack those processes, and the Prefect and MLflow calls they make, are taken from the cells that train.
+Here the first dispatch goes out; the other cells wait in this process for it and record its stage run as a cache hit
+on their own pipeline run. The scope is one sweep, whose cells are meant to see one state of the data: a later
+pipeline run dispatches again, and its worker looks the stage up by key as always.
+"""
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks import interrupt
+
+_scope: ContextVar["Shared | None"] = ContextVar("multistep_shared_dispatches", default=None)
+
+
+@dataclass
+class _Dispatch:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    failed: bool = False
+
+
+class Shared:
+    """The dispatches of one sweep, by identity (the stage, its deployment and its parameters but the parent run)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._dispatches: dict[str, _Dispatch] = {}
+
+    def once(self, identity: str, dispatch: Callable[[], Any]) -> tuple[Any, bool]:
+        """`(dispatch(), True)` for the first caller of an identity; `(its result, False)` for those that come while it
+        runs or after it succeeded. When it fails, a waiting caller dispatches in its turn (the others follow that one)."""
+        while True:
+            with self._lock:
+                found = self._dispatches.get(identity)
+                lead = found is None or found.failed
+                if lead:
+                    found = self._dispatches[identity] = _Dispatch()
+            if lead:
+                try:
+                    found.result = dispatch()
+                except BaseException:
+                    found.failed = True
+                    raise
+                finally:
+                    found.done.set()
+                return found.result, True
+            while not found.done.wait(0.5):  # an event in this process: the timeout only lets Ctrl-C through
+                interrupt.check("while waiting for a stage another cell dispatched")
+            if not found.failed:
+                return found.result, False
+
+
+def current() -> Shared | None:
+    """The sweep's shared dispatches, in a cell's thread (None outside a sweep)."""
+    return _scope.get()
+
+
+@contextmanager
+def scope() -> Iterator[Shared]:
+    """Share identical dispatches among the cells run inside (threads started with a copy of this context)."""
+    token = _scope.set(Shared())
+    try:
+        yield _scope.get()
+    finally:
+        _scope.reset(token)
