@@ -36,8 +36,8 @@ class Shared:
         self._dispatches: dict[str, _Dispatch] = {}
 
     def once(self, identity: str, dispatch: Callable[[], Any]) -> tuple[Any, bool]:
-        """`(dispatch(), True)` for the first caller of an identity; `(its result, False)` for those that come while it
-        runs or after it succeeded. When it fails, a waiting caller dispatches in its turn (the others follow that one)."""
+        """`(dispatch(), True)` for the first caller of an identity; `(its result, False)` for those that come while
+        it runs or after it succeeded. When it fails, a waiting caller dispatches in its turn (the others follow it)."""
         while True:
             with self._lock:
                 found = self._dispatches.get(identity)
