@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows import deploy, s3server, stack
-from flows.worker import BUSY_POLL_S
+from flows.worker import BUSY_POLL_S, IDLE_POLL_S
 from tasks.tracking import REUSED, STAGE
 
 CRASH_AFTER_S = 45  # heartbeats come every 30 s (Prefect's minimum); silence this long marks a run Crashed
@@ -326,8 +326,9 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
     # The cells' shared data preparation went to a worker once; the other cell names that stage run as a cache hit
     assert len(prepared) == 1, [r.name for r in prepared]
     experiment = mlflow.get_run(cell["pipeline_run"]).info.experiment_id
-    made = mlflow.search_runs([experiment], f"tags.`{STAGE}` = 'prepare-labeled'")
-    assert len(made) == 1 and len(reused) == 2 and set(reused) == {None, made[0].info.run_id}
+    made = mlflow.search_runs([experiment], f"tags.`prefect.flow_run_id` = '{prepared[0].id}'")
+    assert len(made) == 1 and made[0].data.tags[STAGE] == "prepare-labeled"
+    assert len(reused) == 2 and set(reused) == {None, made[0].info.run_id}
     first, second = sorted(finetunes, key=lambda r: r.start_time)
     assert first.work_pool_name == second.work_pool_name == "gpu"
     # A worker took the second while the first still ran: the pool let both run at once.
@@ -338,11 +339,10 @@ def test_a_sweep_runs_its_cells_side_by_side_on_two_gpu_workers(team, tmp_path, 
         f"{first.start_time}–{first.end_time}, second taken {taken}"
     )
     assert first.infrastructure_pid != second.infrastructure_pid
-    # The workers are flows/worker.py's, built by Prefect's CLI for --type process: quiet while full
-    assert (
-        f"worker: worker-gpu-2 polls every {BUSY_POLL_S:.0f} s while every slot is busy"
-        in (team.root / "logs" / "worker-gpu-2.log").read_text()
-    )
+    # The workers are flows/worker.py's, built by Prefect's CLI for --type process: quiet while full, listening while idle
+    log = (team.root / "logs" / "worker-gpu-2.log").read_text()
+    assert f"worker: worker-gpu-2 polls every {BUSY_POLL_S:.0f} s while every slot is busy" in log
+    assert f"worker: worker-gpu-2 wakes on its pool's flow-run events, else polls every {IDLE_POLL_S:.0f} s" in log
 
 
 def _taken(team, run):

@@ -1,5 +1,7 @@
 """flows/worker.py: Prefect's process worker, minus the polls it makes while every slot is busy."""
 
+import asyncio
+import time
 import warnings
 
 import anyio
@@ -59,3 +61,63 @@ def test_a_full_worker_asks_for_work_once_per_busy_poll_and_a_free_one_every_tim
 async def _none(calls: list) -> list:
     calls.append(1)
     return []
+
+
+def test_an_idle_worker_that_hears_events_polls_when_one_wakes_it_and_at_every_turn_just_after(busy_aware):
+    polls = []
+
+    async def scenario():
+        w = busy_aware(work_pool_name="cpu", limit=4)
+        w._has_successfully_synced = True
+        w._limiter = anyio.CapacityLimiter(4)
+        w._get_scheduled_flow_runs = lambda: _none(polls)
+        w._submit_scheduled_flow_runs = lambda flow_run_response: _none([])
+        w._wake = asyncio.Event()  # as while the subscription is open
+        w._polled_at = time.monotonic()  # it has just polled: the next idle poll is IDLE_POLL_S away
+
+        turn = asyncio.create_task(w.get_and_submit_flow_runs())
+        await asyncio.sleep(0.2)
+        assert polls == [] and not turn.done(), "an idle worker asked for work with nothing heard"
+        w._woken_at = time.monotonic()  # what _listen does for a run of its pool
+        w._wake.set()
+        await asyncio.wait_for(turn, 5)
+        assert len(polls) == 1
+        await w.get_and_submit_flow_runs()  # just woken: the run may not be visible yet, so ask again at once
+        assert len(polls) == 2
+        w._wake = None  # the subscription dropped: every turn asks, as Prefect's worker does
+        w._woken_at = -worker.WAKE_S
+        await w.get_and_submit_flow_runs()
+        assert len(polls) == 3
+
+    asyncio.run(scenario())
+
+
+def test_the_worker_is_woken_by_a_run_of_its_own_pool_and_not_by_another_pools(busy_aware, prefect_api):
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    async def scenario():
+        async with get_client() as client:
+            for pool in ("wake-gpu", "wake-cpu"):
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+            flow_id = await client.create_flow_from_name("stage")
+            deployments = {
+                pool: await client.create_deployment(flow_id=flow_id, name=f"on-{pool}", work_pool_name=pool)
+                for pool in ("wake-gpu", "wake-cpu")
+            }
+            w = busy_aware(work_pool_name="wake-gpu", limit=1)
+            listener = asyncio.create_task(w._listen())
+            for _ in range(200):
+                if w._wake is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert w._wake is not None, "the worker's subscription did not open"
+            await asyncio.sleep(0.5)  # the server's subscription is in place
+            await client.create_flow_run_from_deployment(deployments["wake-cpu"])
+            await asyncio.sleep(2.0)
+            assert not w._wake.is_set(), "a run of another pool woke the worker"
+            await client.create_flow_run_from_deployment(deployments["wake-gpu"])
+            await asyncio.wait_for(w._wake.wait(), 20)
+            listener.cancel()
+
+    asyncio.run(scenario())
