@@ -76,7 +76,8 @@ def test_an_idle_worker_that_hears_events_polls_when_one_wakes_it_and_at_every_t
         w._polled_at = time.monotonic()  # it has just polled: the next idle poll is IDLE_POLL_S away
 
         turn = asyncio.create_task(w.get_and_submit_flow_runs())
-        await asyncio.sleep(0.2)
+        for _ in range(20):  # the turn runs as far as it goes without an event (a poll would be its first await)
+            await asyncio.sleep(0)
         assert polls == [] and not turn.done(), "an idle worker asked for work with nothing heard"
         w._woken_at = time.monotonic()  # what _listen does for a run of its pool
         w._wake.set()
