@@ -11,9 +11,9 @@ pipeline run dispatches again, and its worker looks the stage up by key as alway
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from tasks import interrupt
@@ -21,19 +21,12 @@ from tasks import interrupt
 _scope: ContextVar["Shared | None"] = ContextVar("multistep_shared_dispatches", default=None)
 
 
-@dataclass
-class _Dispatch:
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    failed: bool = False
-
-
 class Shared:
     """The dispatches of one sweep, by identity (the stage, its deployment and its parameters but the parent run)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._dispatches: dict[str, _Dispatch] = {}
+        self._dispatches: dict[str, Future] = {}
 
     def once(self, identity: str, dispatch: Callable[[], Any]) -> tuple[Any, bool]:
         """`(dispatch(), True)` for the first caller of an identity; `(its result, False)` for those that come while
@@ -41,22 +34,24 @@ class Shared:
         while True:
             with self._lock:
                 found = self._dispatches.get(identity)
-                lead = found is None or found.failed
+                lead = found is None or (found.done() and found.exception() is not None)
                 if lead:
-                    found = self._dispatches[identity] = _Dispatch()
+                    found = self._dispatches[identity] = Future()
             if lead:
                 try:
-                    found.result = dispatch()
-                except BaseException:
-                    found.failed = True
+                    found.set_result(dispatch())
+                except BaseException as exc:
+                    found.set_exception(exc)
                     raise
-                finally:
-                    found.done.set()
-                return found.result, True
-            while not found.done.wait(0.5):  # an event in this process: the timeout only lets Ctrl-C through
-                interrupt.check("while waiting for a stage another cell dispatched")
-            if not found.failed:
-                return found.result, False
+                return found.result(), True
+            while True:  # a future of this process: the timeout only lets Ctrl-C through
+                try:
+                    failure = found.exception(timeout=0.5)
+                    break
+                except TimeoutError:
+                    interrupt.check("while waiting for a stage another cell dispatched")
+            if failure is None:
+                return found.result(), False
 
 
 def current() -> Shared | None:
