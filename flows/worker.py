@@ -27,14 +27,19 @@ import time
 import warnings
 from contextlib import suppress
 
+from flows import run_ends
+
 BUSY_POLL_S = 10.0
 IDLE_POLL_S = 10.0
 WAKE_S = 2.0
-# The flow-run states that may give this worker something to take: a run waiting for a worker, or a slot come free
-WAKING = (
-    "Scheduled", "AwaitingRetry", "Late", "AwaitingConcurrencySlot",  # waiting for a worker
-    "Completed", "Failed", "Crashed", "Cancelled", "TimedOut",  # ended: its slot is free
-)  # fmt: skip
+# The flow-run states that may give this worker something to take: a run waiting for a worker, or one that ended
+# (its slot in the pool is free)
+WAKING = ("Scheduled", "AwaitingRetry", "Late", "AwaitingConcurrencySlot", *run_ends.FINAL)
+
+
+def of_pool(event, pool: str) -> bool:
+    """Whether a flow-run event concerns the work pool named `pool` (Prefect relates a run to its pool by role)."""
+    return any(r.role == "work-pool" and r.name == pool for r in event.related)
 
 
 def register() -> type:
@@ -86,7 +91,7 @@ def register() -> type:
                         flush=True,
                     )
                     async for event in events:
-                        if any(r.role == "work-pool" and r.name == self._work_pool_name for r in event.related):
+                        if of_pool(event, self._work_pool_name):
                             self._woken_at = time.monotonic()
                             self._wake.set()
             except Exception as exc:  # noqa: BLE001 — the worker polls at every turn instead, as Prefect's does

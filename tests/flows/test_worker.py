@@ -93,9 +93,15 @@ def test_an_idle_worker_that_hears_events_polls_when_one_wakes_it_and_at_every_t
     asyncio.run(scenario())
 
 
-def test_the_worker_is_woken_by_a_run_of_its_own_pool_and_not_by_another_pools(busy_aware, prefect_api):
+def test_the_worker_is_woken_by_a_run_of_its_own_pool_and_not_by_another_pools(busy_aware, prefect_api, monkeypatch):
+    """On a real server a Scheduled run of the worker's pool wakes it; then the very events the server sent for a run
+    of another pool and of its own are fed to a second listener one by one: only its own pool's moves it."""
+    from contextlib import asynccontextmanager
+
+    import prefect.events.clients
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.events.filters import EventFilter, EventNameFilter
 
     async def scenario():
         async with get_client() as client:
@@ -108,17 +114,41 @@ def test_the_worker_is_woken_by_a_run_of_its_own_pool_and_not_by_another_pools(b
             }
             w = busy_aware(work_pool_name="wake-gpu", limit=1)
             listener = asyncio.create_task(w._listen())
-            for _ in range(200):
-                if w._wake is not None:
-                    break
-                await asyncio.sleep(0.05)
-            assert w._wake is not None, "the worker's subscription did not open"
-            await asyncio.sleep(0.5)  # the server's subscription is in place
-            await client.create_flow_run_from_deployment(deployments["wake-cpu"])
-            await asyncio.sleep(2.0)
-            assert not w._wake.is_set(), "a run of another pool woke the worker"
-            await client.create_flow_run_from_deployment(deployments["wake-gpu"])
-            await asyncio.wait_for(w._wake.wait(), 20)
-            listener.cancel()
+            seen = prefect.events.clients.get_events_subscriber(
+                filter=EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
+            )
+            async with seen as events:
+                for _ in range(400):
+                    if w._wake is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert w._wake is not None, "the worker's subscription did not open"
+                runs = {
+                    pool: str((await client.create_flow_run_from_deployment(deployments[pool])).id)
+                    for pool in ("wake-cpu", "wake-gpu")
+                }
+                await asyncio.wait_for(w._wake.wait(), 20)
+                listener.cancel()
+                sent = {}
+                while len(sent) < 2:
+                    event = await asyncio.wait_for(events.__anext__(), 20)
+                    sent.update({p: event for p, run in runs.items() if event.resource.id == f"prefect.flow-run.{run}"})
+
+        @asynccontextmanager
+        async def feeding(filter):
+            async def stream():
+                for event in fed:
+                    yield event
+
+            yield stream()
+
+        monkeypatch.setattr(prefect.events.clients, "get_events_subscriber", feeding)
+        other = busy_aware(work_pool_name="wake-gpu", limit=1)
+        fed = [sent["wake-cpu"]]
+        await other._listen()
+        assert other._woken_at == -worker.WAKE_S, "a run of another pool woke the worker"
+        fed = [sent["wake-gpu"]]
+        await other._listen()
+        assert other._woken_at > 0
 
     asyncio.run(scenario())
