@@ -423,8 +423,7 @@ def test_a_shared_dispatch_is_a_cache_hit_of_the_other_cells_pipeline_runs_and_a
     dispatched, linked = [], []
 
     def remote(stage, execution, params, run_name):
-        dispatched.append(params["parent_run_id"])
-        time.sleep(0.2)  # a flow run takes a while: the other cell comes meanwhile (or after; the result is the same)
+        dispatched.append(params["parent_run_id"])  # the other cell comes while this runs, or after: the same outcome
         return "runs:/made/dataset", SimpleNamespace(name="brave-otter")
 
     monkeypatch.setattr(dispatch, "_remote", remote)
