@@ -126,6 +126,11 @@ def run(spec: AugmentSpec, data: str, teacher_uri: str | None, synonym_model: st
                 f"augment: attack flipped {measured['attack_success_rate']:.1%} of the {measured['attacked_rows']} attacked training rows the teacher got right"
             )
 
+    if not added:
+        # Round 0 of self-training has no teacher yet, and a teacher may find nothing to add: hand on the labeled data
+        # itself, so that the fine-tune after it has the plain fine-tune's stage key and reuses it (a sweep's plain cell).
+        print(f"augment: nothing to add to the {len(original):,} training rows, so the fine-tune reads {data} as it is")
+        return data
     splits["train"] = original + added
     uri = _write(ctx, card, splits, report)
     print(f"augment: {len(original):,} training rows + {len(added):,} new ({_by_operation(added)}) → {uri}")
