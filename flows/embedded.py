@@ -9,6 +9,9 @@ through PREFECT_API_URL, as it would a team's server, and MULTISTEP_LOCAL_PREFEC
 `python -m flows.embedded PORT` is that server's process: uvicorn on Prefect's app, created under a file lock (two first
 runs on one home migrated its database at once and broke each other), plus a thread that stops it once its parent is
 gone (kill -9 of the CLI runs no clean-up, and the server would otherwise live on under PID 1).
+
+A fresh home's Prefect database is a copy of a template (`seed_database`, tasks/dbtemplate.py): Prefect's migrations
+take ~12 s of CPU on a new SQLite file, which the first server on a machine and Prefect version spends once.
 """
 
 import atexit
@@ -24,6 +27,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from tasks import dbtemplate
 
 PARENT_ENV = "MULTISTEP_SERVER_PARENT"
 LOCAL_ENV = "MULTISTEP_LOCAL_PREFECT"  # "embedded" or "ui": the CLI chose the server, it is not a team's
@@ -153,6 +158,31 @@ def stop_prefect_server() -> None:
             process.wait()
 
 
+def seed_database(prefect_home: Path) -> bool:
+    """Give a Prefect home without a database a copy of the migrated template (tasks/dbtemplate.py); False when there is
+    no template yet, or the database is set elsewhere (PREFECT_API_DATABASE_CONNECTION_URL)."""
+    if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+        return False
+    return dbtemplate.seed(Path(prefect_home) / "prefect.db", "prefect")
+
+
+def _seed_or_migrate(prefect_home: Path) -> None:
+    """The server's database, before the server starts: the template's copy, else migrated here (what the server's start
+    would do) and kept as the template before the server has written anything of its own to it."""
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    db = prefect_home / "prefect.db"
+    if PREFECT_API_DATABASE_CONNECTION_URL.value() != f"sqlite+aiosqlite:///{db}" or db.exists():
+        return  # a database set elsewhere (a team's PostgreSQL, a profile), or the one this home has
+    if seed_database(prefect_home):
+        return
+    asyncio.run(provide_database_interface().create_db())
+    dbtemplate.keep(db, "prefect")
+
+
 def _watch(parent: int, server, lock, done: threading.Event) -> None:
     while not (server.started or done.is_set()):
         time.sleep(0.05)
@@ -174,6 +204,7 @@ def _serve(fd: int) -> int:
     prefect_home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(prefect_home / "multistep-server-start.lock", thread_local=False)
     lock.acquire()
+    _seed_or_migrate(prefect_home)
     config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
     server, done = uvicorn.Server(config), threading.Event()
     threading.Thread(target=_watch, args=(parent, server, lock, done), daemon=True).start()

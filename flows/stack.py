@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flows import forkserver, s3server
+from flows import embedded, forkserver, s3server
 from flows.ui import in_use, wait_http
 from tasks import links
 from tasks.errors import UserError, env_seconds
@@ -161,6 +161,7 @@ def up(
     s3server.s3_identity(root / "s3.json", stack.access_key, stack.secret_key)
     try:
         stack.start("s3", s3server.weed_command(root / "s3", root / "s3.json", ports.s3, ports.weed))
+        embedded.seed_database(root / "prefect")  # a fresh stack's database, migrated already
         stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
                     {"PREFECT_HOME": str(root / "prefect")})  # fmt: skip
         s3 = s3server.client(stack.env["AWS_ENDPOINT_URL_S3"], stack.access_key, stack.secret_key)

@@ -48,6 +48,8 @@ def start(home: Path, name: str, port: int) -> Server:
     (home / "artifacts").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     cmd, extra = command(home, name, port)
+    if name == "prefect":
+        embedded.seed_database(home / "prefect")  # a fresh home's database, migrated already
     # The servers read the stores under `home`, not whatever servers this shell points at.
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", **extra)

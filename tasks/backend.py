@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks import dbtemplate
 from tasks.errors import UserError
 
 # The experiment tag MLflow's UI reads to open an experiment as model training (runs, metrics, the registry) rather than
@@ -60,9 +61,12 @@ def _create_sqlite_store(uri: str) -> None:
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock"):
+        fresh = not db.exists() and not dbtemplate.seed(db, "mlflow")
         client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # the tracking store's tables
+        client.search_experiments(max_results=1)  # the tracking store's tables, and its Default experiment
         client.search_registered_models(max_results=1)  # the registry's, which its own store creates
+        if fresh:  # migrated just now: the next fresh home copies it, without the Default experiment's path in this one
+            dbtemplate.keep(db, "mlflow", clear="DELETE FROM experiments;")
 
 
 def check_server(uri: str) -> None:

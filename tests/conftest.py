@@ -21,6 +21,7 @@ os.environ.update(
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     TOKENIZERS_PARALLELISM="false",
     PREFECT_HOME=str(_SUITE_HOME / "prefect"),
+    MULTISTEP_CACHE=str(_SUITE_HOME / "cache"),  # the migrated databases' templates (tasks/dbtemplate.py)
 )
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MULTISTEP_HOME"):
     os.environ.pop(_var, None)

@@ -1,10 +1,13 @@
 """The CLI's Prefect server: `make ui`'s when it serves the same home, else one the CLI starts and always stops."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 
 import pytest
 
@@ -89,13 +92,25 @@ def _flow_run_names(api: str) -> list[str]:
 def test_the_cli_stops_its_server_when_a_run_fails_inside_the_flow(
     tmp_path, corpus, tiny_overrides, run_cli, processes_of
 ):
-    home = tmp_path / "home"
+    home, cache = tmp_path / "home", tmp_path / "cache"
     sets = sum((["--set", o] for o in [*tiny_overrides(corpus), "execution.mode=pools"]), [])
-    done = run_cli(["run", "configs/default.yaml", *sets], home)
+    # A user's home (its own Prefect database) and no templates yet: this server migrates and keeps one.
+    done = run_cli(["run", "configs/default.yaml", *sets], home, PREFECT_HOME=None, MULTISTEP_CACHE=str(cache))
     # Said by the flow, so on the CLI's server, which names itself in PREFECT_API_URL yet has no workers.
     assert done.returncode == 2, done.stderr[-3000:]
     assert "set PREFECT_API_URL" in done.stderr.strip().splitlines()[-1]
     assert processes_of(home) == []  # stopped by the CLI itself: its orphan watch would take WATCH_S and more
+
+    # The template was kept before the server wrote anything: this run's flow run is in the home's database only.
+    template = cache / f"prefect-{version('prefect')}.db"
+    count = "SELECT count(*) FROM flow_run"
+    assert _rows(home / "prefect" / "prefect.db", count) == [(1,)] and _rows(template, count) == [(0,)]
+    assert _rows(template, "SELECT count(*) FROM alembic_version") == [(1,)]
+
+
+def _rows(db, sql: str) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as con:
+        return con.execute(sql).fetchall()
 
 
 def test_the_cli_stops_its_server_on_an_input_error_before_the_flow(tmp_path, run_cli, processes_of):
