@@ -154,10 +154,9 @@ def up(
         raise UserError(
             f"ports {busy} on 127.0.0.1 are taken: stop what listens there (another stack? `make stack-down`)"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "s3").mkdir(parents=True, exist_ok=True)
     (root / "pids.json").write_text("{}")
     stack = Stack(root, ports, "multistep", secrets.token_hex(16))
-    (root / "s3").mkdir(exist_ok=True)
     s3server.s3_identity(root / "s3.json", stack.access_key, stack.secret_key)
     try:
         stack.start("s3", s3server.weed_command(root / "s3", root / "s3.json", ports.s3, ports.weed))
