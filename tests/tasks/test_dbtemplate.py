@@ -86,3 +86,15 @@ def test_no_template_no_copy_and_a_database_set_elsewhere_is_left_to_its_setting
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://team/prefect")
     assert not embedded.seed_database(tmp_path / "b")
     assert not (tmp_path / "b" / "prefect.db").exists()
+
+
+def test_make_ui_starts_its_prefect_server_on_a_copy_of_the_template(tmp_path, monkeypatch, cache):
+    from flows import stack, ui
+
+    dbtemplate.path("prefect").parent.mkdir(parents=True)
+    mark(dbtemplate.path("prefect"))
+    started = []
+    monkeypatch.setattr(ui.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))  # no server: only its database
+    ui.start(tmp_path / "home", "prefect", stack.free_ports().prefect)
+    db = tmp_path / "home" / "prefect" / "prefect.db"
+    assert started and rows(db, "SELECT count(*) FROM copied_from_the_template") == [(0,)]
