@@ -169,9 +169,6 @@ def seed_database(prefect_home: Path) -> bool:
 def _seed_or_migrate(prefect_home: Path) -> None:
     """The server's database, before the server starts: the template's copy, else migrated here (what the server's start
     would do) and kept as the template before the server has written anything of its own to it."""
-    import asyncio
-
-    from prefect.server.database import provide_database_interface
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     db = prefect_home / "prefect.db"
@@ -179,6 +176,10 @@ def _seed_or_migrate(prefect_home: Path) -> None:
         return  # a database set elsewhere (a team's PostgreSQL, a profile), or the one this home has
     if seed_database(prefect_home):
         return
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+
     asyncio.run(provide_database_interface().create_db())
     dbtemplate.keep(db, "prefect")
 
