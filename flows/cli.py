@@ -181,9 +181,11 @@ def _embedded_defaults() -> None:
 def _run(args, local_prefect: str | None) -> int:
     from flows.spec import load
     from tasks import backend
+    from tasks.data.preflight import check_local
 
     spec = load(args.config, args.overrides)
     backend.configure(spec.execution.experiment)  # fail fast on an unreachable tracking server
+    check_local(spec.data if spec.pretrain else None, spec.labeled if spec.finetune else None)  # and on bad files
     _hide_tracebacks_of_user_errors()
     from flows.pipeline import llm_pipeline
     from flows.stages import STAGES
@@ -277,19 +279,11 @@ def _hide_tracebacks_of_user_errors() -> None:
 
 
 def _evaluate(args, local_prefect: str | None) -> int:
-    from tasks.errors import UserError
+    from flows.evaluation import evaluate_pipeline
 
-    try:
-        from flows.evaluation import evaluate_pipeline
-
-        _hide_tracebacks_of_user_errors()
-        embedded.wait_ready()
-        result = supervise.run(
-            lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows)
-        )
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _hide_tracebacks_of_user_errors()
+    embedded.wait_ready()
+    result = supervise.run(lambda: evaluate_pipeline(args.models, args.data, split=args.split, max_rows=args.max_rows))
     if args.json:
         print(json.dumps(result["results"], default=float))
     return 0

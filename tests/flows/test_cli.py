@@ -86,6 +86,16 @@ def test_unreachable_tracking_server(corpus, refused):
     )
 
 
+def test_a_bad_file_is_refused_before_the_cli_asks_prefect_for_anything(tmp_path, corpus, refused):
+    """The CLI reads local data first: with a Prefect API nobody serves, the file's own error still comes out."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one"}\n{"text": "two"\n')
+    refused(bad, "bad.jsonl:2", "JSON", PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+
+
 @pytest.mark.parametrize("value, warned", [("true", True), ("1", True), ("false", False), (None, False)])
 def test_unpickling_stays_off_whatever_the_environment_says(tmp_path, monkeypatch, capsys, value, warned):
     from flows import cli
