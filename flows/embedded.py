@@ -134,6 +134,7 @@ def wait_ready(timeout_s: float = 120) -> None:
     if not _started:
         return  # a server the environment named, or `make ui`'s
     server, deadline = _started[-1], time.monotonic() + timeout_s
+    server["asked"] = True  # from here on this CLI may send it work: stop it gracefully
     while not _healthy(api_url(server["port"])):
         code = server["process"].poll()
         if code is not None:
@@ -146,11 +147,12 @@ def wait_ready(timeout_s: float = 120) -> None:
 
 
 def stop_prefect_server() -> None:
-    """Stop the server this process started: SIGTERM (uvicorn's graceful shutdown), SIGKILL after 5 s."""
+    """Stop the server this process started: SIGTERM (uvicorn's graceful shutdown), SIGKILL after 5 s; at once when this
+    CLI never waited for it (an input error): it holds nothing of the run's, and uvicorn would end its start first."""
     for server in _started:
         process = server["process"]
         if process.poll() is None:
-            process.terminate()
+            process.terminate() if server.get("asked") else process.kill()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -118,3 +118,17 @@ def test_the_cli_stops_its_server_on_an_input_error_before_the_flow(tmp_path, ru
     done = run_cli(["run", "configs/default.yaml", "--set", "pretrain.train.max_stepz=3"], home)
     assert done.returncode == 2 and "max_steps" in done.stderr, done.stderr[-3000:]
     assert processes_of(home) == []
+
+
+@pytest.mark.parametrize("asked, code", [(False, -9), (True, 0)])
+def test_a_server_the_cli_never_waited_for_is_killed_at_once_and_one_it_used_stops_gracefully(monkeypatch, asked, code):
+    # A stand-in server that takes SIGTERM as uvicorn does: it finishes what it does, then exits 0.
+    graceful = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print(flush=True); "
+        "time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", graceful], stdout=subprocess.PIPE, text=True)
+    process.stdout.readline()  # its handler is in place
+    monkeypatch.setattr(embedded, "_started", [{"process": process, "port": 0, **({"asked": True} if asked else {})}])
+    embedded.stop_prefect_server()
+    assert process.returncode == code
