@@ -152,7 +152,10 @@ def stop_prefect_server() -> None:
     for server in _started:
         process = server["process"]
         if process.poll() is None:
-            process.terminate() if server.get("asked") else process.kill()
+            if server.get("asked"):
+                process.terminate()
+            else:
+                process.kill()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
