@@ -86,7 +86,7 @@ def test_unreachable_tracking_server(corpus, refused):
     )
 
 
-def test_a_bad_file_is_refused_before_the_cli_asks_prefect_for_anything(tmp_path, corpus, refused):
+def test_a_bad_file_is_refused_before_the_cli_asks_prefect_for_anything(tmp_path, refused):
     """The CLI reads local data first: with a Prefect API nobody serves, the file's own error still comes out."""
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
