@@ -69,7 +69,7 @@ def _reused(stage: str, uri: str, run, params: dict) -> bool:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import OUTPUT, REUSED
+    from tasks.tracking import OUTPUT, reused_tag
 
     if "'" in uri:  # not a URI a stage writes; the search could not quote it
         return False
@@ -83,7 +83,7 @@ def _reused(stage: str, uri: str, run, params: dict) -> bool:
         f"{stage}: cache hit, reusing run {found[0].info.run_id} of flow run {run.name}, dispatched by another cell → {uri}"
     )
     if params["parent_run_id"]:
-        MlflowClient().set_tag(params["parent_run_id"], REUSED + stage, found[0].info.run_id)
+        MlflowClient().set_tag(params["parent_run_id"], reused_tag(stage, params.get("round")), found[0].info.run_id)
     return True
 
 

@@ -12,7 +12,7 @@ from tasks import links
 from tasks.backend import tracking_uri
 from tasks.descriptions import load_command
 from tasks.errors import UserError
-from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, REUSED, STAGE, flatten, public, resolve_version
+from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, REUSED, ROUND, STAGE, flatten, public, resolve_version
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
@@ -29,17 +29,23 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
     ]
     train_seconds = 0.0
     for stage in stages:
+        entries = []  # (round, line): a rounds loop may reuse some rounds and run others
         for run in ran.get(stage, []):
             # A resumed run was opened by an earlier attempt: show the part of it that this pipeline run spent.
             resumed = run.info.start_time < parent.info.start_time
             start = max(run.info.start_time, parent.info.start_time)
             took = max(0, (run.info.end_time or start) - start) / 1000
-            lines.append(
-                f"  {run.info.run_name.rpartition('/')[2]:<15} {'resumed' if resumed else 'ran':<7} {took:6.1f} s  MLflow run {run.info.run_id}"
+            name, how = run.info.run_name.rpartition("/")[2], "resumed" if resumed else "ran"
+            entries.append(
+                (int(run.data.tags.get(ROUND, 0)), f"  {name:<15} {how:<7} {took:6.1f} s  MLflow run {run.info.run_id}")
             )
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
-        if stage not in ran and REUSED + stage in parent.data.tags:
-            lines.append(f"  {stage:<15} reused  (cache hit) MLflow run {parent.data.tags[REUSED + stage]}")
+        for tag, run_id in parent.data.tags.items():
+            name = tag.removeprefix(REUSED)
+            if tag.startswith(REUSED) and name.partition("-round")[0] == stage:
+                round = int(name.partition("-round")[2] or 0)
+                entries.append((round, f"  {name:<15} reused  (cache hit) MLflow run {run_id}"))
+        lines += [line for _, line in sorted(entries, key=lambda entry: entry[0])]
     lines.append(
         f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}"
     )

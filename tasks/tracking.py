@@ -26,7 +26,13 @@ DIGEST = "multistep.digest"
 PIPELINE = "multistep.pipeline"
 PREFECT_FLOW_RUN = "prefect.flow_run_id"
 ROUND = "multistep.round"
-REUSED = "multistep.reused."  # + stage: on a pipeline run, the run id of a stage it took from the cache
+REUSED = "multistep.reused."  # + stage[-round<n>]: on a pipeline run, the run id of a stage it took from the cache
+
+
+def reused_tag(stage: str, round: int | None = None) -> str:
+    """The pipeline run's tag naming the run a stage took from the cache: one per round, as the rounds' runs are named
+    (a rounds loop can reuse every round's fine-tune, and each counts in a sweep's cost of a cell alone)."""
+    return REUSED + (stage if round is None else f"{stage}-round{round}")
 
 
 @functools.cache
@@ -195,7 +201,7 @@ def stage_run(
         output = taken.data.tags[OUTPUT]
         print(f"{stage}: cache hit, reusing run {taken.info.run_id} (stage key {key[:12]}) → {output}")
         if parent_run_id:
-            MlflowClient().set_tag(parent_run_id, REUSED + stage, taken.info.run_id)
+            MlflowClient().set_tag(parent_run_id, reused_tag(stage, round), taken.info.run_id)
         yield StageRun(
             stage,
             taken.info.run_id,

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from flows.pipeline import llm_pipeline
+from flows.pipeline import STAGES, llm_pipeline
 from flows.spec import load
 from flows.stages import prepare_labeled_stage, soup_stage
 from tasks import model as models
@@ -18,6 +18,8 @@ from tasks.backend import configure
 from tasks.data.labeled.spec import LabeledSpec
 from tasks.errors import UserError
 from tasks.finetune.spec import SoupSpec
+from tasks.report import pipeline_summary
+from tasks.sweep import _reused_seconds
 from tests.conftest import toy_labeled
 from tests.tasks.tiny_folders import wordpiece
 
@@ -85,6 +87,21 @@ def test_a_uniform_soup_of_the_rounds_is_registered_and_judged_by_the_gate(home,
         output_format="list",
     )
     assert [r.data.tags["multistep.averaged_checkpoints"] for r in rounds] == ["checkpoint-2,checkpoint-4"] * 2
+
+    # Run again unchanged: both rounds are cache hits, and the pipeline run names each one's run, so the summary lists
+    # both and a sweep's cost of the cell alone counts both (one tag per stage kept only the last round's).
+    again = llm_pipeline(spec)
+    tags = MlflowClient().get_run(again["pipeline_run"]).data.tags
+    by_round = {r.data.tags["multistep.round"]: r for r in rounds}
+    assert {k: v for k, v in tags.items() if k.startswith("multistep.reused.finetune")} == {
+        "multistep.reused.finetune-round1": by_round["1"].info.run_id,
+        "multistep.reused.finetune-round2": by_round["2"].info.run_id,
+    }
+    summary = pipeline_summary(again, 0.0, STAGES)
+    for r in ("1", "2"):
+        assert re.search(rf"finetune-round{r} +reused +\(cache hit\) MLflow run {by_round[r].info.run_id}", summary)
+    took = sum((r.info.end_time - r.info.start_time) / 1000 for r in rounds)
+    assert _reused_seconds(again["pipeline_run"]) > took
 
 
 def test_the_rounds_of_a_soup_draw_their_heads_alike_and_best_of_k_rounds_do_not(home, sentiment):
