@@ -12,7 +12,17 @@ from tasks import links
 from tasks.backend import tracking_uri
 from tasks.descriptions import load_command
 from tasks.errors import UserError
-from tasks.tracking import PIPELINE, PREFECT_FLOW_RUN, REUSED, ROUND, STAGE, flatten, public, resolve_version
+from tasks.tracking import (
+    PIPELINE,
+    PREFECT_FLOW_RUN,
+    REUSED,
+    ROUND,
+    STAGE,
+    flatten,
+    public,
+    resolve_version,
+    reused_stage,
+)
 
 
 def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterable[str]) -> str:
@@ -41,10 +51,8 @@ def pipeline_summary(result: dict[str, str], wall_seconds: float, stages: Iterab
             )
             train_seconds += run.data.metrics.get("train_seconds", 0.0)
         for tag, run_id in parent.data.tags.items():
-            name = tag.removeprefix(REUSED)
-            if tag.startswith(REUSED) and name.partition("-round")[0] == stage:
-                round = int(name.partition("-round")[2] or 0)
-                entries.append((round, f"  {name:<15} reused  (cache hit) MLflow run {run_id}"))
+            if (reused := reused_stage(tag)) and reused[0] == stage:
+                entries.append((reused[1], f"  {tag.removeprefix(REUSED):<15} reused  (cache hit) MLflow run {run_id}"))
         lines += [line for _, line in sorted(entries, key=lambda entry: entry[0])]
     lines.append(
         f"MLflow:     pipeline run {parent.info.run_id}, experiment id {parent.info.experiment_id}, store {tracking_uri()}"

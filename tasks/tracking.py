@@ -35,6 +35,14 @@ def reused_tag(stage: str, round: int | None = None) -> str:
     return REUSED + (stage if round is None else f"{stage}-round{round}")
 
 
+def reused_stage(tag: str) -> tuple[str, int] | None:
+    """The stage and round (0 outside rounds) a `reused_tag` names; None for any other tag."""
+    if not tag.startswith(REUSED):
+        return None
+    stage, _, round = tag.removeprefix(REUSED).partition("-round")
+    return stage, int(round or 0)
+
+
 @functools.cache
 def git_commit() -> str:
     """The checkout's commit for lineage tags, or `unknown` outside a git checkout."""
