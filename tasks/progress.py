@@ -1,5 +1,5 @@
 """Training progress as lines in the Prefect flow run's log: the loss every `log_every` steps and at the last step,
-each evaluation (each checkpoint: tasks/callbacks.py PublishCheckpoints, once it is in the store)."""
+each evaluation during training (each checkpoint: tasks/callbacks.py PublishCheckpoints, once it is in the store)."""
 
 from transformers import TrainerCallback
 
@@ -26,6 +26,15 @@ class Progress(TrainerCallback):
 
     def __init__(self, stage: str):
         self.stage = stage
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # The stage's own scoring after training (validation, test) says its metrics in one line of its own: Trainer's
+        # evaluate would otherwise print them again here, under the last step's number, as if test were scored there.
+        self.training = False
 
     def on_step_end(self, args, state, control, **kwargs):
         # The last step's loss always: a run shorter than log_every would have no curve at all.
@@ -39,7 +48,7 @@ class Progress(TrainerCallback):
             say(f"{self.stage}: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{lr}")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.is_world_process_zero and metrics:
+        if self.training and state.is_world_process_zero and metrics:
             shown = ", ".join(
                 f"{k} {v:.4g}"
                 for k, v in metrics.items()

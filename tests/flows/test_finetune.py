@@ -94,7 +94,10 @@ def test_classification_from_the_pretrained_model(home, corpus, sentiment, tiny_
     assert f"**Test metrics:** test_accuracy {float(version.tags['metric.test_accuracy']):.4g}" in version.description
     assert f"**Gate:** promoted — {version.tags['gate.reason']}" in version.description
     # validation is scored at each checkpoint (12, 24): one line each in the finetune flow run, with MLflow's values
-    said = [m for m in flow_run_logs(version.tags["prefect.flow_run_id"]) if " evaluation: eval_" in m]
+    logs = flow_run_logs(version.tags["prefect.flow_run_id"])
+    said = [m for m in logs if " evaluation: eval_" in m]
+    # ...and only those: the scoring after training (validation, test) is the stage's own line, not a step's
+    assert [m for m in logs if " evaluation: " in m] == said
     accuracy = MlflowClient().get_metric_history(version.run_id, "eval_accuracy")
     assert [m.step for m in accuracy] == [12, 24]
     assert [m.split(" evaluation:")[0] for m in said] == ["finetune: step 12/24", "finetune: step 24/24"]
