@@ -45,6 +45,8 @@ class RoundsSpec(Spec):
         default_factory=lambda: [StrategySpec(lr_factor=0.5), StrategySpec(lr_factor=2.0)], min_length=1
     )
     """What rounds 2, 3, … change, in order (the list repeats when there are more rounds than strategies); unused when search is set."""
+    match_first_steps: bool = False
+    """Cap every later round's finetune.train.max_steps at the steps round 1 trained (where early stopping ended it), its warmup scaled alike, so k rounds cost about k plain fine-tunes: otherwise a round at another learning rate, still improving, trains on to max_steps (on TREC the ×0.5 and ×2 rounds trained 545 steps to round 1's 460). Strategies only: a search proposes its own max_steps."""
     search: SearchSpec | None = None
     """Search instead of a fixed list: every round's settings are proposed by Optuna's TPE sampler from the scores of the rounds before it, within the ranges given here, and its pruner stops rounds that fall behind; empty follows the strategies."""
 
@@ -84,10 +86,34 @@ def adjusted(spec: BaseModel, strategy: StrategySpec) -> tuple[BaseModel, BaseMo
     return finetune, augment
 
 
+def capped(spec: BaseModel, steps: int | None) -> BaseModel:
+    """The round's spec trained for at most `steps` steps, its warmup shortened in proportion (the schedule then ends
+    where training does, as round 1's would have had max_steps been `steps`)."""
+    train = spec.finetune.train
+    if steps is None or steps >= train.max_steps:
+        return spec
+    warmup = round(train.warmup_steps * steps / train.max_steps)
+    return spec.replace(finetune=spec.finetune.replace(train=train.replace(max_steps=steps, warmup_steps=warmup)))
+
+
+def trained_steps(model: str) -> int | None:
+    """The optimizer steps the stage that registered `model` trained to (tasks/train logs train_seconds at its last
+    step, also after a resume); None when it did not train."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient().get_metric_history(tracking.resolve_version(model).run_id, "train_seconds")
+    return max((m.step for m in history), default=None) or None
+
+
 def check(spec: BaseModel) -> None:
     """Every strategy (or the search space's corners) yields a valid round: raise ValueError naming the first that does
     not (before anything trains)."""
     if spec.rounds.search:
+        if spec.rounds.match_first_steps:
+            raise ValueError(
+                "rounds.match_first_steps caps the strategies' rounds, but rounds.search proposes every round's steps: "
+                "set match_first_steps to false, or give the search a max_steps range instead"
+            )
         search.check(spec)
     for i, strategy in enumerate(spec.rounds.planned()):
         try:
@@ -113,15 +139,25 @@ def adjust_and_retry(spec: BaseModel, tune: Tune, parent_run_id: str) -> str:
     metric, sign = validation_metric(spec.labeled.task)
     if spec.rounds.search:
         return search.search_rounds(spec, tune, parent_run_id, metric, sign)
-    best, best_score, stale = None, None, 0
+    best, best_score, stale, first_steps = None, None, 0, None
     for r in range(1, spec.rounds.max_rounds + 1):
         strategy = spec.rounds.strategy(r)
-        adjusted = apply(spec, strategy)
+        adjusted = capped(apply(spec, strategy), first_steps)
         teacher = best if strategy.pseudo_refresh else (adjusted.augment.teacher if adjusted.augment else None)
         model = tune(adjusted, teacher, r)
+        if r == 1 and spec.rounds.match_first_steps:
+            first_steps = trained_steps(model)
+            print(
+                f"rounds: round 1 trained {first_steps} steps; later rounds train at most as many"
+                if first_steps
+                else "rounds: round 1 did not train (max_steps 0 or a cached model without steps); later rounds keep max_steps"
+            )
+        said = strategy.describe()
+        if adjusted.finetune.train.max_steps < spec.finetune.train.max_steps:
+            said += f", {adjusted.finetune.train.max_steps} steps (round 1's)"
         score = registry.metric(model, metric)
-        tracking.log_round(parent_run_id, r, metric, score, strategy.describe(), model)
-        print(f"round {r} ({strategy.describe()}): {metric} {score:.4f} → {model}")
+        tracking.log_round(parent_run_id, r, metric, score, said, model)
+        print(f"round {r} ({said}): {metric} {score:.4f} → {model}")
         if best is None or sign * (score - best_score) > spec.rounds.min_delta:
             best, best_score, stale = model, score, 0
         else:

@@ -14,6 +14,7 @@ from flows.pipeline import STAGES, llm_pipeline
 from flows.spec import load
 from flows.stages import prepare_labeled_stage, soup_stage
 from tasks import model as models
+from tasks import rounds as rounds_
 from tasks.backend import configure
 from tasks.data.labeled.spec import LabeledSpec
 from tasks.errors import UserError
@@ -206,3 +207,27 @@ def test_a_greedy_soup_keeps_the_best_round_first_and_averages_only_what_it_kept
 def test_a_pipeline_that_cannot_make_a_soup_is_refused_before_anything_runs(sentiment, setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
         load("configs/sst2-minilm.yaml", overrides(sentiment, "rounds={}", "soup={}", setting))
+
+
+def test_later_rounds_train_no_longer_than_round_1_did_when_asked(home, sentiment):
+    # At a learning rate of 1e-9 the validation score never moves, so early stopping (patience 1, an evaluation every
+    # 2 steps) ends round 1 at step 4 of 8. With match_first_steps round 2 trains those 4 steps, its warmup halved with
+    # them; without it round 2 would train all 8 (three rounds then cost more than three plain fine-tunes).
+    rounds = "rounds={max_rounds: 2, patience: 5, match_first_steps: true, strategies: [{seed_offset: 1}]}"
+    slow = [
+        "finetune.train.lr=1e-9",
+        "finetune.patience=1",
+        "finetune.train.max_steps=8",
+        "finetune.train.warmup_steps=2",
+    ]
+    result = llm_pipeline(load("configs/sst2-minilm.yaml", overrides(sentiment, *slow, rounds, "soup={}")))
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.mlflow.parentRunId = '{result['pipeline_run']}' and tags.`multistep.stage` = 'finetune'",
+        output_format="list",
+    )
+    by_round = {r.data.tags["multistep.round"]: r for r in runs}
+    trained = {r: rounds_.trained_steps(f"models:/mini/{r}") for r in ("1", "2")}
+    assert trained == {"1": 4, "2": 4}
+    assert by_round["1"].data.params["train.max_steps"] == "8"
+    assert (by_round["2"].data.params["train.max_steps"], by_round["2"].data.params["train.warmup_steps"]) == ("4", "1")

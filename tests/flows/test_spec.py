@@ -171,6 +171,19 @@ def test_a_rounds_strategy_that_pushes_a_setting_out_of_bounds_is_refused_before
     assert "less than or equal to 1" in said
 
 
+def test_a_round_capped_at_round_1s_steps_scales_its_warmup_and_a_longer_round_1_caps_nothing():
+    from tasks import rounds
+
+    spec = load(
+        "configs/default.yaml",
+        ["labeled={train: [x.tsv]}", "finetune={init: package:minilm, train: {max_steps: 600, warmup_steps: 60}}"]
+        + ["pretrain=null", "evaluate=null", "data=null"],
+    )
+    train = rounds.capped(spec, 450).finetune.train
+    assert (train.max_steps, train.warmup_steps) == (450, 45)
+    assert rounds.capped(spec, 600) is spec and rounds.capped(spec, None) is spec
+
+
 def test_derived_specs_are_validated_again():
     from tasks import rounds
     from tasks.rounds import StrategySpec

@@ -131,6 +131,7 @@ def test_a_round_gets_every_searched_setting(monkeypatch):
         ("rounds.search.warmup_ratio=[0.3, 0.1]", r"`rounds\.search\.warmup_ratio` is not a range"),
         ("rounds.search.batch_size=[]", r"`rounds\.search\.batch_size` has no value to choose from"),
         ("rounds={search: {pruner: median}}", r"rounds\.search searches nothing: give a range for one of lr"),
+        ("rounds.match_first_steps=true", r"rounds\.match_first_steps caps the strategies' rounds, but rounds\.search"),
         (
             "finetune.method=head",
             r"rounds\.search gives a round lr 0\.1, reinit_layers 2, which finetune does not accept "
